@@ -1,0 +1,178 @@
+"""The ``rlp`` command.
+
+Every training/eval command takes ``--config FILE`` plus ``--key value`` overrides of its config
+dataclass (``rlp <command> --help`` lists the keys and defaults). User errors print one paragraph
+and exit 2; an interrupted run says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import sys
+import typing
+
+from rlp_align import __version__
+from rlp_align.errors import UserError
+
+# command -> (module, config class, entry point). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "run": ("rlp_align.pipeline", "PipelineConfig", "run_pipeline", "the RLP pipeline end to end (Algorithm 1)"),
+    "sft": ("rlp_align.sft", "SFTConfig", "run_sft", "supervised fine-tuning on instruction/response data"),
+    "reward": ("rlp_align.reward", "RewardConfig", "run_reward", "train a Bradley-Terry reward model"),
+    "ppo": ("rlp_align.ppo", "PPOConfig", "run_ppo", "PPO against a reward model (AlpacaFarm-style)"),
+    "best-of-n": ("rlp_align.best_of_n", "BestOfNConfig", "run_best_of_n", "best-of-n sampling re-ranked by an RM"),
+    "sample": ("rlp_align.sample", "SampleConfig", "run_sample", "n policy samples per prompt (RLP step 4)"),
+    "spg": ("rlp_align.spg", "SPGConfig", "run_spg", "synthetic preferences from policy samples (RLP-SPG)"),
+    "refine": ("rlp_align.refine", "RefineConfig", "run_refine", "refine an RM on policy samples (UML/SPG)"),
+    "annotate": ("rlp_align.annotate", "AnnotateConfig", "run_annotate", "simulated preference labels"),
+    "generate": ("rlp_align.generation", "GenerateConfig", "run_generate", "a policy's answers on an eval set"),
+    "eval winrate": ("rlp_align.evaluate", "WinrateConfig", "run_winrate", "win-rate under a judge, with CI"),
+    "eval rm-accuracy": ("rlp_align.evaluate", "RMAccuracyConfig", "run_rm_accuracy", "RM accuracy on pairs"),
+}
+
+
+def _describe_fields(cls: type, prefix: str = "") -> list[str]:
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += _describe_fields(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+        lines.append(f"  --{prefix}{f.name} ({type_name}, default {default!r})")
+    return lines
+
+
+def _run_command(name: str, argv: list[str]) -> int:
+    from rlp_align.config import load_config, parse_overrides
+
+    module_name, cls_name, fn_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    cls, run = getattr(module, cls_name), getattr(module, fn_name)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: rlp {name} [--config FILE] [--key value ...]\n\n{summary}\n\noptions:")
+        print("\n".join(_describe_fields(cls)))
+        return 0
+    config_file = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("--config needs a file path")
+        config_file = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+    extra = {}
+    if name == "run":  # `rlp run --status DIR` reports without running
+        from rlp_align import pipeline
+
+        if "--status" in argv:
+            i = argv.index("--status")
+            if i + 1 >= len(argv):
+                raise UserError("--status needs a run folder")
+            print(pipeline.format_status(argv[i + 1]))
+            return 0
+        if config_file is None:
+            config_file = pipeline.preset_path("default")
+        elif not os.path.exists(config_file) and os.path.exists(pipeline.preset_path(config_file)):
+            config_file = pipeline.preset_path(config_file)
+    cfg = load_config(cls, config_file, {**parse_overrides(argv), **extra})
+    result = run(cfg)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _data_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlp data")
+    sub = parser.add_subparsers(dest="action", required=True)
+    inspect = sub.add_parser("inspect", help="detected format, row count, field stats, first rows, invalid rows")
+    inspect.add_argument("file")
+    inspect.add_argument("--head", type=int, default=3)
+    inspect.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    from rlp_align.data import inspect_file
+
+    report = inspect_file(args.file, head=args.head)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{report['path']}\n  format: {report['format']}\n  rows: {report['rows']} "
+          f"(valid {report['kept'] + report['duplicates']}, duplicates {report['duplicates']}, "
+          f"invalid {len(report['invalid'])})")
+    for name, s in report["fields"].items():
+        print(f"  {name}: mean {s['mean_chars']} chars, max {s['max_chars']}, empty {s['empty']}")
+    for row in report["first_rows"]:
+        print("  row:", json.dumps(row, ensure_ascii=False)[:300])
+    for problem in report["invalid"]:
+        print("  invalid:", problem)
+    return 0
+
+
+def _prepare_command(argv: list[str]) -> int:
+    from rlp_align.models import BUILTIN_MODEL, resolve_model
+
+    names = argv or [BUILTIN_MODEL]
+    for name in names:
+        print(f"{name}: {resolve_model(name)}")
+    return 0
+
+
+def _usage() -> str:
+    lines = [f"rlp {__version__}: RLHF with Reward Learning on Policy\n", "usage: rlp <command> [options]\n",
+             "commands:"]
+    lines += [f"  {name:<18} {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += ["  data inspect FILE  detected format, row count, field stats, first rows, invalid rows",
+              "  prepare [MODEL]    convert/build a built-in model into the cache (default smollm2-135m-instruct)",
+              "\n`rlp <command> --help` lists a command's options. Docs: README.md"]
+    return "\n".join(lines)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"rlp-align {__version__}")
+        return 0
+    _quiet_libraries()
+    try:
+        if argv[0] == "data":
+            return _data_command(argv[1:])
+        if argv[0] == "prepare":
+            return _prepare_command(argv[1:])
+        if argv[0] == "eval" and len(argv) > 1 and f"eval {argv[1]}" in COMMANDS:
+            return _run_command(f"eval {argv[1]}", argv[2:])
+        if argv[0] in COMMANDS:
+            return _run_command(argv[0], argv[1:])
+        raise UserError(f"unknown command '{' '.join(argv[:2])}'. Run `rlp --help` for the list.")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages and the last checkpoint are kept; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""RLP-SPG: synthetic preference generation from unlabelled policy samples (paper section "RLP-SPG").
+
+For each instruction x with n policy samples:
+1. cluster the samples by meaning (`rlp_align.clustering`: bidirectional entailment or embeddings);
+2. confidence = |largest cluster| / n; keep x only if confidence >= gamma (selective generation, gamma = 0.5);
+   on a tie for the largest cluster the first-formed one (the cluster of the earliest sample) is used;
+3. chosen = the sample of the largest cluster with the highest score under the step-2 RM (first on a tie);
+   rejected = a uniformly random sample from the other clusters (seeded). One pair per kept instruction.
+
+Edge cases: all samples equivalent -> one cluster, confidence 1, but no other cluster to draw a rejected
+answer from -> no pair (counted as ``no_rejected``). All samples different -> confidence 1/n -> dropped
+whenever gamma > 1/n (counted as ``low_confidence``).
+
+Table-5 variants (``selection``): ``spg`` (above), ``select_all`` (the same without selection, gamma = 0),
+``rm_rank`` (no clustering: the RM orders a random pair of distinct samples, better one chosen).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rlp_align.clustering import DEFAULT_SIMILARITY_THRESHOLD, cluster_sizes, largest_cluster
+from rlp_align.data.records import Preference, SampleSet, prompt_text
+from rlp_align.errors import UserError
+
+Selection = Literal["spg", "rm_rank", "select_all"]
+DROP_REASONS = ("low_confidence", "no_rejected", "empty")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure selection logic
+
+
+def synthesize_preferences(
+    sample_sets: list[SampleSet],
+    cluster_ids: list[list[int]],
+    rm_scores: list[list[float]],
+    gamma: float = 0.5,
+    seed: int = 0,
+) -> tuple[list[Preference], dict[str, Any]]:
+    """SPG pairs and their statistics (see module docstring for the rule and edge cases).
+
+    ``cluster_ids[i][j]`` / ``rm_scores[i][j]`` belong to ``sample_sets[i].responses[j]``. Scores of
+    instructions that are dropped are never read (a caller may leave them NaN to skip scoring them).
+    One ``random.Random(seed)`` draws the rejected answers in instruction order.
+    """
+    _check_aligned(sample_sets, cluster_ids, rm_scores)
+    rng = random.Random(seed)
+    prefs: list[Preference] = []
+    confidences: list[float] = []
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for s, ids, scores in zip(sample_sets, cluster_ids, rm_scores):
+        if not ids:
+            dropped["empty"] += 1
+            continue
+        top, size = largest_cluster(ids)
+        confidence = size / len(ids)
+        confidences.append(confidence)
+        if confidence < gamma:
+            dropped["low_confidence"] += 1
+            continue
+        others = [j for j, c in enumerate(ids) if c != top]
+        if not others:
+            dropped["no_rejected"] += 1
+            continue
+        members = [j for j, c in enumerate(ids) if c == top]
+        chosen = max(members, key=lambda j: (scores[j], -j))  # highest score, earliest on a tie
+        rejected = rng.choice(others)
+        prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
+            **s.meta,
+            "source": "spg",
+            "confidence": confidence,
+            "cluster_sizes": cluster_sizes(ids),
+            "chosen_score": float(scores[chosen]),
+            "rejected_score": float(scores[rejected]),
+        }))
+    return prefs, spg_stats(len(sample_sets), confidences, prefs, dropped, gamma)
+
+
+def rm_rank_preferences(
+    sample_sets: list[SampleSet], rm_scores: list[list[float]], seed: int = 0
+) -> tuple[list[Preference], dict[str, Any]]:
+    """Table-5 "RM ranks a pair": a random pair of distinct samples, the RM's better one is chosen.
+
+    Samples with identical text count once; an instruction with fewer than 2 distinct samples gives no
+    pair (``no_rejected``). No clustering and no confidence filter.
+    """
+    _check_aligned(sample_sets, [[0] * len(s.responses) for s in sample_sets], rm_scores)
+    rng = random.Random(seed)
+    prefs: list[Preference] = []
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for s, scores in zip(sample_sets, rm_scores):
+        if not s.responses:
+            dropped["empty"] += 1
+            continue
+        first_of: dict[str, int] = {}  # text -> index of its first occurrence
+        for j, r in enumerate(s.responses):
+            first_of.setdefault(r, j)
+        if len(first_of) < 2:
+            dropped["no_rejected"] += 1
+            continue
+        a, b = rng.sample(list(first_of.values()), 2)
+        chosen, rejected = (a, b) if scores[a] >= scores[b] else (b, a)
+        prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
+            **s.meta,
+            "source": "spg",
+            "chosen_score": float(scores[chosen]),
+            "rejected_score": float(scores[rejected]),
+        }))
+    return prefs, spg_stats(len(sample_sets), [], prefs, dropped, gamma=None)
+
+
+def _check_aligned(sample_sets: list[SampleSet], cluster_ids: list[list[int]], rm_scores: list[list[float]]):
+    if not (len(sample_sets) == len(cluster_ids) == len(rm_scores)):
+        raise ValueError(f"{len(sample_sets)} sample sets, {len(cluster_ids)} clusterings, {len(rm_scores)} scores")
+    for i, (s, ids, scores) in enumerate(zip(sample_sets, cluster_ids, rm_scores)):
+        if not (len(s.responses) == len(ids) == len(scores)):
+            raise ValueError(f"instruction {i}: {len(s.responses)} responses, {len(ids)} ids, {len(scores)} scores")
+
+
+def confidence_histogram(confidences: list[float], bins: int = 10) -> dict[str, list]:
+    """Counts over ``bins`` equal bins of [0, 1]; bin k is [k/bins, (k+1)/bins), the last one includes 1."""
+    counts = [0] * bins
+    for c in confidences:
+        counts[min(bins - 1, math.floor(c * bins + 1e-9))] += 1  # 1e-9: 0.3 * 10 must land in bin 3
+    return {"edges": [round(k / bins, 6) for k in range(bins + 1)], "counts": counts}
+
+
+def spg_stats(
+    n_instructions: int,
+    confidences: list[float],
+    prefs: list[Preference],
+    dropped: dict[str, int],
+    gamma: float | None,
+) -> dict[str, Any]:
+    """Summary of one SPG run. ``acceptance_rate`` = pairs produced / instructions."""
+
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    return {
+        "instructions": n_instructions,
+        "pairs": len(prefs),
+        "acceptance_rate": round(len(prefs) / n_instructions, 4) if n_instructions else 0.0,
+        "gamma": gamma,
+        "dropped": dict(dropped),
+        "confidence_mean": mean(confidences),
+        "confidence_histogram": confidence_histogram(confidences),
+        "mean_chosen_chars": mean([len(p.chosen) for p in prefs]),
+        "mean_rejected_chars": mean([len(p.rejected) for p in prefs]),
+        "mean_chosen_score": mean([p.meta["chosen_score"] for p in prefs]),
+        "mean_rejected_score": mean([p.meta["rejected_score"] for p in prefs]),
+    }
+
+
+def needs_scores(ids: list[int], gamma: float) -> bool:
+    """Whether an instruction can give an SPG pair, i.e. whether its samples need RM scores at all."""
+    if not ids:
+        return False
+    top, size = largest_cluster(ids)
+    return size / len(ids) >= gamma and any(c != top for c in ids)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI entry point
+
+
+@dataclass
+class SPGConfig:
+    samples_file: str  # JSONL {prompt, responses, meta} (or AlpacaFarm {instruction, input, output: [...]})
+    reward_model: str  # the step-2 RM folder (or "tiny" for tests)
+    output_file: str  # TRL-format JSONL {prompt, chosen, rejected, meta}; stats go to <output_file>.stats.json
+    gamma: float = 0.5
+    selection: Selection = "spg"
+    backend: Literal["embedding", "nli"] = "embedding"
+    nli_model: str | None = None  # local NLI checkpoint folder, needed by backend "nli"
+    rule: Literal["loose", "strict"] = "loose"
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    nli_max_length: int = 256
+    seed: int = 0
+    batch_size: int = 8
+    max_length: int = 1024
+
+
+def _validate(cfg: SPGConfig) -> None:
+    if not 0.0 <= cfg.gamma <= 1.0:
+        raise UserError(f"spg gamma must be in [0, 1], got {cfg.gamma}")
+    if cfg.selection not in ("spg", "rm_rank", "select_all"):
+        raise UserError(f"unknown spg selection '{cfg.selection}': choose spg, rm_rank or select_all")
+    if cfg.selection != "rm_rank" and cfg.backend == "nli" and not cfg.nli_model:
+        raise UserError("spg backend 'nli' needs nli_model: a local NLI checkpoint folder (e.g. a DeBERTa MNLI "
+                        "model); or use backend 'embedding', which needs no download")
+    if cfg.batch_size < 1 or cfg.max_length < 8:
+        raise UserError(f"spg batch_size must be >= 1 and max_length >= 8 (got {cfg.batch_size}, {cfg.max_length})")
+
+
+def _score(cfg: SPGConfig, sample_sets: list[SampleSet], wanted: list[bool]) -> list[list[float]]:
+    """RM scores of every response of the wanted instructions; NaN (never read) for the others."""
+    import torch
+
+    from rlp_align.models import load_reward_model, load_tokenizer, score_texts
+
+    prompts, responses = [], []
+    for s, want in zip(sample_sets, wanted):
+        if want:
+            prompts += [s.prompt] * len(s.responses)
+            responses += s.responses
+    flat: list[float] = []
+    if responses:
+        model = load_reward_model(cfg.reward_model)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = load_tokenizer(cfg.reward_model)
+        flat = score_texts(model, tokenizer, prompts, responses, cfg.batch_size, cfg.max_length).tolist()
+    out, k = [], 0
+    for s, want in zip(sample_sets, wanted):
+        n = len(s.responses)
+        out.append(flat[k : k + n] if want else [math.nan] * n)
+        k += n if want else 0
+    return out
+
+
+def _read_sample_sets(path: str) -> list[SampleSet]:
+    try:
+        from rlp_align.data.readers import read_sample_sets
+    except ImportError:  # readers not available: plain {prompt, responses, meta} rows
+        from rlp_align.data.records import user_prompt
+        from rlp_align.io import read_rows
+
+        return [SampleSet(user_prompt(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"],
+                          list(r["responses"]), dict(r.get("meta") or {})) for _, r in read_rows(path)]
+    return read_sample_sets(path)
+
+
+def run_spg(cfg: SPGConfig) -> dict[str, Any]:
+    """Read samples, cluster, score with the RM, select pairs, write the preference and stats files."""
+    from rlp_align.clustering import NLIEntailment, cluster_many
+    from rlp_align.data.writers import write_preferences
+    from rlp_align.io import write_json
+
+    _validate(cfg)
+    sample_sets = _read_sample_sets(cfg.samples_file)
+    if cfg.selection == "rm_rank":
+        scores = _score(cfg, sample_sets, [True] * len(sample_sets))
+        prefs, stats = rm_rank_preferences(sample_sets, scores, cfg.seed)
+    else:
+        gamma = 0.0 if cfg.selection == "select_all" else cfg.gamma
+        entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length) if cfg.backend == "nli" else None
+        cluster_ids = cluster_many(
+            [s.responses for s in sample_sets], cfg.backend,
+            instructions=[prompt_text(s.prompt) for s in sample_sets], entail_fn=entail_fn, rule=cfg.rule,
+            similarity_threshold=cfg.similarity_threshold,
+        )
+        scores = _score(cfg, sample_sets, [needs_scores(ids, gamma) for ids in cluster_ids])
+        prefs, stats = synthesize_preferences(sample_sets, cluster_ids, scores, gamma, cfg.seed)
+    stats["selection"] = cfg.selection
+    stats["backend"] = None if cfg.selection == "rm_rank" else cfg.backend
+    write_preferences(cfg.output_file, prefs)
+    stats_file = f"{cfg.output_file}.stats.json"
+    write_json(stats_file, stats)
+    print(
+        f"spg ({cfg.selection}): {stats['pairs']} pairs from {stats['instructions']} instructions "
+        f"(acceptance {stats['acceptance_rate']:.2f}; dropped {stats['dropped']}); "
+        f"mean chars chosen {stats['mean_chosen_chars']}, rejected {stats['mean_rejected_chars']} "
+        f"-> {cfg.output_file}"
+    )
+    return {**stats, "output_file": cfg.output_file, "stats_file": stats_file}

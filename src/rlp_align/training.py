@@ -1,0 +1,182 @@
+"""Plumbing shared by every trainer: Accelerate set-up, metrics, checkpoints with resume, NaN guards.
+
+Resume contract: a trainer saves, every ``save_every`` steps, the model(s), optimiser, scheduler, all
+RNG states (through ``Accelerator.save_state``) and its step counter. Batches are drawn from a
+deterministic, seeded order indexed by step (``batch_indices``), so a resumed run sees exactly the
+batches the uninterrupted run would have seen and ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+
+from rlp_align.errors import NonFiniteError
+from rlp_align.io import append_jsonl, check_writable, write_json
+
+
+def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
+    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed."""
+    torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
+    # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
+    # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    set_seed(seed)
+    return accelerator
+
+
+def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Row indices of global batch ``step``: epochs are seeded permutations laid end to end.
+
+    Pure function of (step, seed), which is what makes resume exact without saving a data iterator.
+    """
+    if num_rows == 0:
+        return []
+    per_epoch = max(1, num_rows // batch_size) if num_rows >= batch_size else 1
+    epoch, offset = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    chunk = order[offset * batch_size : (offset + 1) * batch_size]
+    if len(chunk) < batch_size:  # fewer rows than a batch: wrap around
+        chunk = np.resize(order, batch_size) if num_rows < batch_size else chunk
+    return chunk.tolist()
+
+
+def shard(indices: list[int], accelerator: Accelerator) -> list[int]:
+    """This rank's share of a global batch (contiguous, equal-sized when divisible)."""
+    n, rank = accelerator.num_processes, accelerator.process_index
+    per = math.ceil(len(indices) / n)
+    return indices[rank * per : (rank + 1) * per]
+
+
+class MetricsLogger:
+    """Metrics to ``metrics.jsonl`` and TensorBoard; on resume, rows past the resumed step are dropped."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool = True, resume_step: int = 0):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if line.strip()
+                    and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # tensorboard is optional at run time
+            self.writer = None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v)
+                 for k, v in metrics.items()}
+        append_jsonl(self.path, {"step": step, "time": time.time(), **clean})
+        if self.writer is not None:
+            for key, value in clean.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Checkpointer:
+    """The latest resumable state under ``<out_dir>/checkpoint``, replaced atomically."""
+
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator):
+        self.out_dir, self.accelerator = Path(out_dir), accelerator
+        self.path = self.out_dir / "checkpoint"
+        if accelerator.is_main_process:
+            check_writable(self.out_dir)
+
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> None:
+        acc = self.accelerator
+        tmp = self.out_dir / ".checkpoint.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        if acc.is_main_process:
+            write_json(tmp / "trainer_state.json", {"step": step, **(extra or {})})
+            old = self.out_dir / ".checkpoint.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if self.path.exists():
+                os.replace(self.path, old)
+            os.replace(tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def load(self) -> dict[str, Any] | None:
+        """Restore models/optimisers/schedulers/RNG; return the saved trainer state, or None for a fresh run."""
+        state_file = self.path / "trainer_state.json"
+        if not state_file.exists():
+            return None
+        self.accelerator.load_state(str(self.path))
+        return json.loads(state_file.read_text())
+
+
+def check_finite(name: str, value: torch.Tensor | float, step: int, out_dir: str | Path) -> None:
+    """Stop with a diagnostic on NaN/Inf; the last checkpoint on disk is the last good one."""
+    v = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    if not torch.isfinite(v).all():
+        raise NonFiniteError(
+            f"{name} became {v.flatten()[0].item()} at step {step}. Training stopped; the last good checkpoint "
+            f"is kept in {Path(out_dir) / 'checkpoint'} (rerun the same command to resume from it). "
+            "Usual causes: a learning rate too high, fp16/bf16 overflow, or an empty/degenerate batch."
+        )
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up then linear decay to 10% of the peak learning rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.1, 1.0 - 0.9 * progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelerator) -> dict[str, Any] | None:
+    """The summary of a finished run in ``out_dir`` (so a rerun is a no-op), else None.
+
+    With ``overwrite`` the previous outputs (summary, metrics, TensorBoard, model, checkpoint) are removed
+    first and None is returned: the run starts afresh. A folder with only a checkpoint is left alone (resume).
+    """
+    out = Path(out_dir)
+    summary = out / "summary.json"
+    if summary.exists() and not overwrite:
+        return json.loads(summary.read_text())
+    if overwrite and accelerator.is_main_process:
+        for name in ("checkpoint", ".checkpoint.tmp", "model", "tensorboard"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("summary.json", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return None
