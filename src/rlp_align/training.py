@@ -30,9 +30,13 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Acceler
     torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
+    # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
+    # otherwise every rank silently runs as an independent single process.
+    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        cpu=cpu_ranks,
     )
     set_seed(seed)
     return accelerator

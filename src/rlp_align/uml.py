@@ -184,9 +184,14 @@ class MultiViewHead(nn.Module):
                 RuntimeWarning,
                 stacklevel=2,
             )
-            zero = h1.new_zeros(())
+            # zero, but attached to every head parameter so DDP sees all of them used on every rank
+            zero = 0.0 * sum(p.sum() for p in self.parameters())
             return zero, {"loss": 0.0, "i_jsd": 0.0, "d_skl": 0.0, "beta": self.beta, "skipped": 1.0}
 
+        # [decided] a parameter-free LayerNorm first: last-token states of a barely trained RM differ by
+        # ~1 % between inputs, too little for the critic to separate before the encoder adapts.
+        h1 = nn.functional.layer_norm(h1, h1.shape[-1:])
+        h2 = nn.functional.layer_norm(h2, h2.shape[-1:])
         mu1, sigma1, z1 = self.encoder(h1)
         mu2, sigma2, z2 = self.encoder(h2)
         d_skl = symmetric_kl(mu1, sigma1, mu2, sigma2).mean()
@@ -194,7 +199,7 @@ class MultiViewHead(nn.Module):
 
         if self.method == "contrastive":
             nce = info_nce(mu1, mu2, self.temperature)
-            loss = nce
+            loss = nce + 0.0 * d_skl  # 0 * d_skl keeps the sigma MLP in the graph (DDP: no unused parameters)
             stats["i_nce"] = math.log(h1.shape[0]) - nce.item()
         elif self.method == "infomax":
             i_1 = jsd_mutual_information(*self.critic.pairs(h1, z1))

@@ -9,9 +9,10 @@ Score of a response y to an instruction x, in [0, 1]:
     penalty(y) = min(1, repetition(y) + truncation(y) + copying(y))
     score(y)   = quality(y) * (1 - penalty(y));   score = 0 for an empty answer
 
-- e(.) is the mean-pooled, L2-normalised all-MiniLM-L6-v2 embedding (`rlp_align.embeddings`). Long texts
-  are embedded in windows of 128 words and the unit vectors averaged, so text past the encoder's 256
-  tokens (e.g. padding) still counts.
+- e(.) is built from the mean-pooled, L2-normalised all-MiniLM-L6-v2 embedding (`rlp_align.embeddings`)
+  of each sentence (split on . ! ? and line breaks; 128-word windows beyond that): their mean weighted
+  by word count, renormalised. Text past the encoder's 256 tokens (e.g. padding) therefore still counts,
+  and a sentence shared by many candidate answers is encoded once.
 - satisfied_fraction is the share of the instruction's constraints met (`rlp_align.constraints`).
 - repetition = max(0, d - 0.1) / 0.9 where d is the share of word 4-grams that repeat an earlier 4-gram
   (normal prose has d < 0.1; a sentence said five times has d near 0.8).
@@ -34,7 +35,7 @@ import re
 import torch
 
 from rlp_align.annotators.base import Annotator
-from rlp_align.constraints import satisfied_fraction
+from rlp_align.constraints import satisfied_fraction, sentences
 from rlp_align.data.records import Instruction
 
 WINDOW_WORDS = 128
@@ -108,20 +109,34 @@ class RuleAnnotator(Annotator):
         return self._encoder
 
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Unit vectors; long texts are split into WINDOW_WORDS-word windows whose embeddings are averaged."""
-        pieces, owner = [], []
+        """Unit vectors: the word-count-weighted mean of the text's sentence embeddings, renormalised.
+
+        Sentences longer than WINDOW_WORDS words are cut into windows. Identical sentences are encoded once,
+        which makes comparing many variants of one answer cheap, and text past the encoder's 256-token limit
+        still counts.
+        """
+        pieces, owner, weight = [], [], []
         for i, text in enumerate(texts):
-            tokens = text.split() or [""]
-            for start in range(0, len(tokens), WINDOW_WORDS):
-                pieces.append(" ".join(tokens[start : start + WINDOW_WORDS]))
-                owner.append(i)
-        # Unique pieces only: references repeat across the pairs of one instruction.
-        unique = list(dict.fromkeys(pieces))
+            for sentence in sentences(text):
+                tokens = sentence.split()
+                for start in range(0, len(tokens), WINDOW_WORDS):
+                    pieces.append(" ".join(tokens[start : start + WINDOW_WORDS]))
+                    owner.append(i)
+                    weight.append(float(len(tokens[start : start + WINDOW_WORDS])))
+        out = torch.zeros(len(texts), self.dim)
+        if not pieces:
+            return out
+        # Sorted by length so each encoder batch pads to similar lengths: several times faster on CPU.
+        unique = sorted(dict.fromkeys(pieces), key=len)
         vecs = self.encoder.encode(unique, batch_size=self.batch_size)
         index = {p: k for k, p in enumerate(unique)}
-        out = torch.zeros(len(texts), vecs.shape[1])
-        out.index_add_(0, torch.tensor(owner), vecs[[index[p] for p in pieces]])
+        rows = vecs[[index[p] for p in pieces]] * torch.tensor(weight).unsqueeze(-1)
+        out.index_add_(0, torch.tensor(owner), rows)
         return torch.nn.functional.normalize(out, dim=-1)
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.model.config.hidden_size)
 
     def score(self, instructions: list[Instruction], responses: list[str]) -> list[float]:
         anchors = [inst.reference if inst.reference else inst.text for inst in instructions]

@@ -1,0 +1,295 @@
+"""PPO against a reward function, AlpacaFarm-style (RLP steps 3 and 5).
+
+One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
+  1. rollout: sample responses to a global batch of prompts with the policy (KV cache, left padding);
+  2. score:  one batched forward each for the policy's log-probs, the frozen reference's log-probs and the
+             value model's values, plus the reward r(x, y) read at the last real token of the response;
+  3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref), plus r(x, y) at the last token; optional
+             truncation penalty; optional reward whitening; GAE advantages, whitened;
+  4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.
+Losses and GAE are pure functions in `rlp_align.ppo_losses`. The value model starts as a copy of the RM.
+Multi-process: each rank takes its shard of the global rollout batch; metrics are averaged over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from rlp_align.data.records import Messages
+from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
+from rlp_align.errors import UserError
+from rlp_align.generation import seeded_generator
+from rlp_align.io import write_json
+from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model, merge_lora, save_model
+from rlp_align.ppo_losses import (
+    AdaptiveKLController,
+    gae,
+    kl_penalty_rewards,
+    masked_mean,
+    policy_loss,
+    value_loss,
+    whiten,
+)
+from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
+from rlp_align.training import (
+    Checkpointer,
+    MetricsLogger,
+    batch_indices,
+    check_finite,
+    finished_summary,
+    make_accelerator,
+    shard,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOConfig:
+    policy: str = "tiny"  # the SFT policy pi_SFT; PPO starts from it
+    reward_model: str = ""  # RM folder (or use reward_ensemble)
+    output_dir: str = "runs/ppo"
+    reference: str | None = None  # frozen pi_ref for the KL penalty; defaults to `policy`
+    value_model: str | None = None  # defaults to the reward model (AlpacaFarm initialises V from the RM)
+    prompts_file: str = ""  # unlabelled instructions U
+    reward_ensemble: list[str] = field(default_factory=list)  # member RM folders (Coste et al. 2024)
+    ensemble_aggregate: Literal["mean", "wco", "uwo"] = "mean"
+    uwo_lambda: float = 0.5
+    steps: int = 20  # AlpacaFarm's best results: 20-80 steps of 512 rollouts
+    rollout_batch_size: int = 16  # global prompts per PPO step (AlpacaFarm: 512)
+    step_batch_size: int = 8  # global sequences per optimiser step (AlpacaFarm: 256)
+    micro_batch_size: int | None = None  # per-rank chunk of a minibatch (gradient accumulation); None = all
+    rollout_chunk_size: int = 64  # per-rank sequences per generation / scoring forward
+    ppo_epochs: int = 2
+    learning_rate: float = 1e-5
+    value_learning_rate: float | None = None  # defaults to learning_rate
+    warmup_steps: int = 0  # optimiser updates of linear warm-up, then constant (independent of `steps`)
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl_coef: float = 0.0067  # AlpacaFarm, simulated preferences
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    whiten_rewards: bool = True
+    truncation_penalty: float | None = None  # score given to responses without EOS (AlpacaFarm: -1.0)
+    max_new_tokens: int = 64  # AlpacaFarm: 300
+    max_prompt_length: int = 256
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 10
+    reward_batch_size: int = 8
+    gradient_checkpointing: bool = False
+    lora: bool = False  # LoRA adapters on policy and value model instead of full fine-tuning
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+def shape_rewards(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor:
+    """Step 3: KL-penalised per-token rewards -> GAE -> whitened advantages (in place); returns the KL [B, T]."""
+    rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef)
+    if cfg.whiten_rewards:
+        rewards = whiten(rewards, rollout.mask, shift_mean=False)
+    advantages, rollout.returns = gae(rewards, rollout.values, rollout.mask, cfg.gamma, cfg.lam)
+    rollout.advantages = whiten(advantages, rollout.mask)
+    return kl
+
+
+def _check(cfg: PPOConfig, num_processes: int) -> None:
+    if cfg.rollout_batch_size % num_processes or cfg.step_batch_size % num_processes:
+        raise UserError(f"rollout_batch_size ({cfg.rollout_batch_size}) and step_batch_size ({cfg.step_batch_size}) "
+                        f"must be multiples of the number of processes ({num_processes})")
+    if cfg.rollout_batch_size % cfg.step_batch_size:
+        raise UserError(f"rollout_batch_size ({cfg.rollout_batch_size}) must be a multiple of step_batch_size "
+                        f"({cfg.step_batch_size})")
+    if cfg.temperature <= 0:
+        raise UserError("PPO samples from the policy: temperature must be > 0")
+
+
+def ppo_update(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, rollout: Rollout,
+    cfg: PPOConfig, step: int, base_lrs: list[float],
+) -> dict[str, float]:
+    """Step 4: ``ppo_epochs`` passes over shuffled minibatches of this rank's rollout; one optimiser step each.
+
+    A minibatch may be split into micro-batches (gradient accumulation); each micro-batch's masked-mean loss
+    is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean.
+    Returns the token-weighted means of the loss statistics over all updates of this step.
+    """
+    local_minibatch = cfg.step_batch_size // accelerator.num_processes
+    micro = cfg.micro_batch_size or local_minibatch
+    updates_per_step = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.step_batch_size)
+    update = step * updates_per_step  # global optimiser-update count, for the warm-up
+    rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])  # a pure function of the step
+    model.train()
+    sums: dict[str, float] = {}
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.as_tensor(rng.permutation(rollout.mask.shape[0]), device=rollout.mask.device)
+        for minibatch in order.split(local_minibatch):
+            minibatch_tokens = rollout.mask[minibatch].sum().clamp(min=1)
+            warmup = min(1.0, (update + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * warmup
+            chunks = minibatch.split(micro)
+            for i, rows in enumerate(chunks):
+                b = rollout.rows(rows)
+                share = b["mask"].sum() / minibatch_tokens
+                # gradients are all-reduced across ranks only on the minibatch's last micro-batch
+                with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
+                    logits, values = model(b["input_ids"], b["attention_mask"], b["response"].shape[1])
+                    logprobs = token_logprobs(logits, b["response"], cfg.temperature)
+                    pg_loss, clip_fraction, approx_kl = policy_loss(
+                        logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
+                    vf_loss, vf_clip_fraction = value_loss(
+                        values.float(), b["values"], b["returns"], b["mask"], cfg.value_clip_range)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    accelerator.backward(loss * share)
+                check_finite("loss", loss, step + 1, cfg.output_dir)
+                for key, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_fraction", clip_fraction),
+                               ("value_clip_fraction", vf_clip_fraction), ("approx_kl", approx_kl)):
+                    sums[key] = sums.get(key, 0.0) + float(v.detach()) * float(share) / updates_per_step
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update += 1
+    return sums
+
+
+def train_ppo(
+    cfg: PPOConfig, prompts: list[Messages], reward_fn: RewardFn,
+    gold_fn: Callable[[list[Messages], list[str]], Any] | None = None,
+) -> dict[str, Any]:
+    """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
+    if not prompts:
+        raise UserError("PPO needs at least one prompt")
+    accelerator = make_accelerator(cfg.seed)
+    _check(cfg, accelerator.num_processes)
+    out_dir = Path(cfg.output_dir)
+    if (done := finished_summary(out_dir, cfg.overwrite, accelerator)) is not None:
+        return done
+    device = accelerator.device
+    started = time.time()
+
+    trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    policy = load_policy(cfg.policy, **trust)
+    ref = load_policy(cfg.reference or cfg.policy, **trust).to(device).eval().requires_grad_(False)
+    value = load_value_model(cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0], **trust)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        value.gradient_checkpointing_enable()
+    if cfg.lora:
+        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        value = apply_lora(value, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    actor_critic = ActorCritic(policy, value)
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+              {"params": [p for p in value.parameters() if p.requires_grad],
+               "lr": cfg.value_learning_rate or cfg.learning_rate}]
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    model, optimizer = accelerator.prepare(actor_critic, optimizer)
+    unwrapped: ActorCritic = accelerator.unwrap_model(model)
+    score_tokens = (hasattr(reward_fn, "score_tokens") and getattr(reward_fn, "tokenizer", None) is not None
+                    and same_vocabulary(reward_fn.tokenizer, tokenizer))
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
+
+    checkpointer = Checkpointer(out_dir, accelerator)
+    state = checkpointer.load()
+    start = 0
+    if state is not None:
+        start, kl_ctl.value = int(state["step"]), float(state["kl_coef"])
+        log.info("resuming PPO from step %d", start)
+    logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_step=start)
+    metrics: dict[str, float] = {}
+
+    for step in range(start, cfg.steps):
+        # ---- 1-2. rollout and scoring
+        timings: dict[str, float] = {}
+        indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size, step, cfg.seed), accelerator)
+        batch_prompts = [prompts[i] for i in indices]
+        generator = seeded_generator(cfg.seed, step, accelerator.process_index, device=device)
+        rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
+                                      score_tokens, timings)
+        check_finite("reward", rollout.raw_scores, step + 1, out_dir)
+
+        # ---- 3. KL-shaped rewards, GAE, whitened advantages
+        kl = shape_rewards(rollout, cfg, kl_ctl.value)
+
+        # ---- 4. PPO epochs over minibatches
+        t0 = time.perf_counter()
+        losses = ppo_update(model, optimizer, accelerator, rollout, cfg, step, base_lrs)
+        timings["time_update"] = time.perf_counter() - t0
+        update_tokens = cfg.ppo_epochs * (rollout.query_mask.sum() + rollout.mask.sum()).item()
+        timings["update_tokens_per_second"] = update_tokens / max(timings["time_update"], 1e-9)
+
+        # ---- metrics (mean over ranks), KL controller, checkpoint
+        seq_kl = kl.sum(-1)
+        local = {
+            "reward": rollout.raw_scores.mean(), "reward_std": rollout.raw_scores.std(unbiased=False),
+            "score": rollout.scores.mean(), "kl": seq_kl.mean(),
+            "kl_per_token": masked_mean(kl, rollout.mask),
+            "entropy": masked_mean(rollout.entropy, rollout.mask),
+            "response_length": rollout.mask.sum(-1).float().mean(),
+            "truncated_fraction": rollout.truncated.float().mean(),
+            "non_score_reward": (-kl_ctl.value * seq_kl).mean(),
+            **{k: torch.tensor(v) for k, v in losses.items()},
+            **{k: torch.tensor(v) for k, v in timings.items()},
+        }
+        if gold_fn is not None:
+            local["gold_reward"] = torch.as_tensor(gold_fn(batch_prompts, texts), dtype=torch.float32).mean()
+        names = list(local)
+        reduced = accelerator.reduce(torch.stack([local[k].float().to(device) for k in names]), reduction="mean")
+        metrics = dict(zip(names, reduced.tolist()))
+        metrics["kl_coef"] = kl_ctl.value
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
+        logger.log(step + 1, metrics)
+        if accelerator.is_main_process:
+            log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
+
+    # ---- outputs: the policy as a plain HF folder, metrics, summary
+    logger.close()
+    accelerator.wait_for_everyone()
+    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": time.time() - started,
+               "model": str(out_dir / "model"), "final_kl_coef": kl_ctl.value, "final": metrics,
+               "config": asdict(cfg)}
+    if accelerator.is_main_process:
+        save_model(merge_lora(unwrapped.policy), tokenizer, out_dir / "model")
+        write_json(out_dir / "summary.json", summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
+    """`rlp ppo`: prompts from ``prompts_file``, reward from ``reward_model`` or ``reward_ensemble``."""
+    from accelerate import PartialState
+
+    from rlp_align.data.readers import read_instructions
+
+    if not cfg.prompts_file:
+        raise UserError("ppo needs --prompts_file (unlabelled instructions)")
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
+    reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
+                               device=PartialState().device, batch_size=cfg.reward_batch_size,
+                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
+    return train_ppo(cfg, prompts, reward_fn)

@@ -1,0 +1,173 @@
+"""PPO experience: sampling responses and scoring them once per step (steps 1-2 of `rlp_align.ppo`).
+
+`ActorCritic` holds the policy and the value model so that one DDP wrapper, one optimiser and one backward
+cover both (AlpacaFarm). `make_rollout` samples with the KV cache (`rlp_align.generation.sample_tokens`),
+then computes, in one batched forward each and under ``torch.inference_mode``, the policy's log-probs, the
+frozen reference's log-probs, the values and the entropies, plus the reward r(x, y) at the last real token.
+Nothing is read at a pad position: left-padded prompts get positions from the attention mask, and every
+per-token quantity is multiplied by the response mask (1 up to and including EOS).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from rlp_align.data.records import Messages
+from rlp_align.ensemble import RewardFn
+from rlp_align.generation import sample_tokens
+from rlp_align.models import _unwrap, reward_head
+from rlp_align.ppo_losses import entropy_from_logits
+from rlp_align.templates import collate, encode_prompt
+
+if TYPE_CHECKING:
+    from rlp_align.ppo import PPOConfig
+
+
+class ActorCritic(nn.Module):
+    """Policy and value model under one module: one DDP wrapper, one optimiser, one backward (AlpacaFarm)."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions.
+
+        Positions come from the attention mask, so left padding changes nothing; logits are computed only
+        for the response (``logits_to_keep``), not the prompt.
+        """
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+        inner = _unwrap(self.value)
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=positions).last_hidden_state
+        values = reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
+        return logits, values
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled tokens [B, T], from logits of the sampling distribution."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def reference_logprobs(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                 logits_to_keep=tokens.shape[1] + 1, use_cache=False).logits[:, :-1]
+    return token_logprobs(logits, tokens, temperature)
+
+
+@dataclass
+class Rollout:
+    """One PPO step's experience, [B, ...] on this rank. ``mask`` covers response tokens up to EOS."""
+
+    query: torch.Tensor  # [B, P] left-padded prompt ids
+    query_mask: torch.Tensor
+    response: torch.Tensor  # [B, T] right-padded response ids (pad after EOS)
+    mask: torch.Tensor
+    logprobs: torch.Tensor  # [B, T] under the policy that sampled them
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: torch.Tensor  # [B] r(x, y), after the truncation penalty
+    raw_scores: torch.Tensor  # [B] r(x, y) as the reward function gave it
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A minibatch, with all-pad columns trimmed (left of the prompt, right of the responses)."""
+        seq_mask = torch.cat([self.query_mask[index], self.mask[index]], dim=1)
+        first = int(seq_mask.any(0).long().argmax())
+        width = max(1, int(self.mask[index].sum(-1).max()))
+        end = self.query.shape[1] + width
+        return {
+            "input_ids": torch.cat([self.query[index], self.response[index]], dim=1)[:, first : end],
+            "attention_mask": seq_mask[:, first : end],
+            **{k: getattr(self, k)[index][:, :width]
+               for k in ("response", "mask", "logprobs", "values", "advantages", "returns")},
+        }
+
+
+@torch.inference_mode()
+def evaluate_responses(
+    actor_critic: ActorCritic, ref: nn.Module, query: torch.Tensor, query_mask: torch.Tensor,
+    response: torch.Tensor, mask: torch.Tensor, temperature: float, chunk_size: int,
+) -> dict[str, torch.Tensor]:
+    """Policy log-probs, reference log-probs, values and entropies of given responses, once, in chunks.
+
+    Everything read at a pad position is zeroed with ``mask``.
+    """
+    out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
+    for start in range(0, query.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        ids = torch.cat([query[rows], response[rows]], dim=1)
+        attn = torch.cat([query_mask[rows], mask[rows]], dim=1)
+        logits, values = actor_critic(ids, attn, response.shape[1])
+        logits = logits.float() / temperature
+        m = mask[rows].to(logits.dtype)
+        out["logprobs"].append(token_logprobs(logits, response[rows]) * m)
+        out["entropy"].append(entropy_from_logits(logits) * m)
+        out["values"].append(values.float() * m)
+        out["ref_logprobs"].append(reference_logprobs(ref, ids, attn, response[rows], temperature) * m)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def make_rollout(
+    actor_critic: ActorCritic, ref: nn.Module, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, prompts: list[Messages],
+    cfg: PPOConfig, generator: torch.Generator, score_tokens: bool, timings: dict[str, float],
+) -> tuple[Rollout, list[str]]:
+    """Steps 1-2 of a PPO step: sample, then score once (policy, reference, values, reward)."""
+    device = next(actor_critic.parameters()).device
+    was_training = actor_critic.training
+    actor_critic.eval()  # no dropout (e.g. LoRA's) while sampling and scoring
+    t0 = time.perf_counter()
+    encoded = [encode_prompt(tokenizer, p, cfg.max_prompt_length) for p in prompts]
+    query, query_mask = collate(encoded, tokenizer.pad_token_id, side="left")
+    query, query_mask = query.to(device), query_mask.to(device)
+    pieces = []
+    for start in range(0, len(encoded), cfg.rollout_chunk_size):
+        rows = slice(start, start + cfg.rollout_chunk_size)
+        pieces.append(sample_tokens(
+            actor_critic.policy, query[rows], query_mask[rows], max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            temperature=cfg.temperature, generator=generator))
+    width = max(p[0].shape[1] for p in pieces)
+    pad = tokenizer.pad_token_id
+    response = torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad) for r, _ in pieces])
+    mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1]), value=0) for _, m in pieces])
+    lengths = mask.sum(-1)
+    last = response.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+    truncated = last != tokenizer.eos_token_id
+    texts = [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(response.tolist(), lengths.tolist())]
+    timings["time_rollout"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stats = evaluate_responses(actor_critic, ref, query, query_mask, response, mask, cfg.temperature,
+                               cfg.rollout_chunk_size)
+    actor_critic.train(was_training)
+    if score_tokens:  # the exact sampled tokens, scored at the last real one (EOS when produced)
+        raw = reward_fn.score_tokens(torch.cat([query, response], 1), torch.cat([query_mask, mask], 1))
+    else:
+        raw = reward_fn(prompts, texts)
+    raw = torch.as_tensor(raw, dtype=torch.float32).detach().to(device)
+    scores = raw.clone()
+    if cfg.truncation_penalty is not None:
+        scores = torch.where(truncated, torch.full_like(scores, cfg.truncation_penalty), scores)
+    timings["time_score"] = time.perf_counter() - t0
+    # inference-mode tensors cannot enter autograd: clone them into ordinary tensors
+    rollout = Rollout(query.clone(), query_mask.clone(), response.clone(), mask.clone(),
+                      **{k: v.clone() for k, v in stats.items()}, scores=scores, raw_scores=raw,
+                      truncated=truncated.clone())
+    return rollout, texts

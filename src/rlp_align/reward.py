@@ -1,0 +1,374 @@
+"""Reward modelling (RLHF step 2): a Bradley-Terry reward model on preference pairs.
+
+    L = -E_D[ log σ(r(x, y_w) - r(x, y_l) - m) ]  +  c · E_D[ (r(x, y_w) + r(x, y_l))² ]
+
+The first term is the paper's Eq. 1 without L_M (Ouyang et al. 2022, Eq. 1) with an optional margin m;
+the second is the optional reward-centring term of Eisenstein et al. (2023). r = backbone (SFT policy) +
+a zero-initialised linear head read at the last real token (`models.load_reward_model`). Chosen and
+rejected responses go through the model in one concatenated batch.
+
+`train_reward_model` is reused by the RLP refinement (`rlp_align.refine`), which adds λ·L_M through an
+`AuxiliaryLoss`: extra sequences (the two views) scored in the same forward pass as the pairs.
+
+Outputs in ``output_dir``: ``model/`` (a sequence classifier with ``num_labels=1``, LoRA merged in),
+``metrics.jsonl``, ``tensorboard/``, ``summary.json``; ``checkpoint/`` while running, removed at the end
+unless ``keep_checkpoint``. Rerunning a finished run returns its summary; an unfinished one resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlp_align.data.records import Preference
+from rlp_align.errors import UserError
+from rlp_align.io import atomic_path, write_json
+from rlp_align.models import (
+    apply_lora,
+    load_reward_model,
+    load_tokenizer,
+    merge_lora,
+    reward_scores,
+    save_model,
+)
+from rlp_align.templates import collate, encode_pair
+from rlp_align.training import (
+    Checkpointer,
+    MetricsLogger,
+    batch_indices,
+    check_finite,
+    finished_summary,
+    linear_schedule,
+    make_accelerator,
+    shard,
+)
+
+EncodedPair = tuple[list[int], list[int]]  # token ids of (prompt + chosen, prompt + rejected), or of two views
+
+
+@dataclass
+class RewardConfig:
+    model: str = "tiny"  # the SFT policy (a causal-LM folder) or an existing reward model
+    train_file: str | None = None
+    eval_file: str | None = None
+    output_dir: str = "runs/reward"
+    learning_rate: float = 3e-6  # AlpacaFarm; tiny models want ~1e-3
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8  # pairs per optimiser step, over all ranks
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    margin: float = 0.0
+    center_coef: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+    warmup_steps: int = 0
+    eval_fraction: float = 0.0  # held out of train_file when there is no eval_file
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_batch_size: int = 16
+    logging_every: int = 1
+    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
+    seed: int = 0
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    keep_checkpoint: bool = False
+    overwrite: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """-E[log σ(r(x, y_w) - r(x, y_l) - margin)]: the Bradley-Terry term of Eq. 1 (Ouyang et al. 2022, Eq. 1).
+
+    A positive margin asks the chosen reward to exceed the rejected one by at least ``margin``.
+    """
+    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+
+
+def centering_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, coef: float) -> torch.Tensor:
+    """coef · E[(r(x, y_w) + r(x, y_l))²]: keeps rewards centred on 0 (Eisenstein et al. 2023)."""
+    return coef * (r_chosen + r_rejected).pow(2).mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces
+
+
+class RewardScorer(nn.Module):
+    """Calls `models.reward_scores` inside ``forward`` so that DDP sees the forward pass and syncs gradients."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return reward_scores(self.model, input_ids, attention_mask)
+
+
+@dataclass
+class AuxiliaryLoss:
+    """An extra term ``weight · head(h1, h2)`` on the hidden states of view pairs scored with the pairs.
+
+    RLP-UML: ``head`` is a `uml.MultiViewHead` giving L_M, ``views(step)`` the step's global batch of
+    (view 1, view 2) token ids, ``weight`` is λ. The head is trained and checkpointed with the RM and saved
+    beside it as ``<name>_head.safetensors``, never inside ``model/``.
+    """
+
+    head: nn.Module
+    views: Callable[[int], list[EncodedPair]]
+    weight: float
+    name: str = "uml"
+    stat_keys: tuple[str, ...] = ("loss", "i_jsd", "d_skl")
+    learning_rate: float | None = None  # the head's own peak LR (fresh MLPs barely move at RM LRs); None: the RM's
+
+
+def encode_preferences(tokenizer, prefs: list[Preference], max_length: int) -> list[EncodedPair]:
+    """Token ids of (prompt + chosen + EOS, prompt + rejected + EOS) per pair; warns about truncation."""
+    out, truncated = [], 0
+    for p in prefs:
+        chosen = encode_pair(tokenizer, p.prompt, p.chosen, max_length)
+        rejected = encode_pair(tokenizer, p.prompt, p.rejected, max_length)
+        truncated += chosen.truncated or rejected.truncated
+        out.append((chosen.input_ids, rejected.input_ids))
+    if truncated:
+        warnings.warn(f"{truncated} of {len(prefs)} preference pairs were truncated to max_length={max_length} "
+                      "tokens", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def score_sequences(scorer: nn.Module, sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """(scores [N], last-token hidden states [N, H]) of token sequences, right-padded into one batch."""
+    ids, mask = collate(sequences, pad_id)
+    return scorer(ids.to(device), mask.to(device))
+
+
+@torch.no_grad()
+def evaluate_preferences(
+    scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, batch_size: int, accelerator: Accelerator
+) -> dict[str, float]:
+    """Held-out accuracy P(r_w > r_l), mean margin, BT loss and reward mean/std (ranks share the pairs)."""
+    was_training = scorer.training
+    scorer.eval()
+    rows = shard(list(range(len(pairs))), accelerator)
+    local = []
+    for start in range(0, len(rows), batch_size):
+        chunk = [pairs[i] for i in rows[start : start + batch_size]]
+        scores, _ = score_sequences(scorer, [c for c, _ in chunk] + [r for _, r in chunk], pad_id, accelerator.device)
+        local += list(zip(scores[: len(chunk)].tolist(), scores[len(chunk) :].tolist()))
+    scorer.train(was_training)
+    both = torch.tensor(gather_object(local), dtype=torch.float64).reshape(-1, 2)
+    r_w, r_l = both[:, 0], both[:, 1]
+    return {
+        "accuracy": (r_w > r_l).double().mean().item(),
+        "margin": (r_w - r_l).mean().item(),
+        "loss": bradley_terry_loss(r_w, r_l).item(),
+        "reward_mean": both.mean().item(),
+        "reward_std": both.std().item() if both.numel() > 1 else 0.0,
+        "pairs": float(len(r_w)),
+    }
+
+
+def held_out_split(prefs: list[Preference], fraction: float, seed: int) -> tuple[list[Preference], list[Preference]]:
+    """A seeded (train, eval) split with at least one pair on each side."""
+    n_eval = min(len(prefs) - 1, max(1, round(len(prefs) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(prefs))
+    return [prefs[i] for i in order[n_eval:]], [prefs[i] for i in order[:n_eval]]
+
+
+def micro_batches(rows: list[int], n_views: int, n: int) -> list[tuple[list[int], list[int]]]:
+    """Split this rank's pair rows and view indices into ``n`` gradient-accumulation chunks (none empty of pairs)."""
+    n = max(1, min(n, len(rows)))
+    row_chunks = np.array_split(np.asarray(rows, dtype=int), n)
+    view_chunks = np.array_split(np.arange(n_views), n)
+    return [(r.tolist(), v.tolist()) for r, v in zip(row_chunks, view_chunks)]
+
+
+def _warn_changed(saved: dict | None, current: dict) -> None:
+    changed = sorted(k for k in (saved or {}) if k in current and saved[k] != current[k] and k != "overwrite")
+    if changed:
+        warnings.warn(f"resuming with a changed configuration ({', '.join(changed)}); the run continues from "
+                      "the checkpoint with the new values", RuntimeWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_reward_model(
+    cfg: RewardConfig,
+    train_prefs: list[Preference],
+    eval_prefs: list[Preference] | None = None,
+    *,
+    extra_loss: AuxiliaryLoss | None = None,
+    summary_extra: dict | None = None,
+) -> dict:
+    """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
+    acc = make_accelerator(cfg.seed)
+    out = Path(cfg.output_dir)
+    if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
+        return done
+    if not train_prefs:
+        raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
+    if cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps:
+        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.batch_size}) >= processes "
+                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
+    if eval_prefs is None and cfg.eval_fraction > 0 and len(train_prefs) > 1:
+        train_prefs, eval_prefs = held_out_split(train_prefs, cfg.eval_fraction, cfg.seed)
+    started = time.time()
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_reward_model(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    train_pairs = encode_preferences(tokenizer, train_prefs, cfg.max_length)
+    eval_pairs = encode_preferences(tokenizer, eval_prefs or [], cfg.max_length)
+    pad_id = tokenizer.pad_token_id
+    total_steps = cfg.max_steps or cfg.epochs * max(1, len(train_pairs) // cfg.batch_size)
+
+    scorer = RewardScorer(model)
+    modules = [scorer] + ([extra_loss.head] if extra_loss else [])
+    groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
+    if extra_loss is not None:
+        groups.append({"params": list(extra_loss.head.parameters()),
+                       "lr": extra_loss.learning_rate or cfg.learning_rate})
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
+    *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
+    scorer, head = modules[0], (modules[1] if extra_loss else None)
+
+    checkpointer = Checkpointer(out, acc)
+    state = checkpointer.load()  # after every module is built, so restored RNG states are what step k saw
+    start = state["step"] if state else 0
+    if state:
+        _warn_changed(state.get("config"), asdict(cfg))
+    logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
+    clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    aux_keys = extra_loss.stat_keys if extra_loss else ()
+    last: dict[str, float] = {}
+
+    for m in modules:
+        m.train()  # from_pretrained returns models in eval mode
+    try:
+        bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="reward",
+                   disable=not acc.is_main_process)
+        for step in bar:
+            rows = shard(batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed), acc)
+            views = shard(extra_loss.views(step), acc) if extra_loss else []
+            chunks = micro_batches(rows, len(views), cfg.gradient_accumulation_steps)
+            optimizer.zero_grad(set_to_none=True)
+            sums = torch.zeros(6 + len(aux_keys), dtype=torch.float64)
+            for i, (rows_i, views_i) in enumerate(chunks):
+                # Gradients are all-reduced once per step, on the last micro-batch.
+                with contextlib.ExitStack() as stack:
+                    if i < len(chunks) - 1:
+                        for m in modules:
+                            stack.enter_context(acc.no_sync(m))
+                    pairs = [train_pairs[j] for j in rows_i]
+                    pair_views = [views[j] for j in views_i]
+                    n, v = len(pairs), len(pair_views)
+                    sequences = ([c for c, _ in pairs] + [r for _, r in pairs]
+                                 + [a for a, _ in pair_views] + [b for _, b in pair_views])
+                    scores, hidden = score_sequences(scorer, sequences, pad_id, acc.device)
+                    r_w, r_l = scores[:n], scores[n : 2 * n]
+
+                    # Eq. 1: Bradley-Terry on D (∪ D̂) + λ·L_M on the views
+                    bt = bradley_terry_loss(r_w, r_l, cfg.margin)
+                    loss = bt + centering_loss(r_w, r_l, cfg.center_coef)
+                    aux_stats: dict[str, float] = {}
+                    if extra_loss is not None and v:
+                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :])
+                        loss = loss + extra_loss.weight * l_m
+                    check_finite("reward-model loss", acc.reduce(loss.detach(), "mean"), step + 1, out)
+                    acc.backward(loss / len(chunks))
+                with torch.no_grad():
+                    r = torch.cat([r_w, r_l]).double()
+                    sums += torch.tensor([loss.item(), bt.item(), (r_w > r_l).double().mean().item(),
+                                          (r_w - r_l).mean().item(), r.mean().item(),
+                                          r.std().item() if r.numel() > 1 else 0.0]
+                                         + [float(aux_stats.get(k, 0.0)) for k in aux_keys], dtype=torch.float64)
+            grad_norm = acc.clip_grad_norm_(params, clip)
+            check_finite("gradient norm", grad_norm, step + 1, out)
+            optimizer.step()
+            scheduler.step()
+
+            if (step + 1) % cfg.logging_every == 0 or step + 1 == total_steps:
+                means = acc.reduce(sums.to(acc.device) / len(chunks), "mean").tolist()
+                names = ["loss", "bt_loss", "accuracy", "margin", "reward_mean", "reward_std"]
+                names += [f"{extra_loss.name}/{k}" for k in aux_keys] if extra_loss else []
+                last = dict(zip(names, means))
+                last.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
+                if extra_loss is not None:
+                    last[f"{extra_loss.name}/lambda"] = extra_loss.weight
+                logger.log(step + 1, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.2f}")
+            if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
+                metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size, acc)
+                logger.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and (step + 1 < total_steps or cfg.keep_checkpoint):
+                checkpointer.save(step + 1, {"config": asdict(cfg)})
+
+        final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size,
+                                          acc) if eval_pairs else {}
+        if final_eval:
+            logger.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
+    finally:
+        logger.close()
+
+    summary = {
+        "output_dir": str(out),
+        "model_dir": str(out / "model"),
+        "steps": total_steps,
+        "resumed_from_step": start,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "train": last,
+        "eval": final_eval,
+        "seconds": round(time.time() - started, 2),
+        "config": asdict(cfg),
+        **(summary_extra or {}),
+    }
+    acc.wait_for_everyone()
+    final_model = merge_lora(acc.unwrap_model(scorer).model)
+    if acc.is_main_process:
+        save_model(final_model, tokenizer, out / "model")
+        if extra_loss is not None:
+            with atomic_path(out / f"{extra_loss.name}_head.safetensors") as tmp:
+                save_file({k: t.detach().cpu().contiguous() for k, t in acc.unwrap_model(head).state_dict().items()},
+                          str(tmp))
+        write_json(out / "summary.json", summary)
+        if not cfg.keep_checkpoint:
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    acc.wait_for_everyone()
+    return summary
+
+
+def run_reward(cfg: RewardConfig) -> dict:
+    """`rlp reward`: read the preference files and train the reward model."""
+    if not cfg.train_file:
+        raise UserError("reward training needs train_file: a preference file (TRL, AlpacaFarm, HH-RLHF or LLMBar)")
+    from rlp_align.data.readers import read_preferences
+
+    train = read_preferences(cfg.train_file)
+    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+    return train_reward_model(cfg, train, held_out)

@@ -1,0 +1,88 @@
+"""The policy-sample set P of RLP step 4: n samples per unlabelled instruction, at temperature 1.0.
+
+Rows are ``{"prompt": [messages], "responses": [n strings], "meta": {policy, temperature, seed, n, ...}}``,
+written atomically; `rlp_align.data.readers.read_sample_sets` reads them back for RLP-UML and RLP-SPG.
+Sampling is seeded and deterministic (see `rlp_align.generation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlp_align.data.records import Messages, SampleSet
+from rlp_align.errors import UserError
+from rlp_align.generation import generate
+from rlp_align.io import write_jsonl
+
+
+@dataclass
+class SampleConfig:
+    policy: str = "tiny"  # the Step-3 PPO policy
+    prompts_file: str = ""  # unlabelled instructions U
+    output_file: str = "samples.jsonl"
+    n: int = 10  # [paper]
+    temperature: float = 1.0  # [paper]
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    max_prompt_length: int = 512
+    batch_size: int = 16  # sequences per generation batch
+    seed: int = 0
+    limit: int | None = None  # only the first `limit` prompts
+
+
+def sample_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Messages],
+    n: int = 10,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+    max_prompt_length: int = 512,
+    batch_size: int = 16,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> list[SampleSet]:
+    """``n`` samples per prompt, one `SampleSet` per prompt in input order."""
+    if n < 2:
+        raise UserError(f"a policy-sample set needs n >= 2 samples per prompt (RLP uses 10), got {n}")
+    gens = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, batch_size=batch_size, seed=seed, max_prompt_length=max_prompt_length)
+    base = {"temperature": temperature, "seed": seed, "n": n, **(meta or {})}
+    return [
+        SampleSet(prompt, responses, {**base, "truncated": gens.truncated[i * n : (i + 1) * n]})
+        for i, (prompt, responses) in enumerate(zip(prompts, gens.grouped()))
+    ]
+
+
+def write_sample_sets(path: str, sets: list[SampleSet]) -> None:
+    """JSONL rows ``{prompt, responses, meta}``, atomically."""
+    write_jsonl(path, (asdict(s) for s in sets))
+
+
+def run_sample(cfg: SampleConfig) -> dict[str, Any]:
+    """`rlp sample`: read prompts, sample the policy n times each, write the sample set."""
+    from rlp_align.data.readers import read_instructions
+    from rlp_align.models import load_policy, load_tokenizer
+
+    if not cfg.prompts_file:
+        raise UserError("sample needs --prompts_file (the unlabelled instructions to sample the policy on)")
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)][: cfg.limit]
+    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy)
+    sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
+                         batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})
+    write_sample_sets(cfg.output_file, sets)
+    responses = [r for s in sets for r in s.responses]
+    return {
+        "output_file": str(cfg.output_file),
+        "prompts": len(sets),
+        "samples": len(responses),
+        "truncated_fraction": sum(t for s in sets for t in s.meta["truncated"]) / max(1, len(responses)),
+        "mean_response_chars": sum(map(len, responses)) / max(1, len(responses)),
+        "distinct_fraction": sum(len(set(s.responses)) for s in sets) / max(1, len(responses)),
+    }

@@ -1,0 +1,96 @@
+"""The pipeline's stage cache: one folder and one manifest per stage.
+
+A stage is identified by its name and a *key*: the config slice it reads plus the keys of the stages it
+consumes. A rerun skips a stage whose manifest says ``done`` with the same key hash; a changed knob
+changes the hash of that stage and of everything downstream, so only those rerun. A stage that was
+killed midway has a ``running`` manifest; it reruns in the same folder, where its trainer resumes from
+its own checkpoint. A stage folder whose key changed is wiped before rerunning.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlp_align.config import config_hash
+from rlp_align.io import write_json
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import torch
+    import transformers
+
+    from rlp_align import __version__
+
+    return {"rlp_align": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+class StageCache:
+    """Runs stages in ``run_dir``, skipping the ones already done with the same key."""
+
+    def __init__(self, run_dir: str | Path, log: Callable[[str], None] = print):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def manifest_path(self, name: str) -> Path:
+        return self.run_dir / name / "manifest.json"
+
+    def read_manifest(self, name: str) -> dict[str, Any] | None:
+        path = self.manifest_path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run(self, name: str, key: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``fn(folder) -> outputs`` unless done with this key; return outputs plus the stage ``hash``."""
+        digest = config_hash(key)
+        folder = self.run_dir / name
+        manifest = self.read_manifest(name)
+        if manifest and manifest.get("hash") == digest and manifest.get("status") == "done":
+            self.skipped.append(name)
+            self.log(f"[cached] {name}")
+            return {**manifest["outputs"], "hash": digest}
+        if manifest and manifest.get("hash") != digest:
+            shutil.rmtree(folder, ignore_errors=True)  # a knob changed: the old partial work is not ours
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        write_json(self.manifest_path(name), {"stage": name, "hash": digest, "status": "running",
+                                              "inputs": key, "started": started})
+        outputs = fn(folder)
+        seconds = time.time() - started
+        write_json(self.manifest_path(name), {
+            "stage": name, "hash": digest, "status": "done", "inputs": key, "outputs": outputs,
+            "started": started, "finished": time.time(), "seconds": seconds, "versions": library_versions(),
+        })
+        self.ran.append(name)
+        self.log(f"[done] {name} in {seconds:.0f}s: {summarise(outputs)}")
+        return {**outputs, "hash": digest}
+
+
+def summarise(outputs: dict[str, Any]) -> str:
+    """One line of a stage's headline numbers for the console."""
+    parts = []
+    for key, value in outputs.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            parts.append(f"{key}={value}")
+    return ", ".join(parts[:6]) or "ok"
+
+
+def stage_status(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every stage folder's manifest summary, in the order the stages started."""
+    rows = []
+    for manifest in sorted(Path(run_dir).glob("*/manifest.json")):
+        m = json.loads(manifest.read_text())
+        rows.append({"stage": m["stage"], "status": m["status"], "seconds": m.get("seconds"),
+                     "started": m.get("started", 0)})
+    return sorted(rows, key=lambda r: r["started"])

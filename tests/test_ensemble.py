@@ -1,0 +1,76 @@
+"""Reward-model ensembles (Coste et al. 2024): mean / WCO / UWO aggregation, on hand-made and real members."""
+
+import pytest
+import torch
+
+from rlp_align.data.records import user_prompt
+from rlp_align.ensemble import EnsembleReward, RewardModelFn, aggregate, make_reward_fn
+from rlp_align.errors import UserError
+from rlp_align.models import load_reward_model, load_tokenizer, reward_head, save_model
+from rlp_align.templates import collate, encode_pair
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
+    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_aggregate_by_hand():
+    scores = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])  # [k=2 members, N=3 responses]
+    assert aggregate(scores, "mean").tolist() == [2.0, 2.0, 2.0]
+    assert aggregate(scores, "wco").tolist() == [1.0, 2.0, 1.0]
+    # population variance over members: [1, 0, 1]
+    assert aggregate(scores, "uwo", uwo_lambda=0.5).tolist() == pytest.approx([1.5, 2.0, 1.5])
+    assert aggregate(scores[:1], "uwo", uwo_lambda=3.0).tolist() == [1.0, 2.0, 3.0]  # one member: no penalty
+    with pytest.raises(UserError):
+        aggregate(scores, "median")
+
+
+def make_rm(folder, seed: int) -> str:
+    tokenizer, model = load_tokenizer("tiny"), load_reward_model("tiny")
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(reward_head(model).weight, std=1.0)
+    save_model(model, tokenizer, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def two_rms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rms")
+    return [make_rm(root / "rm0", 0), make_rm(root / "rm1", 1)]
+
+
+def test_ensemble_aggregates_its_members(two_rms):
+    prompts = [user_prompt("Name a colour."), user_prompt("Count to three.")] * 2
+    responses = ["Blue.", "1, 2, 3.", "The sky is blue.", "one two three"]
+    singles = torch.stack([RewardModelFn.from_path(p)(prompts, responses) for p in two_rms])
+    assert not torch.allclose(singles[0], singles[1])  # two different reward models
+    for method in ("mean", "wco", "uwo"):
+        ensemble = EnsembleReward(two_rms, method, uwo_lambda=2.0)
+        assert torch.allclose(ensemble.member_scores(prompts, responses), singles, atol=1e-5)
+        assert torch.allclose(ensemble(prompts, responses), aggregate(singles, method, 2.0), atol=1e-5)
+    assert torch.allclose(EnsembleReward(two_rms, "wco")(prompts, responses), singles.min(0).values, atol=1e-5)
+
+
+def test_token_scores_match_text_scores(two_rms):
+    ensemble = EnsembleReward(two_rms, "uwo")
+    tokenizer = ensemble.tokenizer
+    prompts, responses = [user_prompt("Name a colour."), user_prompt("hi")], ["Blue.", "hello there"]
+    ids, mask = collate([encode_pair(tokenizer, p, r, 64).input_ids for p, r in zip(prompts, responses)],
+                        tokenizer.pad_token_id, side="left")
+    assert torch.allclose(ensemble.score_tokens(ids, mask), ensemble(prompts, responses), atol=1e-5)
+
+
+def test_make_reward_fn_picks_ensemble_or_single(two_rms):
+    assert isinstance(make_reward_fn(None, two_rms, "wco"), EnsembleReward)
+    assert isinstance(make_reward_fn(two_rms[0], []), RewardModelFn)
+    with pytest.raises(UserError):
+        make_reward_fn(None, [])
+    with pytest.raises(UserError):
+        EnsembleReward(two_rms, "max")

@@ -1,0 +1,127 @@
+"""Batched KV-cache sampling: left padding changes nothing, EOS ends a response, seeds make it deterministic."""
+
+import json
+
+import pytest
+import torch
+
+from rlp_align.data.records import user_prompt
+from rlp_align.generation import GenerateConfig, generate, run_generate, sample_next_token, sample_tokens
+from rlp_align.models import load_policy, load_tokenizer
+from rlp_align.templates import collate, encode_prompt
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
+    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+PROMPTS = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle, clouds and rain")]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model with larger random weights, so greedy answers depend on the context (the stock
+    initialisation always continues with a newline)."""
+    model = load_policy("tiny")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.2)
+    return load_tokenizer("tiny"), model
+
+
+def test_left_padding_does_not_change_greedy_tokens(tiny):
+    tokenizer, model = tiny
+    batched = generate(model, tokenizer, PROMPTS, temperature=0, max_new_tokens=12, batch_size=2, progress=False)
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(model, tokenizer, [prompt], temperature=0, max_new_tokens=12, batch_size=1, progress=False)
+        assert batched.response_ids[i] == alone.response_ids[0]
+        assert batched.prompt_ids[i] == encode_prompt(tokenizer, prompt)
+    assert len(set(batched.response_ids[0])) > 3  # a varied continuation, so the comparison means something
+
+
+def test_kv_cache_matches_a_full_forward(tiny):
+    tokenizer, model = tiny
+    ids, mask = collate([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id, side="left")
+    response, rmask = sample_tokens(model, ids, mask, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id, temperature=0)
+    # greedy with the cache == argmax of a full forward over prompt + response (positions from the mask)
+    full = torch.cat([ids, response], 1)
+    full_mask = torch.cat([mask, rmask], 1)
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=full_mask,
+                       position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits
+    assert torch.equal(logits[:, ids.shape[1] - 1 : -1].argmax(-1), response)
+
+
+def test_eos_ends_a_response_and_nothing_follows(tiny):
+    tokenizer, model = tiny
+    eos = tokenizer.eos_token_id
+    calls = []
+
+    def force_eos_for_row_0_at_token_3(module, inputs, output):
+        calls.append(1)
+        if len(calls) == 3:  # prefill gives token 1, then one call per token
+            output = output.clone()
+            output[0, -1, eos] = 1e4
+        return output
+
+    handle = model.lm_head.register_forward_hook(force_eos_for_row_0_at_token_3)
+    try:
+        gens = generate(model, tokenizer, PROMPTS, temperature=0, max_new_tokens=8, batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    assert len(gens.response_ids[0]) == 3 and gens.response_ids[0][-1] == eos
+    assert gens.truncated == [False, True]
+    assert len(gens.response_ids[1]) == 8 and eos not in gens.response_ids[1]
+    assert "<|im_end|>" not in gens.texts[0]  # decoded without special tokens
+
+
+def test_sampling_is_seeded_and_n_is_prompt_major(tiny):
+    tokenizer, model = tiny
+    kw = dict(n=3, max_new_tokens=10, temperature=1.0, batch_size=4, progress=False)
+    a = generate(model, tokenizer, PROMPTS, seed=1, **kw)
+    b = generate(model, tokenizer, PROMPTS, seed=1, **kw)
+    c = generate(model, tokenizer, PROMPTS, seed=2, **kw)
+    assert a.texts == b.texts and a.texts != c.texts
+    assert len(a) == 6 and [len(g) for g in a.grouped()] == [3, 3]
+    assert a.prompt_ids[:3] == [encode_prompt(tokenizer, PROMPTS[0])] * 3
+    assert len(set(a.grouped()[0])) > 1  # samples of one prompt differ
+    greedy = [generate(model, tokenizer, PROMPTS, seed=s, temperature=0, max_new_tokens=5, progress=False).texts
+              for s in (1, 2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next_token(logits, 1.0, 0.7, gen)) for _ in range(200)}
+    assert draws == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 excludes the rest
+    assert {int(sample_next_token(logits, 1.0, 0.01, gen)) for _ in range(20)} == {0}
+    assert int(sample_next_token(logits, 0.0, 1.0, None)) == 0
+
+
+def test_run_generate_writes_answer_rows(tmp_path):
+    src = tmp_path / "eval.json"
+    src.write_text(json.dumps([
+        {"instruction": "Name a colour.", "input": "", "output": "Blue.", "dataset": "x"},
+        {"instruction": "Count to three.", "input": "", "output": "1, 2, 3."},
+    ]))
+    out = tmp_path / "answers.jsonl"
+    summary = run_generate(GenerateConfig(policy="tiny", instructions_file=str(src), output_file=str(out),
+                                          max_new_tokens=8, seed=3))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["answers"] == 2 and len(rows) == 2
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert rows[0]["reference"] == "Blue." and rows[0]["subset"] is None and rows[0]["constraints"] == []
+    assert rows[0]["meta"]["temperature"] == 0.7 and rows[0]["meta"]["generator"] == "tiny"
+    assert rows[0]["meta"]["dataset"] == "x" and isinstance(rows[0]["meta"]["truncated"], bool)
+    assert all(isinstance(r["response"], str) for r in rows)

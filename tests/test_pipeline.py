@@ -1,0 +1,85 @@
+"""The `tiny` preset end to end (every report section), and a SIGKILL during PPO₁ that resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlp_align.report import SECTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(out_dir: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, "-m", "rlp_align.cli", "run", "--config", str(ROOT / "configs/tiny.yaml"),
+                             "--output_dir", str(out_dir), *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _manifests(out_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in out_dir.glob("*/manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory):
+    """Run tiny, SIGKILL it once PPO₁ has written a checkpoint, rerun the same command to the end."""
+    out_dir = tmp_path_factory.mktemp("tiny_run")
+    proc = _run(out_dir)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out_dir / "04_ppo1" / "checkpoint" / "trainer_state.json").exists():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "run ended before PPO₁ checkpointed:\n" + proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _manifests(out_dir)
+    resumed = _run(out_dir)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    return out_dir, before, output
+
+
+def test_sigkill_during_ppo1_resumes_and_skips_finished_stages(killed_then_resumed):
+    out_dir, before, output = killed_then_resumed
+    assert before["04_ppo1"]["status"] == "running"
+    finished_before = [name for name, m in before.items() if m["status"] == "done"]
+    assert {"00_instructions", "02_preferences", "03_rm0"} <= set(finished_before)
+    after = _manifests(out_dir)
+    for name in finished_before:  # untouched: same start time, reported as cached
+        assert after[name]["started"] == before[name]["started"] and f"[cached] {name}" in output
+    assert after["04_ppo1"]["status"] == "done"
+    metrics = [json.loads(line) for line in (out_dir / "04_ppo1" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]  # resumed from its checkpoint, no duplicated steps
+
+
+def test_tiny_report_has_every_section_and_row(killed_then_resumed):
+    out_dir, _, output = killed_then_resumed
+    report = (out_dir / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in report
+    for row in ("| SFT |", "| PPO |", "| RLP-UML |", "| RLP-SPG |", "| Oracle |", "| Best-of-n |",
+                "| Ensemble-WCO |", "| Ensemble-UWO |"):
+        assert row in report
+    html = (out_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
+    evaluation = json.loads((out_dir / "14_evaluate" / "evaluation.json").read_text())
+    assert evaluation["win_rates"]["SFT"]["mean"] == pytest.approx(0.5)  # SFT against itself
+    assert set(evaluation["rm_accuracy_on_policy"]) >= {"RM0", "RLP-UML", "RLP-SPG", "Oracle"}
+    assert "report:" in output
+
+
+def test_rerun_is_all_cached_and_status_lists_stages(killed_then_resumed):
+    out_dir, _, _ = killed_then_resumed
+    proc = _run(out_dir)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "[done]" not in output
+    status = subprocess.run([sys.executable, "-m", "rlp_align.cli", "run", "--status", str(out_dir)],
+                            capture_output=True, text=True)
+    assert "04_ppo1" in status.stdout and "done" in status.stdout and "report.md" in status.stdout

@@ -1,0 +1,212 @@
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlp_align.data.records import Preference, SampleSet, user_prompt
+from rlp_align.data.writers import write_preferences
+from rlp_align.errors import UserError
+from rlp_align.io import write_jsonl
+from rlp_align.models import load_reward_model, load_tokenizer
+from rlp_align.refine import (
+    RefineConfig,
+    make_view_batches,
+    refine_loss,
+    refine_reward_model,
+    run_refine,
+    usable_sample_sets,
+)
+from rlp_align.reward import (
+    RewardConfig,
+    RewardScorer,
+    bradley_terry_loss,
+    score_sequences,
+    train_reward_model,
+)
+from rlp_align.training import read_metrics
+from rlp_align.uml import MultiViewHead
+
+WORDS = "the quick brown fox jumps over lazy dog water boils at sea level paris is capital of france".split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models gain nothing from 2 threads and lose a lot to spin-waits on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("RLP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def _words(rng, k):
+    return " ".join(rng.choice(WORDS) for _ in range(k))
+
+
+def marker_prefs(n: int, seed: int = 0) -> list[Preference]:
+    """The chosen answer contains 'banana', the rejected one does not."""
+    rng = random.Random(seed)
+    return [Preference(user_prompt(f"Question {i}: {_words(rng, 4)}?"),
+                       f"{_words(rng, rng.randint(2, 5))} banana {_words(rng, rng.randint(0, 3))}",
+                       _words(rng, rng.randint(3, 8))) for i in range(n)]
+
+
+def sample_sets(n: int, k: int = 4, seed: int = 0) -> list[SampleSet]:
+    rng = random.Random(seed)
+    return [SampleSet(user_prompt(f"Task {i}: {_words(rng, 3)}."), [_words(rng, rng.randint(3, 7)) for _ in range(k)])
+            for i in range(n)]
+
+
+def refine_cfg(out, **kw) -> RefineConfig:
+    base = dict(method="uml", base_model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=8, max_steps=4,
+                max_length=64, uml_batch_size=4)
+    return RefineConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def previous_rm(tmp_path_factory):
+    """A step-2 reward model trained on the marker preference (held-out accuracy >= 0.9)."""
+    out = tmp_path_factory.mktemp("rm")
+    prefs = marker_prefs(200)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLP_NUM_THREADS", "1")
+        summary = train_reward_model(RewardConfig(output_dir=str(out), learning_rate=1e-3, batch_size=16,
+                                                  max_steps=15, max_length=64), prefs[:160], prefs[160:])
+    assert summary["eval"]["accuracy"] >= 0.9
+    return out / "model", prefs[:160], prefs[160:], summary["eval"]["accuracy"]
+
+
+def test_refine_loss_with_lambda_zero_is_exactly_bradley_terry():
+    r_w, r_l, l_m = torch.tensor([1.5, -0.2, 0.3]), torch.tensor([0.5, 0.4, 0.3]), torch.tensor(2.75)
+    assert torch.equal(refine_loss(r_w, r_l, l_m, 0.0), bradley_terry_loss(r_w, r_l))
+    assert refine_loss(r_w, r_l, l_m, 0.5).item() == pytest.approx(bradley_terry_loss(r_w, r_l).item() + 1.375)
+
+
+def test_uml_with_lambda_zero_trains_exactly_like_plain_reward_training(tmp_path):
+    prefs = marker_prefs(32)
+    with pytest.warns(RuntimeWarning, match="lam = 0"):
+        refine_reward_model(refine_cfg(tmp_path / "uml0", lam=0.0), prefs, samples=sample_sets(6))
+    train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path / "bt"), learning_rate=1e-3, batch_size=8,
+                                    max_steps=4, max_length=64), prefs)
+    a, b = load_file(tmp_path / "uml0/model/model.safetensors"), load_file(tmp_path / "bt/model/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_multiview_loss_gradients_reach_the_reward_model_backbone():
+    tokenizer = load_tokenizer("tiny")
+    scorer = RewardScorer(load_reward_model("tiny"))
+    head = MultiViewHead(scorer.model.config.hidden_size, z_dim=8, method="mib")
+    views = make_view_batches(tokenizer, sample_sets(6), 4, 64, seed=0)(0)
+    assert len(views) == 4
+    _, hidden = score_sequences(scorer, [a for a, _ in views] + [b for _, b in views], tokenizer.pad_token_id, "cpu")
+    l_m, stats = head(hidden[:4], hidden[4:])
+    (0.5 * l_m).backward()
+    backbone = scorer.model.model
+    assert backbone.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert backbone.embed_tokens.weight.grad.abs().sum() > 0
+    assert scorer.model.score.weight.grad is None or scorer.model.score.weight.grad.abs().sum() == 0
+    assert {"i_jsd", "d_skl"} <= set(stats)
+
+
+def test_view_batches_are_deterministic_per_step_and_distinct():
+    tokenizer = load_tokenizer("tiny")
+    views = make_view_batches(tokenizer, sample_sets(3), 8, 64, seed=1)  # batch larger than the data
+    assert views(5) == views(5)
+    assert len(views(0)) == 3  # de-duplicated: an instruction is never its own negative
+    assert all(a != b for a, b in views(0))
+
+
+def test_short_uml_refinement_lowers_l_m_and_keeps_accuracy(tmp_path, previous_rm):
+    # The contrastive L_M is used for "L_M falls": on the tiny model the JSD critic of mib/mvi stays at the
+    # uninformative -2 log 2 for hundreds of steps (last-token hidden states differ little between inputs).
+    rm_dir, train, held_out, accuracy_before = previous_rm
+    out = tmp_path / "uml"
+    summary = refine_reward_model(
+        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), max_steps=20, z_dim=16, uml_batch_size=8,
+                   uml_method="contrastive", uml_learning_rate=1e-3),
+        train, samples=sample_sets(24), eval_prefs=held_out)
+    rows = [r for r in read_metrics(out) if "uml/loss" in r]
+    l_m = [r["uml/loss"] for r in rows]
+    assert sum(l_m[-5:]) / 5 < 0.7 * sum(l_m[:5]) / 5
+    assert all(r["uml/lambda"] == 0.5 and "uml/i_nce" in r for r in rows)
+    assert summary["eval"]["accuracy"] >= accuracy_before - 0.05
+    assert summary["refine"]["method"] == "uml" and summary["refine"]["lambda"] == 0.5
+    head = load_file(out / "uml_head.safetensors")
+    assert any(k.startswith("encoder.") for k in head)
+    assert not any(k.startswith("encoder.") for k in load_file(out / "model/model.safetensors"))
+
+
+def test_mib_refinement_logs_i_jsd_and_d_skl_and_keeps_accuracy(tmp_path, previous_rm):
+    rm_dir, train, held_out, accuracy_before = previous_rm
+    out = tmp_path / "mib"
+    summary = refine_reward_model(
+        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), max_steps=8, z_dim=16, uml_batch_size=8),
+        train, samples=sample_sets(24), eval_prefs=held_out)
+    rows = [r for r in read_metrics(out) if "uml/loss" in r]
+    assert len(rows) == 8 and all("uml/i_jsd" in r and "uml/d_skl" in r for r in rows)
+    for r in rows:  # L_M = -I_JSD + beta * D_SKL, and the total adds lambda * L_M to the BT loss
+        assert r["uml/loss"] == pytest.approx(-r["uml/i_jsd"] + r["uml/d_skl"], abs=1e-5)
+        assert r["loss"] == pytest.approx(r["bt_loss"] + 0.5 * r["uml/loss"], abs=1e-5)
+    assert summary["eval"]["accuracy"] >= accuracy_before - 0.05
+    assert set(k.split(".")[0] for k in load_file(out / "uml_head.safetensors")) == {"encoder", "critic"}
+
+
+def test_degenerate_samples_warn_or_refuse():
+    sets = sample_sets(3) + [SampleSet(user_prompt("same"), ["a", "a", " "]), SampleSet(user_prompt("empty"), ["", ""])]
+    with pytest.warns(RuntimeWarning, match="2 of 5 instructions"):
+        assert len(usable_sample_sets(sets)) == 3
+    with pytest.raises(UserError, match="at least 2 instructions"), pytest.warns(RuntimeWarning):
+        usable_sample_sets(sample_sets(1) + [SampleSet(user_prompt("x"), ["", "only one"])])
+
+
+def test_single_instruction_view_batches(tmp_path):
+    with pytest.raises(UserError, match="uml_batch_size must be >= 2"):
+        refine_reward_model(refine_cfg(tmp_path / "a", uml_batch_size=1), marker_prefs(8), samples=sample_sets(4))
+    # gradient accumulation splits a 2-instruction view batch into 1-instruction micro-batches: L_M is skipped
+    # with a warning, the Bradley-Terry part still trains, nothing is NaN
+    out = tmp_path / "b"
+    with pytest.warns(RuntimeWarning, match="single instruction"):
+        summary = refine_reward_model(refine_cfg(out, uml_batch_size=2, gradient_accumulation_steps=2, max_steps=2),
+                                      marker_prefs(8), samples=sample_sets(4))
+    assert summary["train"]["uml/skipped"] == 1.0 and summary["train"]["loss"] == summary["train"]["bt_loss"]
+
+
+def test_spg_trains_on_d_and_d_hat_from_files(tmp_path):
+    d, d_hat = marker_prefs(16), marker_prefs(8, seed=3)
+    write_preferences(tmp_path / "d.jsonl", d)
+    write_preferences(tmp_path / "d_hat.jsonl", d_hat)
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": s.prompt, "responses": s.responses} for s in sample_sets(4)])
+    with pytest.raises(UserError, match="synthetic_file"):
+        run_refine(refine_cfg(tmp_path / "x", method="spg", preference_file=str(tmp_path / "d.jsonl")))
+    summary = run_refine(refine_cfg(tmp_path / "spg", method="spg", preference_file=str(tmp_path / "d.jsonl"),
+                                    synthetic_file=str(tmp_path / "d_hat.jsonl"), max_steps=2))
+    assert summary["train_pairs"] == 24 and summary["refine"]["lambda"] == 0.0
+    assert "uml/loss" not in summary["train"] and not (tmp_path / "spg/uml_head.safetensors").exists()
+    both = run_refine(refine_cfg(tmp_path / "both", method="uml+spg", preference_file=str(tmp_path / "d.jsonl"),
+                                 synthetic_file=str(tmp_path / "d_hat.jsonl"), samples_file=str(tmp_path / "p.jsonl"),
+                                 max_steps=2))
+    assert both["train_pairs"] == 24 and both["refine"]["lambda"] == 0.5 and "uml/loss" in both["train"]
+
+
+def test_uml_refinement_resumes_exactly(tmp_path, monkeypatch):
+    # the reparameterised z, the view choice and the head's optimiser state must all be restored
+    from rlp_align import reward as reward_module
+
+    prefs, samples = marker_prefs(32), sample_sets(8)
+    refine_reward_model(refine_cfg(tmp_path / "full", max_steps=5, save_every=2), prefs, samples=samples)
+    original_log = reward_module.MetricsLogger.log
+
+    def crash_at_step_3(self, step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        original_log(self, step, metrics)
+
+    monkeypatch.setattr(reward_module.MetricsLogger, "log", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        refine_reward_model(refine_cfg(tmp_path / "cut", max_steps=5, save_every=2), prefs, samples=samples)
+    monkeypatch.setattr(reward_module.MetricsLogger, "log", original_log)
+    resumed = refine_reward_model(refine_cfg(tmp_path / "cut", max_steps=5, save_every=2), prefs, samples=samples)
+    assert resumed["resumed_from_step"] == 2
+    for name in ("model/model.safetensors", "uml_head.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
+        assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a), name
