@@ -15,3 +15,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (real data lives beside the repo, not in it)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request, monkeypatch):
+    """Tiny-model tests run fastest on one thread (and do not fight other jobs for the 2 cores);
+    tests on the built-in SmolLM2 (marked slow) use two."""
+    import torch
+
+    threads = 2 if request.node.get_closest_marker("slow") else 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    monkeypatch.setenv("RLP_NUM_THREADS", str(threads))
+    yield
+    torch.set_num_threads(previous)

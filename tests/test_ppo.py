@@ -65,6 +65,10 @@ def test_masked_mean_and_whiten_ignore_padding():
     close(w, [[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     scaled = whiten(x, mask, shift_mean=False)
     close(scaled, [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    # two ranks holding the same rows: statistics of the global batch (6 values), not of this rank's 3
+    global_batch = whiten(torch.cat([x, x]), torch.cat([mask, mask]))[:2]
+    close(whiten(x, mask, reduce=lambda t: 2 * t), global_batch.tolist())
+    assert not torch.allclose(global_batch, w)
 
 
 def test_gae_by_hand():
@@ -285,7 +289,7 @@ def test_two_ranks_with_torchrun(tmp_path):
     """))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(script)],
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path / "out")
@@ -311,6 +315,7 @@ def test_run_ppo_with_an_rm_ensemble_and_lora(tmp_path):
     rows = read_metrics(tmp_path / "out")
     assert len(rows) == 2 and rows[-1]["kl_coef"] != 0.05  # the adaptive controller moved beta
     assert all(math.isfinite(r["reward"]) and math.isfinite(r["value_loss"]) for r in rows)
+    assert rows[0]["truncated_fraction"] == 1.0 and rows[0]["score"] == -1.0  # the penalty replaced r(x, y)
     assert summary["steps"] == 2
     merged = load_policy(tmp_path / "out" / "model")  # LoRA merged back into a plain model
     assert not any("lora" in name for name, _ in merged.named_parameters())

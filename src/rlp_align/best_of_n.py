@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn
 from rlp_align.errors import UserError
-from rlp_align.generation import answer_rows, generate
+from rlp_align.generation import answer_rows, default_device, generate
 from rlp_align.io import write_jsonl
 
 
@@ -78,9 +78,10 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
     if not cfg.instructions_file:
         raise UserError("best-of-n needs --instructions_file (an instruction or AlpacaFarm eval file)")
     instructions = read_instructions(cfg.instructions_file)[: cfg.limit]
-    tokenizer, policy = load_tokenizer(cfg.policy), load_policy(cfg.policy)
+    device = default_device()
+    tokenizer, policy = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
-                               batch_size=cfg.reward_batch_size,
+                               device=device, batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
     results = best_of_n(policy, tokenizer, reward_fn, [inst.prompt for inst in instructions], cfg.n,
                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,

@@ -103,7 +103,11 @@ class NLIEntailment:
         if not folder.is_dir():
             raise UserError(f"NLI model folder {folder} does not exist (give a local checkpoint folder)")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
+        try:  # safetensors only: pickle weights can run code when loaded
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        except OSError as e:
+            raise UserError(f"cannot load an NLI model (safetensors weights) from {folder}: {e}") from None
+        self.model = self.model.to(device).eval()
         self.max_length, self.prepend_instruction = max_length, prepend_instruction
         self.batch_size, self.device = batch_size, device
         self.labels = self._label_map(self.model.config.id2label, folder)

@@ -7,7 +7,7 @@ the instruction the model sees. Checks are deliberately literal so that a gold a
 | kind | fields | satisfied when |
 |---|---|---|
 | max_words / min_words | value | word count <= / >= value |
-| max_sentences | value | at most ``value`` sentences (split on . ! ? and line breaks) |
+| max_sentences | value | at most ``value`` sentences (split on . ! ? and line breaks; titles excluded) |
 | include_words | words | every word occurs as a whole word (case-insensitive) |
 | exclude_words | words | none of the words occurs as a whole word (case-insensitive) |
 | numbered_list | value | exactly ``value`` lines start with ``1.``/``1)``-style numbering |
@@ -32,6 +32,7 @@ Constraint = dict[str, Any]
 
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’-][A-Za-z0-9]+)*")
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s+\S", re.MULTILINE)
+_TITLE = re.compile(r"<<[^<>\n]*>>|#+\s+\S.*")
 _FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.DOTALL)
 
 
@@ -41,9 +42,10 @@ def words(text: str) -> list[str]:
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences: split after . ! ? (followed by space) and at line breaks; empty pieces dropped."""
+    """Sentences: split after . ! ? (followed by space) and at line breaks; title lines and pieces without
+    words are dropped."""
     parts = re.split(r"(?<=[.!?])\s+|\n+", text.strip())
-    return [p for p in parts if words(p)]
+    return [p for p in parts if words(p) and not _TITLE.fullmatch(p.strip())]
 
 
 def paragraphs(text: str) -> list[str]:
@@ -94,12 +96,13 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[[Constraint, str], bool], Call
     "include_words": (
         ("words",),
         lambda c, r: all(_has_word(r, w) for w in c["words"]),
-        lambda c: "Include the words " + " and ".join(f"'{w}'" for w in c["words"]) + " in your answer.",
+        lambda c: f"Include the word{'s' * (len(c['words']) > 1)} " + " and ".join(f"'{w}'" for w in c["words"])
+        + " in your answer.",
     ),
     "exclude_words": (
         ("words",),
         lambda c, r: not any(_has_word(r, w) for w in c["words"]),
-        lambda c: "Do not use the words " + " or ".join(f"'{w}'" for w in c["words"]) + ".",
+        lambda c: f"Do not use the word{'s' * (len(c['words']) > 1)} " + " or ".join(f"'{w}'" for w in c["words"]) + ".",
     ),
     "numbered_list": (
         ("value",),

@@ -37,7 +37,10 @@ class SentenceEncoder:
         if not folder.is_dir():
             raise UserError(f"sentence encoder folder {folder} does not exist")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).to(device).eval()
+        try:  # safetensors only: pickle weights can run code when loaded
+            self.model = AutoModel.from_pretrained(folder, use_safetensors=True).to(device).eval()
+        except OSError as e:
+            raise UserError(f"cannot load a sentence encoder (safetensors weights) from {folder}: {e}") from None
         self.max_length, self.device = max_length, device
 
     @torch.no_grad()

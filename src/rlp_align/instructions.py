@@ -96,7 +96,8 @@ INCOMPATIBLE = {
     frozenset(p)
     for p in [
         ("json", "starts_with"), ("json", "title"), ("json", "ends_with"), ("json", "max_sentences"),
-        ("json", "min_words"), ("numbered_list", "max_sentences"), ("num_paragraphs", "max_sentences"),
+        ("json", "min_words"), ("numbered_list", "max_sentences"),
+        ("no_commas", "starts_with"), ("num_paragraphs", "max_sentences"),
     ]
 }
 # Kinds appended to arbitrary Alpaca instructions: they make sense whatever the task is.

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -88,6 +89,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load a tokenizer from {folder}: {e}") from None
+    if tokenizer.eos_token_id is None:  # every response we encode or sample ends with EOS
+        raise UserError(f"the tokenizer in {folder} has no EOS token, so responses cannot be terminated; "
+                        "set eos_token in its tokenizer_config.json")
     return ensure_pad_token(tokenizer)
 
 
@@ -131,7 +135,7 @@ def load_policy(
     folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
     return model
 
@@ -157,7 +161,7 @@ def load_reward_model(
         model = AutoModelForSequenceClassification.from_pretrained(
             folder, num_labels=1, **_load_kwargs(allow_pickle, trust_remote_code)
         )
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a reward model from {folder}: {e}") from None
     if not is_classifier:
         torch.nn.init.zeros_(reward_head(model).weight)

@@ -13,7 +13,6 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,9 +95,10 @@ def format_status(run_dir: str) -> str:
     rows = stage_status(run_dir)
     if not rows:
         return f"{run_dir}: no stages yet"
-    lines = [f"{run_dir}:"] + [
-        f"  {r['stage']:<28} {r['status']:<8} {'' if r['seconds'] is None else f'{r['seconds']:.0f}s'}" for r in rows
-    ]
+    lines = [f"{run_dir}:"]
+    for r in rows:
+        seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}s"
+        lines.append(f"  {r['stage']:<28} {r['status']:<8} {seconds}")
     report = Path(run_dir) / "report.md"
     lines.append(f"  report: {report if report.exists() else 'not yet written'}")
     return "\n".join(lines)
@@ -251,5 +251,3 @@ def write_instructions(path: Path, instructions: list) -> str:
                         "meta": x.meta} for x in instructions])
     return str(path)
 
-
-__all__ = ["PipelineConfig", "run_pipeline", "preset_path", "format_status", "dataclasses"]

@@ -28,11 +28,12 @@ from accelerate import Accelerator
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
-from rlp_align.generation import seeded_generator
+from rlp_align.generation import default_device, seeded_generator
 from rlp_align.io import write_json
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model, merge_lora, save_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
+    SumOverRanks,
     gae,
     kl_penalty_rewards,
     masked_mean,
@@ -102,13 +103,18 @@ class PPOConfig:
     trust_remote_code: bool = False
 
 
-def shape_rewards(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor:
-    """Step 3: KL-penalised per-token rewards -> GAE -> whitened advantages (in place); returns the KL [B, T]."""
+def shape_rewards(
+    rollout: Rollout, cfg: PPOConfig, kl_coef: float, reduce: SumOverRanks | None = None
+) -> torch.Tensor:
+    """Step 3: KL-penalised per-token rewards -> GAE -> whitened advantages (in place); returns the KL [B, T].
+
+    ``reduce`` (a sum over ranks) makes the whitening statistics those of the global rollout batch.
+    """
     rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef)
     if cfg.whiten_rewards:
-        rewards = whiten(rewards, rollout.mask, shift_mean=False)
+        rewards = whiten(rewards, rollout.mask, shift_mean=False, reduce=reduce)
     advantages, rollout.returns = gae(rewards, rollout.values, rollout.mask, cfg.gamma, cfg.lam)
-    rollout.advantages = whiten(advantages, rollout.mask)
+    rollout.advantages = whiten(advantages, rollout.mask, reduce=reduce)
     return kl
 
 
@@ -143,7 +149,10 @@ def ppo_update(
     for _epoch in range(cfg.ppo_epochs):
         order = torch.as_tensor(rng.permutation(rollout.mask.shape[0]), device=rollout.mask.device)
         for minibatch in order.split(local_minibatch):
-            minibatch_tokens = rollout.mask[minibatch].sum().clamp(min=1)
+            # the mean token count per rank: DDP averages gradients over ranks, so each rank's loss is its
+            # token sum over this, and the update is the global minibatch's token mean whatever the lengths
+            minibatch_tokens = accelerator.reduce(rollout.mask[minibatch].sum().float(), reduction="mean")
+            minibatch_tokens = minibatch_tokens.clamp(min=1.0)
             warmup = min(1.0, (update + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * warmup
@@ -218,6 +227,7 @@ def train_ppo(
         start, kl_ctl.value = int(state["step"]), float(state["kl_coef"])
         log.info("resuming PPO from step %d", start)
     logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_step=start)
+    sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
     for step in range(start, cfg.steps):
@@ -231,7 +241,7 @@ def train_ppo(
         check_finite("reward", rollout.raw_scores, step + 1, out_dir)
 
         # ---- 3. KL-shaped rewards, GAE, whitened advantages
-        kl = shape_rewards(rollout, cfg, kl_ctl.value)
+        kl = shape_rewards(rollout, cfg, kl_ctl.value, reduce=sum_over_ranks)
 
         # ---- 4. PPO epochs over minibatches
         t0 = time.perf_counter()
@@ -282,14 +292,12 @@ def train_ppo(
 
 def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """`rlp ppo`: prompts from ``prompts_file``, reward from ``reward_model`` or ``reward_ensemble``."""
-    from accelerate import PartialState
-
     from rlp_align.data.readers import read_instructions
 
     if not cfg.prompts_file:
         raise UserError("ppo needs --prompts_file (unlabelled instructions)")
     prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
-                               device=PartialState().device, batch_size=cfg.reward_batch_size,
+                               device=default_device(), batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
     return train_ppo(cfg, prompts, reward_fn)

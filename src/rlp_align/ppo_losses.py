@@ -9,6 +9,8 @@ Estimation"), Schulman et al. 2017 (PPO, "Proximal Policy Optimization Algorithm
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -20,22 +22,40 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of ``x`` over the masked positions (Bessel-corrected, as in TRL/AlpacaFarm)."""
+SumOverRanks = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, reduce: SumOverRanks | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased (Bessel-corrected, as in TRL/AlpacaFarm) variance of ``x`` over the masked positions.
+
+    ``reduce`` sums a tensor over ranks (an all-reduce); with it the moments are those of the global batch,
+    so a 2-rank run whitens exactly as a 1-rank run would. Two passes, for numerical stability.
+    """
+    total = reduce or (lambda t: t)
     mask = mask.to(x.dtype)
-    n = mask.sum()
-    mean = masked_mean(x, mask)
-    var = (((x - mean) ** 2) * mask).sum() / n.clamp(min=1.0)
-    return var * n / (n - 1).clamp(min=1.0)
+    n, s = total(torch.stack([mask.sum(), (x * mask).sum()])).unbind()
+    mean = s / n.clamp(min=1.0)
+    var = total((((x - mean) ** 2) * mask).sum()) / (n - 1).clamp(min=1.0)
+    return mean, var
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of ``x`` over the masked positions."""
+    return masked_moments(x, mask)[1]
+
+
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    reduce: SumOverRanks | None = None,
+) -> torch.Tensor:
     """Normalise over the masked positions: (x - mean) / sqrt(var + eps); padded positions become 0.
 
     With ``shift_mean=False`` the mean is added back, x' = (x - mean)/std + mean, which is how AlpacaFarm
-    and TRL whiten *rewards* (scale only) while advantages are fully whitened.
+    and TRL whiten *rewards* (scale only) while advantages are fully whitened. ``reduce``: see `masked_moments`.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = masked_moments(x, mask, reduce)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -140,7 +140,8 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     total = 0.0
     for row in stage_status(run_dir):
         total += row["seconds"] or 0
-        md.append(f"| {row['stage']} | {row['status']} | {'' if row['seconds'] is None else f'{row['seconds']:.0f}'} |")
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
+        md.append(f"| {row['stage']} | {row['status']} | {seconds} |")
     md.append(f"\nTotal stage time: {total / 60:.1f} min. New labels per variant (beyond D): "
               + ", ".join(f"{k}: {v}" for k, v in costs.items()) + "; RLP variants use 0 new labels.")
     md += ["", "## Configuration and versions\n", "```yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False),

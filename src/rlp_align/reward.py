@@ -229,9 +229,11 @@ def train_reward_model(
         return done
     if not train_prefs:
         raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
-    if cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps:
+    if (cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps
+            or cfg.batch_size % acc.num_processes):  # equal shards: the ranks' mean gradient is the batch's
         raise UserError(f"need learning_rate > 0 and batch_size ({cfg.batch_size}) >= processes "
-                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
+                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps}), "
+                        "and batch_size a multiple of the number of processes")
     if eval_prefs is None and cfg.eval_fraction > 0 and len(train_prefs) > 1:
         train_prefs, eval_prefs = held_out_split(train_prefs, cfg.eval_fraction, cfg.seed)
     started = time.time()

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages, SampleSet
 from rlp_align.errors import UserError
-from rlp_align.generation import generate
+from rlp_align.generation import default_device, generate
 from rlp_align.io import write_jsonl
 
 
@@ -72,7 +72,7 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
     if not cfg.prompts_file:
         raise UserError("sample needs --prompts_file (the unlabelled instructions to sample the policy on)")
     prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)][: cfg.limit]
-    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy)
+    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(default_device())
     sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                          max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
                          batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})

@@ -1,0 +1,360 @@
+"""Bad input through the real CLI: data files, configs, models, options and training that goes wrong.
+
+One table, `CASES`, drives both the tests and the case list in docs/bad-input.md
+(``python tests/test_bad_input.py`` rewrites that list; `test_doc_lists_every_case` keeps them equal).
+
+A rejected input must give exit code 2, one paragraph on stderr that names the problem, and no traceback.
+Some inputs are not errors but are handled (duplicates dropped, long pairs truncated, a missing pad token
+replaced): those cases expect exit code 0 and assert what was reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlp_align import cli
+from rlp_align.models import resolve_model
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
+GOOD = {"prompt": "Name a fruit.", "chosen": "A banana.", "rejected": "A rock."}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    area: str  # data | config | model | cli | training
+    problem: str  # what is wrong with the input (the doc's second column)
+    handling: str  # what rlp does about it (the doc's third column)
+    argv: Callable[[Path], list[str]]  # builds its files under tmp_path, returns the CLI arguments
+    expect: tuple[str, ...]  # text the message (or the report) must contain
+    code: int = 2
+    check: Callable[[Path, str], None] | None = None  # more assertions on (tmp_path, output)
+    subprocess: bool = False  # run `python -m rlp_align.cli` in a child process instead of cli.main
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders of bad files
+
+
+def write(tmp: Path, name: str, content: str | bytes) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def jsonl(tmp: Path, rows: list, name: str = "data.jsonl") -> Path:
+    return write(tmp, name, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def reward(tmp: Path, train: Path | str, *extra: str, model: str = "tiny") -> list[str]:
+    return ["reward", "--model", model, "--train_file", str(train), "--output_dir", str(tmp / "out"),
+            "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--learning_rate", "1e-3", *extra]
+
+
+def reward_rows(*rows) -> Callable[[Path], list[str]]:
+    return lambda tmp: reward(tmp, jsonl(tmp, list(rows)))
+
+
+def model_copy(tmp: Path, edit: Callable[[Path], None], name: str = "model") -> Path:
+    """A copy of the tiny model folder, then ``edit`` breaks it."""
+    folder = tmp / name
+    shutil.copytree(resolve_model("tiny"), folder)
+    edit(folder)
+    return folder
+
+
+def edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def reward_with_model(edit: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    return lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), model=str(model_copy(tmp, edit)))
+
+
+def pickle_only(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
+    weights.unlink()
+
+
+def two_labels(folder: Path) -> None:
+    def change(c):
+        c.update(architectures=["LlamaForSequenceClassification"], id2label={"0": "bad", "1": "good"},
+                 label2id={"bad": 0, "good": 1})
+
+    edit_json(folder / "config.json", change)
+
+
+def no_eos(folder: Path) -> None:
+    edit_json(folder / "tokenizer_config.json", lambda c: [c.pop(k, None) for k in ("eos_token", "unk_token",
+                                                                                    "bos_token")])
+
+
+def pipeline(tmp: Path, **values) -> list[str]:
+    cfg = {"model": "tiny", "output_dir": str(tmp / "run"), "eval_baseline": "sft", **values}
+    return ["run", "--config", str(write(tmp, "run.yaml", json.dumps(cfg)))]  # JSON is valid YAML
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks run after a case
+
+
+def nan_kept_checkpoint(tmp: Path, _: str) -> None:
+    state = json.loads((tmp / "out/checkpoint/trainer_state.json").read_text())
+    assert state["step"] == 1  # the last good step survives
+    assert not (tmp / "out/model").exists() and not (tmp / "out/summary.json").exists()
+
+
+def nothing_trained(tmp: Path, output: str) -> None:
+    assert "reward:" not in output  # the training progress bar never started
+    assert not any(tmp.rglob("metrics.jsonl"))
+
+
+def report(key: str, value) -> Callable[[Path, str], None]:
+    def check(_: Path, output: str) -> None:
+        assert json.loads(output[output.index("{"):])[key] == value
+
+    return check
+
+
+def pad_distinct_from_eos(tmp: Path, _: str) -> None:
+    saved = json.loads((tmp / "out/model/tokenizer_config.json").read_text())
+    assert saved["pad_token"] == "<|endoftext|>" != saved["eos_token"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+
+LONG = {"prompt": "Tell me a story. " * 20, "chosen": "Once upon a time " * 30, "rejected": "No. " * 40}
+ALPACAFARM = {"instruction": "Name a fruit.", "input": "", "output_1": "A banana.", "output_2": "A rock.",
+              "preference": 1}
+LLMBAR = {"input": "Name a fruit.", "output_1": "A banana.", "output_2": "A rock.", "label": 1}
+HH = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hey\n\nAssistant: Go away."}
+
+CASES = [
+    # ---- data files
+    Case("malformed-jsonl-line", "data", "a JSONL line that is not JSON",
+         "exit 2; DataError names the file, the row and the parse error", reward_rows(GOOD, '{"prompt": "x",'),
+         ("data.jsonl, row 2", "malformed JSON line"), subprocess=True),
+    Case("malformed-json-array", "data", "a JSON array file cut short",
+         "exit 2; names the line and column of the parse error",
+         lambda tmp: reward(tmp, write(tmp, "d.json", json.dumps([GOOD])[:-3])), ("malformed JSON at line 1",)),
+    Case("row-not-object", "data", "a row that is a list, not an object", "exit 2; names the row",
+         reward_rows(GOOD, [1, 2]), ("row 2", "expected a JSON object, got list")),
+    Case("unrecognised-keys", "data", "rows whose keys match no supported format",
+         "exit 2; lists the keys found and the supported formats", reward_rows({"question": "q", "answer": "a"}),
+         ("unrecognised row with keys ['answer', 'question']", "TRL")),
+    Case("missing-key", "data", "a later row lacks a required key (AlpacaFarm `output_2`)",
+         "exit 2; names row and field", reward_rows(ALPACAFARM, {k: v for k, v in ALPACAFARM.items()
+                                                                  if k != "output_2"}),
+         ("row 2, field 'output_2': missing",)),
+    Case("extra-keys", "data", "rows with keys beyond the format's (`source`)",
+         "accepted: extra keys are kept in the pair's `meta`, nothing is reported invalid",
+         lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [{**GOOD, "source": "web"}]))],
+         ('"kept": 1',), code=0, check=report("invalid", [])),
+    Case("wrong-file-kind", "data", "an instruction file given as preference data",
+         "exit 2; says which format it looks like", reward_rows({"instruction": "Name a fruit.", "output": "Kiwi"}),
+         ("looks like a 'alpaca' file, not a preference file",)),
+    Case("label-out-of-range", "data", "LLMBar `label` 3 (must be 1 or 2)", "exit 2; names row, field, value",
+         reward_rows(LLMBAR, {**LLMBAR, "label": 3}), ("row 2, field 'label': must be 1 or 2, got 3",)),
+    Case("preference-out-of-range", "data", "AlpacaFarm `preference` 0", "exit 2; names row, field, value",
+         reward_rows({**ALPACAFARM, "preference": 0}), ("field 'preference': must be 1 or 2, got 0",)),
+    Case("empty-prompt", "data", "an empty prompt", "exit 2; names row and field",
+         reward_rows(GOOD, {**GOOD, "prompt": "  "}), ("row 2, field 'prompt': is empty",)),
+    Case("empty-response", "data", "an empty chosen response", "exit 2; names row and field",
+         reward_rows({**GOOD, "chosen": ""}), ("row 1, field 'chosen': is empty",)),
+    Case("wrong-field-type", "data", "a response that is a number", "exit 2; names row, field and type",
+         reward_rows({**GOOD, "rejected": 5}), ("field 'rejected': expected a string, got int",)),
+    Case("hh-dialogues-diverge", "data", "HH-RLHF chosen/rejected with different conversations",
+         "exit 2; names the row", reward_rows(HH), ("row 1", "differ before the last turn")),
+    Case("non-utf8", "data", "bytes that are not UTF-8", "exit 2; names the line and byte, says to re-encode",
+         lambda tmp: reward(tmp, write(tmp, "d.jsonl", json.dumps(GOOD).encode() + b'\n{"prompt": "caf\xe9"}\n')),
+         ("row 2", "not valid UTF-8", "re-encode")),
+    Case("empty-file", "data", "an empty data file", "exit 2", lambda tmp: reward(tmp, write(tmp, "d.jsonl", "\n")),
+         ("file is empty",)),
+    Case("missing-data-file", "data", "a train_file that does not exist", "exit 2",
+         lambda tmp: reward(tmp, tmp / "absent.jsonl"), ("absent.jsonl: no such file",)),
+    Case("data-file-is-folder", "data", "a folder given as train_file", "exit 2",
+         lambda tmp: reward(tmp, tmp), ("is a folder, expected a JSON or JSONL file",)),
+    Case("duplicate-rows", "data", "the same pair twice",
+         "accepted: exact duplicates are dropped, counted and reported (`rlp data inspect`, a warning in training)",
+         lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [GOOD, GOOD]))], ('"duplicates": 1',), code=0,
+         check=report("kept", 1)),
+    Case("over-long-pairs", "data", "pairs longer than max_length",
+         "accepted: truncated to max_length (the prompt's beginning is kept), counted and reported as a warning",
+         lambda tmp: reward(tmp, jsonl(tmp, [LONG, {**LONG, "prompt": "Another story."}]), "--max_length", "32"),
+         ("2 of 2 preference pairs were truncated to max_length=32",), code=0),
+    # ---- models
+    Case("missing-model-path", "model", "a model folder that does not exist",
+         "exit 2; says models are never downloaded", lambda tmp: reward(tmp, jsonl(tmp, [GOOD]),
+                                                                         model=str(tmp / "nope")),
+         ("not found", "never downloaded"), subprocess=True),
+    Case("not-a-model", "model", "a plain file given as the model", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), model=str(write(tmp, "notes.txt", "hello"))),
+         ("is not a Hugging Face model folder",)),
+    Case("no-weights", "model", "a folder with config.json but no weights", "exit 2",
+         reward_with_model(lambda f: (f / "model.safetensors").unlink()), ("has a config.json but no model weights",)),
+    Case("corrupt-weights", "model", "a model.safetensors that is not safetensors", "exit 2; the loader's reason",
+         reward_with_model(lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64)),
+         ("cannot load a reward model from",)),
+    Case("pickle-only-weights", "model", "only pytorch_model.bin (pickle) weights",
+         "exit 2 unless --allow_pickle: pickle can run code when loaded", reward_with_model(pickle_only),
+         ("holds only pickle weights", "--allow_pickle")),
+    Case("rm-num-labels-2", "model", "a reward model that is a 2-label classifier", "exit 2",
+         reward_with_model(two_labels), ("classifier with 2 labels", "num_labels=1")),
+    Case("tokenizer-no-eos", "model", "a tokenizer with no EOS (nor UNK/BOS) token", "exit 2",
+         reward_with_model(no_eos), ("has no EOS token",)),
+    Case("tokenizer-no-pad", "model", "a tokenizer without a pad token (the tiny model's)",
+         "accepted: an unused special token distinct from EOS becomes the pad token and is saved with the model",
+         reward_rows(GOOD), ('"steps": 1',), code=0, check=pad_distinct_from_eos),
+    # ---- configs and options
+    Case("unknown-config-key", "config", "a misspelt option", "exit 2; suggests the closest key",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--learnig_rate", "0.1"),
+         ("unknown config key 'learnig_rate'", "did you mean 'learning_rate'"), subprocess=True),
+    Case("unknown-nested-key", "config", "an unknown key in a YAML section", "exit 2; names the dotted key",
+         lambda tmp: pipeline(tmp, ppo={"kl_coeff": 0.1}), ("unknown config key 'ppo.kl_coeff'",)),
+    Case("wrong-type-int", "config", "`--batch_size eight`", "exit 2; names key, expected type and value",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--batch_size", "eight"),
+         ("batch_size: expected an integer, got 'eight'",)),
+    Case("wrong-type-bool", "config", "`--lora maybe`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora", "maybe"), ("lora: expected true or false",)),
+    Case("bad-choice", "config", "`--ensemble_aggregate median`", "exit 2; lists the choices",
+         lambda tmp: ["ppo", "--ensemble_aggregate", "median"], ("'median' is not one of 'mean', 'wco', 'uwo'",)),
+    Case("invalid-yaml", "config", "a config file that is not YAML", "exit 2",
+         lambda tmp: ["reward", "--config", str(write(tmp, "c.yaml", "model: [tiny\n"))], ("is not valid YAML",)),
+    Case("yaml-not-mapping", "config", "a config file holding a list", "exit 2",
+         lambda tmp: ["reward", "--config", str(write(tmp, "c.yaml", "- tiny\n"))], ("must hold a mapping",)),
+    Case("missing-config-file", "config", "`--config` naming no file", "exit 2",
+         lambda tmp: ["reward", "--config", str(tmp / "absent.yaml")], ("absent.yaml does not exist",)),
+    Case("config-without-path", "config", "`--config` as the last argument", "exit 2",
+         lambda tmp: ["reward", "--config"], ("--config needs a file path",)),
+    Case("bare-argument", "config", "a positional word among options", "exit 2; shows the option syntax",
+         lambda tmp: ["reward", "oops"], ("unexpected argument 'oops'",)),
+    Case("missing-train-file", "config", "`rlp reward` without train_file", "exit 2",
+         lambda tmp: ["reward", "--output_dir", str(tmp / "out")], ("needs train_file",)),
+    Case("ppo-without-prompts", "config", "`rlp ppo` without prompts_file", "exit 2",
+         lambda tmp: ["ppo", "--output_dir", str(tmp / "out")], ("ppo needs --prompts_file",)),
+    Case("zero-learning-rate", "config", "`--learning_rate 0`", "exit 2, before any model is loaded",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--learning_rate", "0"], ("need learning_rate > 0",)),
+    Case("oracle-without-spg", "config", "pipeline refine_methods [oracle] without spg",
+         "exit 2: oracle labels as many pairs as SPG made", lambda tmp: pipeline(tmp, refine_methods=["oracle"]),
+         ("include 'spg' in refine_methods",)),
+    Case("reference-baseline-builtin-pool", "config", "eval_baseline reference with the built-in pool",
+         "exit 2: the built-in pool has no reference answers",
+         lambda tmp: pipeline(tmp, eval_baseline="reference"), ("set eval_baseline: sft",)),
+    Case("unknown-refine-method", "config", "refine_methods [magic]", "exit 2; lists the methods",
+         lambda tmp: pipeline(tmp, refine_methods=["magic"]), ("unknown refine method(s) ['magic']",)),
+    Case("label-noise-out-of-range", "config", "label_noise 0.9", "exit 2",
+         lambda tmp: pipeline(tmp, label_noise=0.9), ("label_noise is a flip probability",)),
+    Case("unknown-command", "cli", "`rlp rewrd`", "exit 2; points to `rlp --help`",
+         lambda tmp: ["rewrd"], ("unknown command 'rewrd'", "rlp --help")),
+    # ---- training
+    Case("nan-loss", "training", "a loss that becomes NaN (learning rate 1e30)",
+         "exit 2: NonFiniteError names the quantity and step; the last good checkpoint is kept for resume",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD, {**GOOD, "prompt": "Name a stone."}]), "--learning_rate",
+                            "1e30", "--save_every", "1", "--max_steps", "3"),
+         ("reward-model loss became nan at step 2", "last good checkpoint"), check=nan_kept_checkpoint),
+    Case("unwritable-output-dir", "training", "an output_dir that cannot be created (under a file)",
+         "exit 2 before training starts",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--output_dir", str(write(tmp, "f", "x") / "out")],
+         ("is not writable",), check=nothing_trained),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a case
+
+
+def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr + warnings) of the real CLI on this case's input."""
+    argv = case.argv(tmp)
+    if case.subprocess:
+        env = {"RLP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, "-m", "rlp_align.cli", *argv], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env})
+        return proc.returncode, proc.stdout, proc.stderr
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err + "".join(f"warning: {w.message}\n" for w in caught)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("RLP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path, capsys):
+    code, out, err = run_case(case, tmp_path, capsys)
+    assert "Traceback" not in out + err
+    assert code == case.code, out[-2000:] + err[-2000:]
+    if case.code == 2:
+        assert err.count("error: ") == 1, err
+        message = err.split("error: ", 1)[1].strip()
+        assert message and "\n\n" not in message, f"not one paragraph: {message!r}"
+        text = message
+    else:
+        text = out + err
+    for expected in case.expect:
+        assert expected in text, f"{expected!r} not in {text[-1500:]!r}"
+    if case.check is not None:
+        case.check(tmp_path, out + err)
+
+
+def test_table_has_enough_distinct_cases():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)) >= 25
+    assert {c.area for c in CASES} == {"data", "model", "config", "cli", "training"}
+
+
+# --------------------------------------------------------------------------------------------------
+# The doc's case list, generated from the table
+
+START, END = "<!-- cases:start (generated by `python tests/test_bad_input.py`) -->", "<!-- cases:end -->"
+
+
+def render_cases() -> str:
+    lines = ["| id | area | input | exit | how it is handled |", "|---|---|---|---|---|"]
+    lines += [f"| `{c.id}` | {c.area} | {c.problem} | {c.code} | {c.handling} |" for c in CASES]
+    return "\n".join(lines)
+
+
+def doc_block(text: str) -> str:
+    match = re.search(re.escape(START) + r"\n(.*?)\n" + re.escape(END), text, re.S)
+    assert match, f"{DOC} lacks the generated case block"
+    return match.group(1)
+
+
+def test_doc_lists_every_case():
+    text = DOC.read_text(encoding="utf-8")
+    assert doc_block(text) == render_cases(), "docs/bad-input.md is stale: run `python tests/test_bad_input.py`"
+    for case in CASES:
+        assert f"`{case.id}`" in text
+
+
+if __name__ == "__main__":
+    text = DOC.read_text(encoding="utf-8")
+    DOC.write_text(text.replace(doc_block(text), render_cases()), encoding="utf-8")
+    print(f"wrote {len(CASES)} cases to {DOC}")
