@@ -1,5 +1,6 @@
 """The rule annotator: degenerate hacks lose to reference answers; constraint-satisfying answers win."""
 
+import json
 import re
 
 import pytest
@@ -129,7 +130,7 @@ def build(inst: Instruction, violate: str | None = None) -> str:
     if "min_words" in cons and violate != "min_words" or violate == "max_words":
         lines.append(EXTRA)
     if "json" in cons:
-        body = '{"answer": "%s"}' % " ".join(lines)  # one key: JSON without commas
+        body = json.dumps({"answer": " ".join(lines)})  # one key: JSON without commas
         body = "Sure! " + body if violate == "json" else body
     elif "numbered_list" in cons:
         k = cons["numbered_list"]["value"] + (violate == "numbered_list")

@@ -6,7 +6,14 @@ import torch
 from rlp_align.annotators import AnnotatorConfig
 from rlp_align.data.records import Preference, user_prompt
 from rlp_align.errors import UserError
-from rlp_align.evaluate import RMAccuracyConfig, WinrateConfig, rm_accuracy, run_rm_accuracy, run_winrate, win_rate
+from rlp_align.evaluate import (
+    RMAccuracyConfig,
+    WinrateConfig,
+    rm_accuracy,
+    run_rm_accuracy,
+    run_winrate,
+    win_rate,
+)
 
 
 def test_win_rate_on_constructed_cases():

@@ -155,7 +155,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     policies = {"SFT": sft_model, "PPO": ppo1["model"]}
     rms = {"RM0": rm0["model"]}
-    costs = {}
+    # What each variant costs beyond SFT + D + RM₀: its own stages (wall time) and new labels.
+    costs: dict[str, dict] = {"PPO": {"new_labels": 0, "stages": [ppo1["stage"]]}}
     previous = {m: (ppo1, rm0) for m in cfg.refine_methods}  # per variant: (policy stage, RM stage)
     for rnd in range(1, cfg.rounds + 1):
         tag = "" if cfg.rounds == 1 else f"_r{rnd}"
@@ -185,7 +186,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             label = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "oracle": "Oracle"}[method]
             label += "" if cfg.rounds == 1 else f" (round {rnd})"
             policies[label], rms[label] = ppo2["model"], refined["model"]
-            costs[label] = {"new_labels": synthetic["pairs"] if method == "oracle" else 0}
+            own = [samples["stage"], *([synthetic["stage"]] if synthetic else []), refined["stage"], ppo2["stage"]]
+            costs[label] = {"new_labels": synthetic["pairs"] if method == "oracle" else 0, "stages": own}
 
     if cfg.ensemble.k > 0:
         members = [cache.run(f"09_ens_rm{i}", {**base, "reward": _slice(cfg.reward), "prefs": prefs["hash"], "i": i},
@@ -197,12 +199,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                               lambda d, a=agg: S.train_ppo(cfg, sft_model, [m["model"] for m in members], pools, d,
                                                            aggregate=a))
             policies[f"Ensemble-{agg.upper()}"] = stage["model"]
-            costs[f"Ensemble-{agg.upper()}"] = {"new_labels": 0, "reward_models_trained": cfg.ensemble.k}
+            costs[f"Ensemble-{agg.upper()}"] = {"new_labels": 0, "reward_models_trained": cfg.ensemble.k,
+                                                 "stages": [m["stage"] for m in members] + [stage["stage"]]}
 
     bon = cache.run("11_best_of_n", {**base, "bon": _slice(cfg.best_of_n), "rm": rm0["hash"], "pools": pools["hash"],
                                      "gen": _slice(cfg.generate)},
                     lambda d: S.best_of_n(cfg, sft_model, rm0["model"], pools, d))
     answers = {"Best-of-n": bon["answers"]}
+    costs["Best-of-n"] = {"new_labels": 0, "stages": [bon["stage"]]}
     for label, policy in policies.items():
         stage = cache.run(f"12_answers_{_slug(label)}", {"policy": policy, "gen": _slice(cfg.generate),
                                                           "pools": pools["hash"], "stamp": _stamp(cache, policy)},

@@ -88,6 +88,15 @@ def _winrate_plot(path: Path, table: dict[str, dict]) -> bool:
     return True
 
 
+def recovered_shares(table: dict[str, dict]) -> dict[str, float | None]:
+    """(RLP − PPO) / (oracle − PPO) on win-rate for each RLP variant; None when the oracle gained nothing."""
+    if "Oracle" not in table or "PPO" not in table:
+        return {}
+    gain = table["Oracle"]["mean"] - table["PPO"]["mean"]
+    return {label: (row["mean"] - table["PPO"]["mean"]) / gain if abs(gain) > 1e-12 else None
+            for label, row in table.items() if label.startswith("RLP")}
+
+
 def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs: dict[str, dict]) -> Path:
     run_dir = cache.run_dir
     plots = run_dir / "plots"
@@ -112,6 +121,10 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
         gold = "–" if row.get("gold_reward") is None else f"{row['gold_reward']:.3f}"
         md.append(f"| {label} | {100 * row['mean']:.1f} | [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] "
                   f"| {gold} | {row['mean_chars']:.0f} |")
+    shares = recovered_shares(table)
+    if shares:
+        md.append("\nShare of the oracle's gain over PPO that each RLP variant recovers, (RLP − PPO) / (oracle − PPO): "
+                  + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a (oracle = PPO)" for k, v in shares.items()))
     md.append("\n![win-rate](plots/winrate.png)\n" if made["winrate"] else "")
     md += ["## Over-optimisation\n", "Proxy (RM) reward and gold reward of the PPO rollouts, per step. A proxy "
            "that keeps rising while gold falls is reward over-optimisation; RLP's refined RMs should track gold "
@@ -136,14 +149,20 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
             md.append(f"\nConfidence histogram: `{json.dumps(stats['confidence_histogram'])}`")
     else:
         md.append("SPG was not run.")
-    md += ["", "## Cost and time per stage\n", "| stage | status | seconds |", "|---|---|---|"]
-    total = 0.0
+    md += ["", "## Cost and time per stage\n"]
+    seconds_of = {row["stage"]: row["seconds"] or 0.0 for row in stage_status(run_dir)}
+    md += ["Extra cost of each variant over the shared SFT → D → RM₀ stages: its own stages' wall time, the new "
+           "annotator labels it used (RLP uses none: that is its point) and extra reward models trained.\n",
+           "| variant | wall time (s) | new labels | extra RMs trained |", "|---|---|---|---|"]
+    for label, cost in costs.items():
+        seconds = sum(seconds_of.get(stage, 0.0) for stage in cost.get("stages", []))
+        md.append(f"| {label} | {seconds:.0f} | {cost.get('new_labels', 0)} | "
+                  f"{cost.get('reward_models_trained', 1 if label.startswith(('RLP', 'Oracle')) else 0)} |")
+    md += ["", "| stage | status | seconds |", "|---|---|---|"]
     for row in stage_status(run_dir):
-        total += row["seconds"] or 0
         seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
         md.append(f"| {row['stage']} | {row['status']} | {seconds} |")
-    md.append(f"\nTotal stage time: {total / 60:.1f} min. New labels per variant (beyond D): "
-              + ", ".join(f"{k}: {v}" for k, v in costs.items()) + "; RLP variants use 0 new labels.")
+    md.append(f"\nTotal stage time: {sum(seconds_of.values()) / 60:.1f} min.")
     md += ["", "## Configuration and versions\n", "```yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False),
            "```", f"Versions: `{json.dumps(library_versions())}`"]
     text = "\n".join(md) + "\n"

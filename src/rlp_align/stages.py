@@ -57,7 +57,7 @@ class StageCache:
         if manifest and manifest.get("hash") == digest and manifest.get("status") == "done":
             self.skipped.append(name)
             self.log(f"[cached] {name}")
-            return {**manifest["outputs"], "hash": digest}
+            return {**manifest["outputs"], "hash": digest, "stage": name}
         if manifest and manifest.get("hash") != digest:
             shutil.rmtree(folder, ignore_errors=True)  # a knob changed: the old partial work is not ours
         folder.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ class StageCache:
         })
         self.ran.append(name)
         self.log(f"[done] {name} in {seconds:.0f}s: {summarise(outputs)}")
-        return {**outputs, "hash": digest}
+        return {**outputs, "hash": digest, "stage": name}
 
 
 def summarise(outputs: dict[str, Any]) -> str:

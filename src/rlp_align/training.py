@@ -137,10 +137,14 @@ class Checkpointer:
 
     def load(self) -> dict[str, Any] | None:
         """Restore models/optimisers/schedulers/RNG; return the saved trainer state, or None for a fresh run."""
-        state_file = self.path / "trainer_state.json"
+        path = self.path
+        if not (path / "trainer_state.json").exists():
+            # killed between the two renames of `save`: the previous checkpoint is still whole
+            path = self.out_dir / ".checkpoint.old"
+        state_file = path / "trainer_state.json"
         if not state_file.exists():
             return None
-        self.accelerator.load_state(str(self.path))
+        self.accelerator.load_state(str(path))
         return json.loads(state_file.read_text())
 
 

@@ -16,9 +16,9 @@ Score of a response y to an instruction x, in [0, 1]:
 - satisfied_fraction is the share of the instruction's constraints met (`rlp_align.constraints`).
 - repetition = max(0, d - 0.1) / 0.9 where d is the share of word 4-grams that repeat an earlier 4-gram
   (normal prose has d < 0.1; a sentence said five times has d near 0.8).
-- truncation = 0.3 when the answer stops mid-sentence: it ends in a letter, digit or ,;:-( and either its
-  last line is a prose line of 8+ words (not a list item, heading, hashtag or code) or its last word is a
-  function word ("and", "the", "of", ...).
+- truncation = 0.3 when the answer stops mid-sentence: it ends in a letter, digit or ,;:-( and its last
+  line is a prose line of 4+ words (not a list item, heading, hashtag or code), or its last word is a
+  function word ("and", "the", "on", ...), or most of its other lines end like sentences and this one does not.
 - copying = max(0, c - 0.6) / 0.4 where c is the share of the answer's word 3-grams found in the
   instruction: restating part of the question is fine, handing the instruction back is not.
 
@@ -39,11 +39,19 @@ from rlp_align.constraints import satisfied_fraction, sentences
 from rlp_align.data.records import Instruction
 
 WINDOW_WORDS = 128
+# Content credited to the reference answer itself (its self-similarity, 1.0, would make it unbeatable): the mean
+# similarity of text-davinci-003 answers to AlpacaFarm's gpt-3.5 references (../shared/notes/measured.md), so an
+# answer of davinci-003 quality beats the reference about half the time, as in AlpacaFarm's win-rates.
+REFERENCE_SIMILARITY = 0.75
 TRUNCATION_PENALTY = 0.3
 FUNCTION_WORDS = frozenset(
-    "a an the and or but of to in on at for with by from as that which who is are was were be "
-    "this these their its his her our your my if than then so because while into about".split()
+    "a an the and or but nor of to in on at for with by from as that which who whom whose is are was were be "
+    "been being this these those their its his her our your my if than then so because while into onto about "
+    "over under up down out off through between after before during without within not can will would should "
+    "could may might must has have had do does did it they we you he she there when where how what also more "
+    "most very such some any each all both either neither".split()
 )
+_ENDS_SENTENCE = tuple(".!?\"')]}`*|") + ("...",)
 _TOKEN = re.compile(r"\w+")
 
 
@@ -61,15 +69,23 @@ def repetition(text: str) -> float:
 
 
 def truncation(text: str) -> float:
-    """TRUNCATION_PENALTY when the text visibly stops mid-sentence, else 0."""
+    """TRUNCATION_PENALTY when the text visibly stops mid-sentence, else 0.
+
+    The last line ends in a letter, digit or ,;:-( and (it is 4+ words of prose, or its last word is a
+    function word, or most other lines of the text end like sentences while this one does not).
+    """
     text = text.rstrip()
     if not text or not (text[-1].isalnum() or text[-1] in ",;:-("):
         return 0.0
-    last_line = text.splitlines()[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last_line = lines[-1]
     last_word = (_TOKEN.findall(last_line.lower()) or [""])[-1]
     structured = re.match(r"([-*•#>|]|\d+[.)]|```)", last_line) is not None or "```" in text
-    prose = not structured and len(last_line.split()) >= 8 and not last_line.split()[-1].startswith("#")
-    return TRUNCATION_PENALTY if prose or last_word in FUNCTION_WORDS or text[-1] in ",;:-(" else 0.0
+    prose = not structured and len(last_line.split()) >= 4 and not last_line.split()[-1].startswith("#")
+    others = [line for line in lines[:-1] if not line.startswith("#")]
+    style_break = len(others) >= 2 and sum(line.endswith(_ENDS_SENTENCE) for line in others) > len(others) / 2
+    cut = prose or style_break or last_word in FUNCTION_WORDS or text[-1] in ",;:-("
+    return TRUNCATION_PENALTY if cut else 0.0
 
 
 def copying(text: str, instruction: str) -> float:
@@ -150,6 +166,8 @@ class RuleAnnotator(Annotator):
         for j, i in enumerate(live):
             inst, text = instructions[i], responses[i]
             quality = content[j]
+            if inst.reference and text.strip() == inst.reference.strip():
+                quality = REFERENCE_SIMILARITY  # the reference is not judged by its similarity to itself
             if inst.constraints:
                 quality = (quality + satisfied_fraction(inst.constraints, text)) / 2
             scores[i] = quality * (1.0 - penalty(text, inst.text))
