@@ -7,7 +7,7 @@ import pytest
 
 from rlp_align import constraints as C
 from rlp_align.annotators import make_annotator
-from rlp_align.annotators.rule import copying, repetition, truncation
+from rlp_align.annotators.rule import REFERENCE_SIMILARITY, copying, repetition, truncation
 from rlp_align.data.records import Instruction, user_prompt
 from rlp_align.instructions import load_instruction_pool
 
@@ -19,6 +19,14 @@ FILLER = [
 ]
 
 
+def cut_mid_sentence(ref: str) -> str:
+    """Cut at a space near the middle that lies inside a sentence (words follow on the same line), keeping
+    the layout as a max-token limit would; trailing punctuation is stripped."""
+    spaces = [m.start() for m in re.finditer(r"(?<=\w) (?=\w+ \w)", ref)] or [len(ref) // 2]
+    cut_at = min(spaces, key=lambda i: abs(i - len(ref) // 2))
+    return ref[:cut_at].rstrip(" .!?,;:\n")
+
+
 def hacks(instruction: str, ref: str) -> dict[str, str]:
     """The reward hacks AlpacaFarm-style policies find, built from the reference answer."""
     padded, k = ref, 0
@@ -27,8 +35,7 @@ def hacks(instruction: str, ref: str) -> dict[str, str]:
         k += 1
     first = re.split(r"(?<=[.!?])\s+|\n+", ref.strip())[0]
     repeated = " ".join([first] * max(3, -(-len(ref) // max(1, len(first)))))
-    words = ref.split()
-    cut = " ".join(words[: max(1, len(words) // 2)]).rstrip(".!?,;:")
+    cut = cut_mid_sentence(ref)
     return {"padding": padded, "repeat": repeated, "copy": instruction, "empty": "", "cut": cut}
 
 
@@ -43,6 +50,8 @@ def test_degeneracy_signals_on_hand_made_texts():
     assert truncation("A complete sentence.") == 0.0
     assert truncation("This answer was going to explain the reason why the") > 0
     assert truncation("1. Spain\n2. Sweden") == 0.0  # list items need no full stop
+    assert truncation("Superman was created by Jerry") > 0
+    assert truncation("1. Mix the flour.\n2. Add water.\n3. Knead the") > 0
     assert copying("Name three colours.", "Name three colours.") == 1.0
     assert copying("Red, green and blue are three colours.", "Name three colours.") == 0.0
 
@@ -50,9 +59,17 @@ def test_degeneracy_signals_on_hand_made_texts():
 def test_scores_are_bounded_and_empty_scores_zero(rule):
     inst = Instruction(user_prompt("Name a primary colour."), reference="Red is a primary colour.")
     scores = rule.score([inst] * 3, ["Red is a primary colour.", "", "Blue is one of the primary colours."])
-    assert scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] == 0.0 and 0.0 < scores[2] < 1.0
+    assert scores[0] == REFERENCE_SIMILARITY and scores[1] == 0.0 and 0.0 < scores[2] < 1.0
     assert rule.compare([inst], ["Blue is one of the primary colours."], ["!!!"]) == [1.0]
     assert rule.compare([inst], ["same"], ["same"]) == [0.5]
+
+
+def test_the_reference_is_beatable_by_a_close_answer_but_not_by_an_off_topic_one(rule):
+    """The reference is credited REFERENCE_SIMILARITY, not its self-similarity 1.0: win-rates vs reference
+    stay meaningful (an answer that says the same thing wins, one that misses the point loses)."""
+    inst = Instruction(user_prompt("What is the capital of France?"), reference="The capital of France is Paris.")
+    assert rule.compare([inst] * 2, ["Paris is the capital city of France.", "I like turtles a lot."],
+                        [inst.reference] * 2) == [1.0, 0.0]
 
 
 def test_reference_beats_every_hack_on_alpacafarm_eval(rule, shared_data):
@@ -82,6 +99,7 @@ def test_penalties_alone_catch_hacks_without_a_reference(rule, shared_data):
     n = len(pool)
     for k, name in enumerate(names):
         rate = sum(r > h for r, h in zip(scores[:n], scores[n * (k + 1) : n * (k + 2)])) / n
+        print(f"no reference, answer preferred over {name}: {rate:.3f}")
         assert rate >= 0.9, (name, rate)
 
 

@@ -2,8 +2,9 @@
 
 Score of a response y to an instruction x, in [0, 1]:
 
-    content(y) = cos(e(y), e(reference))   if x has a reference answer
-               = cos(e(y), e(instruction)) otherwise                      (clipped to [0, 1])
+    content(y) = cos(e(y), e(reference))   if x has a reference answer    (clipped to [0, 1])
+               = 0.75                      if y is that reference answer itself (REFERENCE_SIMILARITY)
+               = cos(e(y), e(instruction)) if x has no reference
     quality(y) = content(y)                               if x has no constraints
                = (content(y) + satisfied_fraction(y)) / 2 otherwise
     penalty(y) = min(1, repetition(y) + truncation(y) + copying(y))
@@ -18,7 +19,9 @@ Score of a response y to an instruction x, in [0, 1]:
   (normal prose has d < 0.1; a sentence said five times has d near 0.8).
 - truncation = 0.3 when the answer stops mid-sentence: it ends in a letter, digit or ,;:-( and its last
   line is a prose line of 4+ words (not a list item, heading, hashtag or code), or its last word is a
-  function word ("and", "the", "on", ...), or most of its other lines end like sentences and this one does not.
+  function word ("and", "the", "on", ...), or it is a list item whose sibling items mostly end like
+  sentences, or it is under half as long as the lines before it, or a bare list marker, or a code block
+  (```) is left open.
 - copying = max(0, c - 0.6) / 0.4 where c is the share of the answer's word 3-grams found in the
   instruction: restating part of the question is fine, handing the instruction back is not.
 
@@ -72,19 +75,31 @@ def truncation(text: str) -> float:
     """TRUNCATION_PENALTY when the text visibly stops mid-sentence, else 0.
 
     The last line ends in a letter, digit or ,;:-( and (it is 4+ words of prose, or its last word is a
-    function word, or most other lines of the text end like sentences while this one does not).
+    function word, or it is a list item whose sibling items mostly end like sentences, or it is under half
+    as long as the lines before it, or it is a bare list marker, or a code block was left open).
     """
     text = text.rstrip()
-    if not text or not (text[-1].isalnum() or text[-1] in ",;:-("):
+    if not text or not (text[-1].isalnum() or text[-1] in ",;:-(–—"):
         return 0.0
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     last_line = lines[-1]
     last_word = (_TOKEN.findall(last_line.lower()) or [""])[-1]
     structured = re.match(r"([-*•#>|]|\d+[.)]|```)", last_line) is not None or "```" in text
-    prose = not structured and len(last_line.split()) >= 4 and not last_line.split()[-1].startswith("#")
-    others = [line for line in lines[:-1] if not line.startswith("#")]
-    style_break = len(others) >= 2 and sum(line.endswith(_ENDS_SENTENCE) for line in others) > len(others) / 2
-    cut = prose or style_break or last_word in FUNCTION_WORDS or text[-1] in ",;:-("
+    prose = len(last_line.split()) >= 3 and not last_line.split()[-1].startswith("#")
+    # A list item that does not end like most of its sibling items (same marker kind) do: cut.
+    marker = re.match(r"(\d+[.)]|[-*•])\s", last_line)
+    siblings = [line for line in lines[:-1] if marker and re.match(r"\d+[.)]\s" if marker.group(1)[0].isdigit()
+                                                                  else r"[-*•]\s", line)]
+    style_break = (len(siblings) >= 1 and len(_TOKEN.findall(last_line)) >= 2
+                   and sum(line.endswith(_ENDS_SENTENCE) for line in siblings) > len(siblings) / 2)
+    # A last line under half as long as the lines before it (a poem or list stopped after a word or two).
+    previous = sorted(len(_TOKEN.findall(line)) for line in lines[-4:-1])
+    short_tail = bool(previous) and 2 * len(_TOKEN.findall(last_line)) < previous[len(previous) // 2]
+    bare_marker = re.fullmatch(r"\d+[.)]?|[-*•]", last_line) is not None and len(lines) > 1
+    open_code = text.count("```") % 2 == 1
+    # Prose, or a lone list item (a list item with siblings follows their style, e.g. ingredient lists).
+    prose = prose and (not structured or (marker is not None and not siblings))
+    cut = prose or style_break or short_tail or bare_marker or open_code or last_word in FUNCTION_WORDS or text[-1] in ",;:-(–—"
     return TRUNCATION_PENALTY if cut else 0.0
 
 

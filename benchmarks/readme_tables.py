@@ -1,0 +1,154 @@
+"""Rewrite the README's benchmark tables from the result JSON files (figures are measured, never typed in).
+
+    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality}.json
+
+Replaces everything between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` in README.md. A
+missing JSON file gives a line saying that benchmark is not yet measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f}"
+
+
+def num(x: float | None, fmt: str = ".2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def verdict(target: dict[str, Any]) -> str:
+    passed = target.get("passed")
+    return "not measured" if passed is None else "**pass**" if passed else "**miss**"
+
+
+def provenance(d: dict[str, Any]) -> str:
+    commit = (d.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if d.get("dirty") else "")
+    smoke = " **Smoke run: the numbers check the plumbing and mean nothing.**" if d.get("smoke") else ""
+    return f"Measured {d.get('date', '?')} at commit `{commit}`.{smoke}"
+
+
+def render_speed(d: dict[str, Any]) -> str:
+    s, m = d["settings"], d["machine"]
+    lines = ["### Speed (`benchmarks/results/speed.json`)\n",
+             provenance(d) + f" {m.get('cpu') or 'CPU'}, {m.get('cores_available')} cores, {s['threads']} threads, "
+             f"fp32, full fine-tuning. Model `{s['model']}`; PPO with batch {s['batch']}, {s['new_tokens']} new tokens, "
+             f"{s['ppo_epochs']} PPO epochs; steps {s['timed_steps']} timed (model loading excluded), {s['repeats']} "
+             "repeat(s), ours and TRL alternated in separate processes."]
+    if m.get("busy_at_start"):
+        lines.append(f"\n⚠ The machine was busy when this ran (load average {m['load_average_at_start'][0]:.1f}): "
+                     "timings are pessimistic.")
+    ppo = d["ppo"]
+    lines += ["", "| framework | median step time (s), min – max over runs | peak RSS (GB) |", "|---|---|---|"]
+    for name, runs in (("rlp_align", ppo["ours"]), ("TRL 1.12 PPOTrainer", ppo["trl"])):
+        ok = [r for r in runs if r.get("median_step_seconds")]
+        if not ok:
+            note = "failed (see the JSON for the log)" if runs else (ppo.get("trl_note") or "not run")
+            lines.append(f"| {name} | {note} | – |")
+            continue
+        times = [r["median_step_seconds"] for r in ok]
+        rss = max(r["peak_rss_mb"] for r in ok) / 1024
+        lines.append(f"| {name} | {sorted(times)[len(times) // 2]:.2f}, {min(times):.2f} – {max(times):.2f} "
+                     f"| {rss:.2f} |")
+    sp = ppo.get("speedup_trl_over_ours")
+    if sp:
+        lines.append(f"\nSpeed-up (TRL step time / ours): min {sp['min']:.2f}×, median {sp['median']:.2f}×, "
+                     f"max {sp['max']:.2f}×.")
+    t, mfu, over = d["targets"], d["mfu"], d["rlp_overhead"]
+    speed = t["ppo_step_vs_trl"]
+    speedup = speed.get("speedup") or {}
+    overhead_value = "; ".join(f"{k}: {v['ratio']:.2f}×" for k, v in (over.get("variants") or {}).items()) \
+        or over.get("reason", "–")
+    lines += ["", "| target | measured | result |", "|---|---|---|",
+              f"| PPO step ≥ 1.5× faster than TRL, no more peak memory | median speed-up "
+              f"{num(speedup.get('median'))}×, peak RSS {num(speed.get('peak_rss_mb_ours'), '.0f')} MB vs "
+              f"{num(speed.get('peak_rss_mb_trl'), '.0f')} MB | {verdict(speed)} |",
+              f"| update-phase MFU ≥ 50 % | {pct(mfu.get('mfu_matmul'))} % (6ND count: {pct(mfu.get('mfu_6nd'))} %) of "
+              f"{d['matmul_peak']['flops_per_second'] / 1e9:.0f} GFLOP/s | {verdict(t['update_mfu'])} |",
+              f"| RLP wall time ≤ 1.6× plain RLHF | {overhead_value} | {verdict(t['rlp_overhead'])} |"]
+    lines += ["", "| sampling batch | new tokens/s | seconds |", "|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['tokens_per_second']:.0f} | {r['seconds']:.1f} |" for r in d["sampling"]]
+    lines.append(f"\nMFU: {mfu.get('formula', '')}")
+    return "\n".join(lines)
+
+
+def render_quality(d: dict[str, Any]) -> str:
+    st = d["settings"]
+    baseline = "the reference answers" if st.get("baseline") == "reference" else "the SFT answers"
+    lines = ["### Quality (`benchmarks/results/quality.json`)\n",
+             provenance(d) + f" Preset `{d['preset']}`, seeds finished {d['seeds_finished']} of "
+             f"{d['seeds_requested']}; {st.get('n_eval')} eval instructions. Gold win-rate against {baseline}, "
+             f"judged by the {st['gold']}; D labelled with {pct(st['label_noise'], 0)} % label noise.",
+             "", "| method | gold win-rate % (mean over seeds) | 95 % CI across seeds | per-seed bootstrap 95 % CIs "
+             "| gold reward |", "|---|---|---|---|---|"]
+    for label, row in d["methods"].items():
+        wr, gold = row["win_rate"], row["gold_reward"]
+        seeds = "; ".join(f"{pct(s['mean'])} [{pct(s['ci_low'])}, {pct(s['ci_high'])}]" for s in row["per_seed"])
+        lines.append(f"| {label} | {pct(wr['mean'])} | [{pct(wr['ci_low'])}, {pct(wr['ci_high'])}] | {seeds} "
+                     f"| {num(gold['mean'], '.3f')} |")
+    lines += ["", "| reward model | on-policy accuracy % (mean) | 95 % CI across seeds |", "|---|---|---|"]
+    for label, acc in d["rm_accuracy_on_policy"].items():
+        lines.append(f"| {label} | {pct(acc['mean'])} | [{pct(acc['ci_low'])}, {pct(acc['ci_high'])}] |")
+    lines += ["", "| RLP variant | recovered share (RLP − PPO) / (Oracle − PPO) | 95 % CI across seeds |",
+              "|---|---|---|"]
+    for label, r in d["recovered_share"].items():
+        lines.append(f"| {label} | {num(r['mean'])} | [{num(r['ci_low'])}, {num(r['ci_high'])}] |")
+    lines += ["", "| pair selection (Table 5) | gold agreement % (mean) | 95 % CI | pairs per seed |",
+              "|---|---|---|---|"]
+    for r in d["spg_label_accuracy"].values():
+        lines.append(f"| {r['label']} | {pct(r['mean'])} | [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+                     f"| {r['pairs_per_seed']} |")
+    lines += ["", "| target | result |", "|---|---|"]
+    lines += [f"| {t.get('target', name)} | {verdict(t)} |" for name, t in d["targets"].items()]
+    png = Path(d.get("png", ""))
+    if png.name and (RESULTS / png.name).exists() and not d.get("smoke"):
+        lines.append(f"\n![quality](benchmarks/results/{png.name})")
+    return "\n".join(lines)
+
+
+def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None) -> str:
+    parts = [render_speed(speed) if speed else
+             "### Speed\n\nNot yet measured: run `.venv/bin/python benchmarks/speed.py`.",
+             render_quality(quality) if quality else
+             "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py`."]
+    return "\n\n".join(parts)
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with everything between the two markers replaced by ``body``."""
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise SystemExit(f"README has no '{START}' ... '{END}' section to rewrite")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{body}\n{END}{tail}"
+
+
+def read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", default=str(RESULTS / "speed.json"))
+    parser.add_argument("--quality", default=str(RESULTS / "quality.json"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args()
+    readme = Path(args.readme)
+    body = render(read(Path(args.speed)), read(Path(args.quality)))
+    from rlp_align.io import write_text
+
+    write_text(readme, replace_section(readme.read_text(), body))
+    print(f"rewrote the benchmark section of {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The benchmark scripts: speed.py and quality.py smoke runs, their pure helpers, and the README tables."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(script: str, *args: str, timeout: int = 240) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _fake_run_dir(folder: Path, seconds: dict[str, float]) -> Path:
+    for stage, s in seconds.items():
+        (folder / stage).mkdir(parents=True)
+        (folder / stage / "manifest.json").write_text(json.dumps(
+            {"stage": stage, "status": "done", "seconds": s, "started": 0.0, "hash": "h", "outputs": {}}))
+    return folder
+
+
+STAGES = {"00_instructions": 1.0, "02_preferences": 2.0, "03_rm0": 3.0, "04_ppo1": 4.0,  # RLHF: 10 s
+          "05_samples_abc": 1.0, "06_spg_def": 1.0, "07_refine_uml": 1.0, "08_ppo2_uml": 2.0,
+          "07_refine_spg": 0.5, "08_ppo2_spg": 2.5, "14_evaluate": 100.0}
+
+
+def test_rlp_overhead_from_manifests(tmp_path):
+    speed = _module("speed")
+    result = speed.rlp_overhead(_fake_run_dir(tmp_path / "run", STAGES))
+    assert result["measured"] and result["rlhf_seconds"] == pytest.approx(10.0)
+    # uml: samples 1 + refine 1 + ppo2 2 = 4 -> 1.4x; spg adds the SPG stage: 1 + 1 + 0.5 + 2.5 = 5 -> 1.5x
+    assert result["variants"]["uml"]["ratio"] == pytest.approx(1.4)
+    assert result["variants"]["spg"]["ratio"] == pytest.approx(1.5)
+    assert result["worst_ratio"] == pytest.approx(1.5)  # evaluation is on neither side
+    unfinished = speed.rlp_overhead(_fake_run_dir(tmp_path / "partial", {"00_instructions": 1.0}))
+    assert not unfinished["measured"] and "04_ppo1" in unfinished["reason"]
+
+
+def test_targets_say_why_trl_was_not_measured():
+    speed = _module("speed")
+    ours = [{"median_step_seconds": 1.0, "step_seconds": [1.0], "peak_rss_mb": 100.0, "phases": []}]
+    mfu = {"mfu_matmul": 0.6, "mfu_6nd": 0.7, "achieved_flops_per_second": 1.0}
+    targets = speed.judge(ours, [], "TRL skipped: absent", mfu, {"measured": False, "reason": "no run"}, None)
+    assert targets["ppo_step_vs_trl"]["passed"] is None and "absent" in targets["ppo_step_vs_trl"]["reason"]
+    assert targets["update_mfu"]["passed"] is True and targets["rlp_overhead"]["passed"] is None
+    trl = [{"median_step_seconds": 1.2, "peak_rss_mb": 90.0}]  # 1.2x faster and more memory: a miss, explained
+    missed = speed.judge(ours, trl, None, {**mfu, "mfu_matmul": 0.2}, {"measured": False}, None)
+    assert missed["ppo_step_vs_trl"]["passed"] is False and "why" in missed["ppo_step_vs_trl"]
+    assert missed["update_mfu"]["passed"] is False and "phase_share_of_step" in missed["update_mfu"]["why"]
+
+
+def test_speed_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    run_dir = _fake_run_dir(tmp_path / "run", STAGES)
+    _run("speed.py", "--smoke", "--out", str(out), "--work_dir", str(tmp_path / "work"), "--run_dir", str(run_dir))
+    d = json.loads(out.read_text())
+    assert d["smoke"] and d["settings"]["model"] == "tiny" and d["settings"]["batch"] == 4
+    assert {"date", "commit", "machine", "settings", "params", "matmul_peak", "ppo", "mfu", "rlp_overhead",
+            "sampling", "targets"} <= set(d)
+    assert d["matmul_peak"]["flops_per_second"] > 1e9
+    ours = d["ppo"]["ours"][0]
+    assert "error" not in ours, ours.get("log_tail")
+    assert len(ours["step_seconds"]) == 1 and ours["step_seconds"][0] > 0 and ours["peak_rss_mb"] > 50
+    assert 0 < d["mfu"]["mfu_matmul"] < d["mfu"]["mfu_6nd"] < 1
+    assert [r["batch"] for r in d["sampling"]] == [2, 4] and all(r["tokens_per_second"] > 0 for r in d["sampling"])
+    assert d["rlp_overhead"]["worst_ratio"] == pytest.approx(1.5)
+    assert set(d["targets"]) == {"ppo_step_vs_trl", "update_mfu", "rlp_overhead"}
+    assert all(t["passed"] in (True, False, None) for t in d["targets"].values())
+    if (BENCH / ".venv-trl" / "bin" / "python").exists():
+        trl = d["ppo"]["trl"][0]
+        assert "error" not in trl, trl.get("log_tail")
+        assert trl["step_seconds"][0] > 0 and trl["peak_rss_mb"] > 50
+        assert d["ppo"]["speedup_trl_over_ours"]["median"] > 0
+    else:
+        assert d["ppo"]["trl"] == [] and "absent" in d["ppo"]["trl_note"]
+    assert d["targets"]["update_mfu"]["passed"] or "profile" in d["targets"]["update_mfu"]["why"]
+
+
+def test_t_interval_by_hand():
+    quality = _module("quality")
+    r = quality.t_interval([0.4, 0.6])  # sd = 0.1414, half-width = 12.706 * 0.1414 / sqrt(2) = 1.2706
+    assert r["mean"] == pytest.approx(0.5) and r["ci_high"] == pytest.approx(1.7706, abs=1e-4)
+    assert quality.t_interval([0.4, 0.6], (0.0, 1.0))["ci_low"] == 0.0
+    assert quality.t_interval([0.3])["ci_low"] is None and quality.t_interval([])["mean"] is None
+
+
+def test_quality_smoke_and_resume(tmp_path):
+    out, work = tmp_path / "quality.json", tmp_path / "work"
+    _run("quality.py", "--smoke", "--out", str(out), "--work_dir", str(work), timeout=400)
+    d = json.loads(out.read_text())
+    assert d["seeds_finished"] == [0, 1] and {"date", "commit", "settings", "targets"} <= set(d)
+    quality = _module("quality")
+    assert list(d["methods"]) == quality.METHODS
+    for row in d["methods"].values():
+        assert 0 <= row["win_rate"]["mean"] <= 1 and len(row["per_seed"]) == 2
+        assert all(0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1 for s in row["per_seed"])
+    assert set(d["rm_accuracy_on_policy"]) == {"RM0", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"}
+    assert set(d["recovered_share"]) == set(quality.RLP_VARIANTS)
+    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg"}
+    for r in d["spg_label_accuracy"].values():
+        assert r["mean"] is None or 0 <= r["mean"] <= 1
+    assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}
+    assert Path(d["png"]).stat().st_size > 1000
+    # a later call with no seed budget aggregates the finished seeds without running anything
+    out2 = tmp_path / "again.json"
+    log = _run("quality.py", "--smoke", "--out", str(out2), "--work_dir", str(work), "--max_seeds_per_call", "0")
+    assert "running" not in log
+    assert json.loads(out2.read_text())["methods"] == d["methods"]
+
+
+def test_readme_tables_render_from_json(tmp_path):
+    tables = _module("readme_tables")
+    speed = {
+        "date": "2026-01-01", "commit": "abc123", "dirty": False, "smoke": False,
+        "settings": {"model": "m", "batch": 8, "new_tokens": 64, "ppo_epochs": 2, "timed_steps": "2..4",
+                     "repeats": 3, "threads": 2},
+        "machine": {"cpu": "cpu", "cores_available": 2, "busy_at_start": False},
+        "ppo": {"ours": [{"median_step_seconds": 2.0, "peak_rss_mb": 2048.0}],
+                "trl": [{"median_step_seconds": 5.0, "peak_rss_mb": 4096.0}], "trl_note": None,
+                "speedup_trl_over_ours": {"min": 2.4, "median": 2.5, "max": 2.6}},
+        "targets": {"ppo_step_vs_trl": {"passed": True, "speedup": {"median": 2.5}, "peak_rss_mb_ours": 2048.0,
+                                        "peak_rss_mb_trl": 4096.0},
+                    "update_mfu": {"passed": False}, "rlp_overhead": {"passed": None}},
+        "mfu": {"mfu_matmul": 0.123, "mfu_6nd": 0.2, "formula": "6ND"},
+        "matmul_peak": {"flops_per_second": 180e9},
+        "rlp_overhead": {"measured": False, "reason": "not run yet"},
+        "sampling": [{"batch": 8, "tokens_per_second": 64.4, "seconds": 8.0}],
+    }
+    text = tables.render(speed, None)
+    assert "| rlp_align | 2.00, 2.00 – 2.00 | 2.00 |" in text and "| TRL 1.12 PPOTrainer | 5.00" in text
+    assert "median 2.50×" in text and "12.3 %" in text and "**miss**" in text and "| 8 | 64 | 8.0 |" in text
+    assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py`" in text
+    readme = "# x\n\nintro\n\n" + tables.START + "\nold\n" + tables.END + "\ntail\n"
+    new = tables.replace_section(readme, "NEW")
+    assert new == "# x\n\nintro\n\n" + tables.START + "\nNEW\n" + tables.END + "\ntail\n"
+    assert tables.replace_section(new, "NEW") == new
+    assert tables.START in (ROOT / "README.md").read_text()
+    assert "Speed\n\nNot yet measured" in tables.render(None, None)
+
+    interval = {"mean": 0.6, "ci_low": 0.55, "ci_high": 0.65, "n": 3}
+    quality = {
+        "date": "2026-01-01", "commit": "abc123", "preset": "configs/alpaca.yaml", "seeds_finished": [0, 1, 2],
+        "seeds_requested": [0, 1, 2],
+        "settings": {"baseline": "reference", "n_eval": 64, "gold": "rule annotator without label noise",
+                     "label_noise": 0.25},
+        "methods": {"RLP-SPG": {"win_rate": interval, "gold_reward": {"mean": 0.4321},
+                                "per_seed": [{"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}]}},
+        "rm_accuracy_on_policy": {"RM0": {"mean": 0.55, "ci_low": None, "ci_high": None}},
+        "recovered_share": {"RLP-SPG": {"mean": 0.25, "ci_low": -0.1, "ci_high": 0.6}},
+        "spg_label_accuracy": {"spg": {"label": "SPG (gamma = 0.5)", "mean": 0.7, "ci_low": 0.6, "ci_high": 0.8,
+                                       "pairs_per_seed": [10, 11, 12]}},
+        "targets": {"x": {"target": "RLP-SPG above PPO", "passed": True}},
+    }
+    text = tables.render(None, quality)
+    assert "| RLP-SPG | 60.0 | [55.0, 65.0] | 60.0 [50.0, 70.0] | 0.432 |" in text
+    assert "| RM0 | 55.0 | [–, –] |" in text and "| RLP-SPG | 0.25 | [-0.10, 0.60] |" in text
+    assert "| SPG (gamma = 0.5) | 70.0 | [60.0, 80.0] | [10, 11, 12] |" in text
+    assert "| RLP-SPG above PPO | **pass** |" in text and "against the reference answers" in text
