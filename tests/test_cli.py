@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -27,3 +28,18 @@ def test_user_errors_have_no_traceback(tmp_path):
     assert "error:" in result.stderr and "no such file" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, "-m", "rlp_align.cli", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+def test_global_skip_invalid_reports_and_skips(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RLP_SKIP_INVALID", raising=False)
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "q2", "chosen": "", "rejected": "b"}) + "\n")
+    out = tmp_path / "acc"
+    # without the flag the bad row stops the command, naming file, row and field
+    assert main(["eval", "rm-accuracy", "--rm_path", "tiny", "--preferences", str(path),
+                 "--output_dir", str(out)]) == 2
+    assert "row 2, field 'chosen'" in capsys.readouterr().err
+    assert main(["--skip_invalid", "eval", "rm-accuracy", "--rm_path", "tiny", "--preferences", str(path),
+                 "--output_dir", str(out)]) == 0
+    os.environ.pop("RLP_SKIP_INVALID", None)  # main() set it for its run; do not leak it to other tests

@@ -67,7 +67,6 @@ def _run_command(name: str, argv: list[str]) -> int:
             raise UserError("--config needs a file path")
         config_file = argv[i + 1]
         argv = argv[:i] + argv[i + 2 :]
-    extra = {}
     if name == "run":  # `rlp run --status DIR` reports without running
         from rlp_align import pipeline
 
@@ -81,7 +80,7 @@ def _run_command(name: str, argv: list[str]) -> int:
             config_file = pipeline.preset_path("default")
         elif not os.path.exists(config_file) and os.path.exists(pipeline.preset_path(config_file)):
             config_file = pipeline.preset_path(config_file)
-    cfg = load_config(cls, config_file, {**parse_overrides(argv), **extra})
+    cfg = load_config(cls, config_file, parse_overrides(argv))
     result = run(cfg)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
@@ -129,7 +128,8 @@ def _usage() -> str:
     lines += [f"  {name:<18} {spec[3]}" for name, spec in COMMANDS.items()]
     lines += ["  data inspect FILE  detected format, row count, field stats, first rows, invalid rows",
               "  prepare [MODEL]    convert/build a built-in model into the cache (default smollm2-135m-instruct)",
-              "\n`rlp <command> --help` lists a command's options. Docs: README.md"]
+              "\nGlobal option: --skip_invalid reports and skips bad data rows instead of stopping at the first.",
+              "`rlp <command> --help` lists a command's options. Docs: README.md"]
     return "\n".join(lines)
 
 
@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlp-align {__version__}")
         return 0
     _quiet_libraries()
+    for flag in ("--skip_invalid", "--skip-invalid"):  # global: every reader reports and skips bad rows
+        if flag in argv:
+            argv.remove(flag)
+            os.environ["RLP_SKIP_INVALID"] = "1"
     try:
         if argv[0] == "data":
             return _data_command(argv[1:])

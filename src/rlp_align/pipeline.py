@@ -69,7 +69,7 @@ class PipelineConfig:
     refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
-    eval_baseline: Literal["reference", "sft"] = "reference"  # what win-rates are measured against
+    eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
     data: DataConfig = field(default_factory=DataConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
