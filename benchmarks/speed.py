@@ -323,6 +323,8 @@ def main() -> None:
     parser.add_argument("--work_dir", default=str(BENCH / "work" / "speed"))
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker run")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--overhead_only", action="store_true",
+                        help="only recompute the RLP overhead (from --run_dir) into an existing --out JSON")
     args = parser.parse_args()
     smoke = args.smoke
     model = args.model or ("tiny" if smoke else "smollm2-135m-instruct")
@@ -338,6 +340,18 @@ def main() -> None:
     started = time.time()
 
     from rlp_align.io import write_json
+
+    run_dir = Path(args.run_dir) if args.run_dir else BENCH / "work" / "quality" / "seed0"
+    if args.overhead_only:  # e.g. after quality.py has finished a seed, without re-timing PPO
+        result = json.loads(out.read_text())
+        result["rlp_overhead"] = overhead = rlp_overhead(run_dir) if run_dir.exists() else \
+            {"measured": False, "reason": f"{run_dir} is absent"}
+        result["targets"] = judge(result["ppo"]["ours"], result["ppo"]["trl"], result["ppo"]["trl_note"],
+                                  result["mfu"], overhead, (result["targets"]["update_mfu"].get("why") or {})
+                                  .get("profile"))
+        write_json(out, result)
+        print(f"RLP overhead: {overhead.get('worst_ratio') or overhead.get('reason')} -> {out}")
+        return
 
     info = machine_info()
     print(f"speed: {model}, batch {batch}, {new_tokens} new tokens, {steps} steps x {repeats} repeats")
@@ -371,7 +385,6 @@ def main() -> None:
             print(f"  TRL  #{r}: {trl[-1].get('median_step_seconds') or trl[-1].get('error')}")
 
     mfu = update_mfu([o for o in ours if "phases" in o], shared["params"], peak["flops_per_second"])
-    run_dir = Path(args.run_dir) if args.run_dir else BENCH / "work" / "quality" / "seed0"
     overhead = rlp_overhead(run_dir) if run_dir.exists() else {"measured": False, "reason": f"{run_dir} is absent"}
     sampling = sampling_throughput(shared["policy"], shared["prompts_list"], batches, new_tokens, args.threads)
     profile = None

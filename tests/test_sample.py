@@ -54,3 +54,42 @@ def test_run_sample_writes_readable_rows(tmp_path):
     sets = read_sample_sets(out)
     assert [s.prompt for s in sets] == PROMPTS and all(len(s.responses) == 3 for s in sets)
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no leftovers
+
+
+def test_vllm_engine_plumbing_with_a_stand_in_module(tmp_path, monkeypatch):
+    """vLLM needs a GPU; a stand-in module checks what we send it and how its outputs become a sample set."""
+    import sys
+    import types
+
+    from rlp_align.data.readers import read_sample_sets
+    from rlp_align.sample import SampleConfig, run_sample
+
+    calls = {}
+
+    class Completion:
+        def __init__(self, text, reason):
+            self.text, self.finish_reason = text, reason
+
+    class LLM:
+        def __init__(self, model, seed, trust_remote_code):
+            calls["llm"] = (model, seed, trust_remote_code)
+
+        def generate(self, prompts, params):
+            calls["prompts"], calls["params"] = prompts, params
+            return [types.SimpleNamespace(outputs=[Completion(f"{i}-{j}", "length" if j == 0 else "stop")
+                                                   for j in range(params.n)]) for i in range(len(prompts))]
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Name a colour."}\n{"prompt": "Name a fruit."}\n')
+    out = tmp_path / "s.jsonl"
+    run_sample(SampleConfig(policy="tiny", prompts_file=str(prompts), output_file=str(out), n=3, engine="vllm"))
+    sets = read_sample_sets(out)
+    assert [s.responses for s in sets] == [["0-0", "0-1", "0-2"], ["1-0", "1-1", "1-2"]]
+    assert sets[0].meta["truncated"] == [True, False, False] and sets[0].meta["engine"] == "vllm"
+    assert calls["llm"][2] is False and calls["params"].n == 3 and calls["params"].temperature == 1.0
+    assert "<|im_start|>assistant" in calls["prompts"][0]  # our chat template, not vLLM's
