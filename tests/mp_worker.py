@@ -14,28 +14,15 @@ so the test can prove that N real ranks ran. The modes:
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
 import torch
+from helpers import WORDS, marker_prefs  # this script's folder is sys.path[0]
 
-from rlp_align.data.records import Preference, user_prompt
+from rlp_align.data.records import user_prompt
 
-WORDS = "the quick brown fox jumps over lazy dog water boils at sea level paris is capital of france".split()
 SEED = 0
-
-
-def marker_prefs(n: int, seed: int = 0) -> list[Preference]:
-    """Learnable pairs: the chosen answer contains 'banana', the rejected one does not (lengths vary)."""
-    rng = random.Random(seed)
-
-    def words(k):
-        return " ".join(rng.choice(WORDS) for _ in range(k))
-
-    return [Preference(user_prompt(f"Question {i}: {words(4)}?"),
-                       f"{words(rng.randint(2, 5))} banana {words(rng.randint(0, 3))}", words(rng.randint(3, 8)))
-            for i in range(n)]
 
 
 def prompts(n: int) -> list:

@@ -297,13 +297,6 @@ def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, str]:
     return code, out, err + "".join(f"warning: {w.message}\n" for w in caught)
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path, capsys):

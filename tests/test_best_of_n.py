@@ -2,23 +2,11 @@
 
 import json
 
-import pytest
 import torch
 
 from rlp_align.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
 from rlp_align.data.records import user_prompt
 from rlp_align.models import load_policy, load_reward_model, load_tokenizer, reward_head, save_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
-    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def count_e(prompts, responses):

@@ -10,17 +10,6 @@ from rlp_align.models import load_reward_model, load_tokenizer, reward_head, sav
 from rlp_align.templates import collate, encode_pair
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
-    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_aggregate_by_hand():
     scores = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])  # [k=2 members, N=3 responses]
     assert aggregate(scores, "mean").tolist() == [2.0, 2.0, 2.0]

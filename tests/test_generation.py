@@ -10,18 +10,6 @@ from rlp_align.generation import GenerateConfig, generate, run_generate, sample_
 from rlp_align.models import load_policy, load_tokenizer
 from rlp_align.templates import collate, encode_prompt
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
-    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 PROMPTS = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle, clouds and rain")]
 
 

@@ -36,18 +36,6 @@ from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
 from rlp_align.templates import collate, encode_prompt
 from rlp_align.training import read_metrics
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
-    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions, by hand
 

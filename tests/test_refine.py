@@ -2,9 +2,10 @@ import random
 
 import pytest
 import torch
+from helpers import marker_prefs, words
 from safetensors.torch import load_file
 
-from rlp_align.data.records import Preference, SampleSet, user_prompt
+from rlp_align.data.records import SampleSet, user_prompt
 from rlp_align.data.writers import write_preferences
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
@@ -27,33 +28,10 @@ from rlp_align.reward import (
 from rlp_align.training import read_metrics
 from rlp_align.uml import MultiViewHead
 
-WORDS = "the quick brown fox jumps over lazy dog water boils at sea level paris is capital of france".split()
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models gain nothing from 2 threads and lose a lot to spin-waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
-def _words(rng, k):
-    return " ".join(rng.choice(WORDS) for _ in range(k))
-
-
-def marker_prefs(n: int, seed: int = 0) -> list[Preference]:
-    """The chosen answer contains 'banana', the rejected one does not."""
-    rng = random.Random(seed)
-    return [Preference(user_prompt(f"Question {i}: {_words(rng, 4)}?"),
-                       f"{_words(rng, rng.randint(2, 5))} banana {_words(rng, rng.randint(0, 3))}",
-                       _words(rng, rng.randint(3, 8))) for i in range(n)]
-
 
 def sample_sets(n: int, k: int = 4, seed: int = 0) -> list[SampleSet]:
     rng = random.Random(seed)
-    return [SampleSet(user_prompt(f"Task {i}: {_words(rng, 3)}."), [_words(rng, rng.randint(3, 7)) for _ in range(k)])
+    return [SampleSet(user_prompt(f"Task {i}: {words(rng, 3)}."), [words(rng, rng.randint(3, 7)) for _ in range(k)])
             for i in range(n)]
 
 

@@ -1,14 +1,13 @@
 import json
 import math
-import random
 
 import pytest
 import torch
+from helpers import marker_prefs
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rlp_align import reward as reward_module
-from rlp_align.data.records import Preference, user_prompt
 from rlp_align.errors import NonFiniteError, UserError
 from rlp_align.models import apply_lora, load_reward_model, load_tokenizer, resolve_model, reward_scores
 from rlp_align.reward import (
@@ -23,29 +22,6 @@ from rlp_align.reward import (
 )
 from rlp_align.templates import encode_pair
 from rlp_align.training import make_accelerator, read_metrics
-
-WORDS = "the quick brown fox jumps over lazy dog water boils at sea level paris is capital of france".split()
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models gain nothing from 2 threads and lose a lot to spin-waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
-def marker_prefs(n: int, seed: int = 0) -> list[Preference]:
-    """Learnable preference: the chosen answer contains the word 'banana', the rejected one does not."""
-    rng = random.Random(seed)
-
-    def words(k):
-        return " ".join(rng.choice(WORDS) for _ in range(k))
-
-    return [Preference(user_prompt(f"Question {i}: {words(4)}?"),
-                       f"{words(rng.randint(2, 5))} banana {words(rng.randint(0, 3))}", words(rng.randint(3, 8)))
-            for i in range(n)]
 
 
 def small_cfg(out, **kw) -> RewardConfig:

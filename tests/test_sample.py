@@ -3,25 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from rlp_align.data.readers import read_sample_sets
 from rlp_align.data.records import user_prompt
 from rlp_align.errors import UserError
 from rlp_align.models import load_policy, load_tokenizer
 from rlp_align.sample import SampleConfig, run_sample, sample_policy
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: tiny models gain nothing from two, and with other jobs on the two cores a
-    second (spin-waiting) OpenMP thread makes each step ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")  # make_accelerator reads it
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PROMPTS = [user_prompt("Name a colour."), user_prompt("Count to three.")]
 

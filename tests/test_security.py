@@ -28,14 +28,6 @@ from rlp_align.errors import UserError
 from rlp_align.models import load_policy, load_reward_model, resolve_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Payload:
     """Unpickling this runs ``Path.touch(marker)``: a stand-in for arbitrary code in a pickle checkpoint."""
 

@@ -16,14 +16,6 @@ ANSWERS = ["Paris is the capital of France.", "Water boils at 100 degrees Celsiu
            "1. First 2. Second 3. Third", "The quick brown fox jumps over the lazy dog."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models gain nothing from 2 threads and lose a lot to spin-waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("RLP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
 
 def records(n: int) -> list[Instruction]:
     return [Instruction(user_prompt(f"Question {i}: say something true."), reference=ANSWERS[i % len(ANSWERS)])

@@ -18,16 +18,6 @@ from rlp_align.uml import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These are tiny tensors: on a shared 2-core machine a second intra-op thread only adds contention
-    (the trained-critic test took 42 s with 2 threads under load, 2.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_symmetric_kl_of_identical_gaussians_is_zero():
     g = torch.Generator().manual_seed(0)
     mu, sigma = torch.randn(5, 8, generator=g), torch.rand(5, 8, generator=g) + 0.1

@@ -172,8 +172,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                       lambda d, s=samples, r=src_rm: S.synthesize(cfg, s, r["model"], d))
             if method == "oracle":
                 synthetic = cache.run(f"06_oracle{tag}", {"samples": samples["hash"], "spg": synthetic["hash"],
-                                      "annotator": _slice(cfg.annotator), "noise": cfg.label_noise},
-                                      lambda d, s=samples, n=synthetic["pairs"]: S.oracle_labels(cfg, s, n, d))
+                                      "annotator": _slice(cfg.annotator), "noise": cfg.label_noise,
+                                      "pools": pools["hash"]},
+                                      lambda d, s=samples, n=synthetic["pairs"]: S.oracle_labels(cfg, s, n, d, pools))
             name = method.replace("+", "_")
             refined = cache.run(f"07_refine_{name}{tag}", {"refine": _slice(cfg.refine), "reward": _slice(cfg.reward),
                                 "prefs": prefs["hash"], "samples": samples["hash"], "rm": src_rm["hash"],

@@ -18,7 +18,6 @@ unless ``keep_checkpoint``. Rerunning a finished run returns its summary; an unf
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -30,20 +29,16 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from rlp_align.data.records import Preference
 from rlp_align.errors import UserError
-from rlp_align.io import atomic_path, write_json
 from rlp_align.models import (
     apply_lora,
     load_reward_model,
     load_tokenizer,
-    merge_lora,
     reward_scores,
-    save_model,
 )
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
@@ -54,6 +49,7 @@ from rlp_align.training import (
     finished_summary,
     linear_schedule,
     make_accelerator,
+    save_final_outputs,
     shard,
 )
 
@@ -350,18 +346,8 @@ def train_reward_model(
         "config": asdict(cfg),
         **(summary_extra or {}),
     }
-    acc.wait_for_everyone()
-    final_model = merge_lora(acc.unwrap_model(scorer).model)
-    if acc.is_main_process:
-        save_model(final_model, tokenizer, out / "model")
-        if extra_loss is not None:
-            with atomic_path(out / f"{extra_loss.name}_head.safetensors") as tmp:
-                save_file({k: t.detach().cpu().contiguous() for k, t in acc.unwrap_model(head).state_dict().items()},
-                          str(tmp))
-        write_json(out / "summary.json", summary)
-        if not cfg.keep_checkpoint:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    acc.wait_for_everyone()
+    heads = {f"{extra_loss.name}_head.safetensors": acc.unwrap_model(head)} if extra_loss is not None else None
+    save_final_outputs(acc, out, acc.unwrap_model(scorer).model, tokenizer, summary, cfg.keep_checkpoint, heads)
     return summary
 
 

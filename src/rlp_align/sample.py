@@ -34,6 +34,11 @@ class SampleConfig:
     engine: Literal["torch", "vllm"] = "torch"  # vllm: optional extra, GPU only (`pip install rlp-align[vllm]`)
 
 
+def _check_sample_count(n: int) -> None:
+    if n < 2:
+        raise UserError(f"a policy-sample set needs n >= 2 samples per prompt (RLP uses 10), got {n}")
+
+
 def sample_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -49,8 +54,7 @@ def sample_policy(
     meta: dict[str, Any] | None = None,
 ) -> list[SampleSet]:
     """``n`` samples per prompt, one `SampleSet` per prompt in input order."""
-    if n < 2:
-        raise UserError(f"a policy-sample set needs n >= 2 samples per prompt (RLP uses 10), got {n}")
+    _check_sample_count(n)
     gens = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
                     top_p=top_p, batch_size=batch_size, seed=seed, max_prompt_length=max_prompt_length)
     base = {"temperature": temperature, "seed": seed, "n": n, **(meta or {})}
@@ -83,8 +87,7 @@ def sample_with_vllm(
         raise UserError("engine 'vllm' needs vLLM on a CUDA machine: `pip install vllm`, or use engine 'torch'") from None
     from rlp_align.templates import format_prompt
 
-    if n < 2:
-        raise UserError(f"a policy-sample set needs n >= 2 samples per prompt (RLP uses 10), got {n}")
+    _check_sample_count(n)
     llm = LLM(model=str(policy_path), seed=seed, trust_remote_code=False)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
     outputs = llm.generate([format_prompt(tokenizer, p) for p in prompts], params)

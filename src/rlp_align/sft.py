@@ -13,7 +13,6 @@ Outputs in ``output_dir``: ``model/`` (a causal-LM folder, LoRA merged in), ``me
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,8 +26,7 @@ from tqdm.auto import tqdm
 
 from rlp_align.data.records import Instruction
 from rlp_align.errors import UserError
-from rlp_align.io import write_json
-from rlp_align.models import apply_lora, load_policy, load_tokenizer, merge_lora, save_model
+from rlp_align.models import apply_lora, load_policy, load_tokenizer
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     Checkpointer,
@@ -38,6 +36,7 @@ from rlp_align.training import (
     finished_summary,
     linear_schedule,
     make_accelerator,
+    save_final_outputs,
     shard,
 )
 
@@ -215,14 +214,7 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
         "seconds": round(time.time() - started, 2),
         "config": asdict(cfg),
     }
-    acc.wait_for_everyone()
-    final_model = merge_lora(acc.unwrap_model(model))
-    if acc.is_main_process:
-        save_model(final_model, tokenizer, out / "model")
-        write_json(out / "summary.json", summary)
-        if not cfg.keep_checkpoint:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    acc.wait_for_everyone()
+    save_final_outputs(acc, out, acc.unwrap_model(model), tokenizer, summary, cfg.keep_checkpoint)
     return summary
 
 

@@ -134,13 +134,18 @@ def synthesize(cfg: PipelineConfig, samples: dict, rm: str, folder: Path) -> dic
             "pairs": stats["pairs"], "acceptance_rate": stats["acceptance_rate"]}
 
 
-def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path) -> dict[str, Any]:
-    """The upper bound RLP approximates: fresh (noisy) annotator labels on policy-sample pairs."""
+def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path,
+                  pools: dict | None = None) -> dict[str, Any]:
+    """The upper bound RLP approximates: fresh (noisy) annotator labels on policy-sample pairs.
+
+    The annotator sees the unlabelled pool's full instructions (reference answer, constraints), as D's did.
+    """
     from rlp_align.annotate import label_pairs
 
     sets = read_sample_sets(samples["samples"])
     usable = [s for s in sets if len(set(s.responses)) >= 2][:n_pairs]
-    instructions = [Instruction(s.prompt, meta=s.meta) for s in usable]
+    pool = {x.text: x for x in read_instructions(pools["unlabelled"])} if pools else {}
+    instructions = [pool.get(s.prompt[-1]["content"], Instruction(s.prompt, meta=s.meta)) for s in usable]
     a = [s.responses[0] for s in usable]
     b = [next(r for r in s.responses[1:] if r != s.responses[0]) for s in usable]
     prefs = label_pairs(_annotator(cfg), instructions, a, b, noise=cfg.label_noise,

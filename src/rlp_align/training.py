@@ -1,4 +1,5 @@
-"""Plumbing shared by every trainer: Accelerate set-up, metrics, checkpoints with resume, NaN guards.
+"""Plumbing shared by every trainer: Accelerate set-up, metrics, checkpoints with resume, NaN guards,
+final outputs.
 
 Resume contract: a trainer saves, every ``save_every`` steps, the model(s), optimiser, scheduler, all
 RNG states (through ``Accelerator.save_state``) and its step counter. Batches are drawn from a
@@ -20,9 +21,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import save_file
+from transformers import PreTrainedTokenizerBase
 
 from rlp_align.errors import NonFiniteError
-from rlp_align.io import append_jsonl, check_writable, write_json
+from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
+from rlp_align.models import merge_lora, save_model
 
 
 def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
@@ -188,3 +192,29 @@ def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelera
             (out / name).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return None
+
+
+def save_final_outputs(
+    accelerator: Accelerator,
+    out_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    summary: dict[str, Any],
+    keep_checkpoint: bool,
+    extra_modules: dict[str, torch.nn.Module] | None = None,
+) -> None:
+    """End of a run: ``model/`` (LoRA merged in), each of ``extra_modules`` as ``<name>`` (a safetensors file),
+    then ``summary.json``, written last because its presence marks the run finished (`finished_summary`);
+    ``checkpoint/`` is removed unless ``keep_checkpoint``. Every rank calls this; rank 0 writes."""
+    out = Path(out_dir)
+    accelerator.wait_for_everyone()
+    final_model = merge_lora(model)
+    if accelerator.is_main_process:
+        save_model(final_model, tokenizer, out / "model")
+        for name, module in (extra_modules or {}).items():
+            with atomic_path(out / name) as tmp:
+                save_file({k: t.detach().cpu().contiguous() for k, t in module.state_dict().items()}, str(tmp))
+        write_json(out / "summary.json", summary)
+        if not keep_checkpoint:
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    accelerator.wait_for_everyone()
