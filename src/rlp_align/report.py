@@ -136,6 +136,14 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     for label, acc in evaluation.get("rm_accuracy_on_policy", {}).items():
         value = acc["accuracy"] if isinstance(acc, dict) else acc
         md.append(f"| {label} | {100 * value:.1f} |")
+    heldout = {}
+    for name in ("03_rm0", *sorted(p.name for p in run_dir.glob("07_refine_*"))):
+        manifest = cache.read_manifest(name)
+        if manifest and manifest.get("outputs", {}).get("heldout_accuracy") is not None:
+            heldout[name.split("_", 1)[1]] = manifest["outputs"]["heldout_accuracy"]
+    if heldout:
+        md.append("\nHeld-out accuracy on D (the SFT-distribution pairs; refinement should keep it): "
+                  + ", ".join(f"{k} {100 * v:.1f} %" for k, v in heldout.items()) + ".")
     md += ["", "## SPG statistics\n"]
     spg_stats = sorted(run_dir.glob("06_spg*/synthetic.jsonl.stats.json"))
     if spg_stats:

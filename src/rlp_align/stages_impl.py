@@ -49,7 +49,7 @@ def train_sft(cfg: PipelineConfig, pools: dict, folder: Path) -> dict[str, Any]:
     sft_cfg = dataclasses.replace(cfg.sft, model=cfg.model, train_file=pools["sft"], output_dir=str(folder),
                                   seed=cfg.seed)
     summary = run_sft(sft_cfg)
-    return {"model": str(folder / "model"), "final_loss": summary.get("final_loss")}
+    return {"model": str(folder / "model"), "final_loss": (summary.get("train") or {}).get("loss")}
 
 
 def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder: Path) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def train_rm(cfg: PipelineConfig, sft_model: str, prefs: dict, folder: Path, see
     rm_cfg = dataclasses.replace(cfg.reward, model=sft_model, train_file=prefs["train"], eval_file=prefs["heldout"],
                                  output_dir=str(folder), seed=seed)
     summary = run_reward(rm_cfg)
-    return {"model": str(folder / "model"), "heldout_accuracy": summary.get("eval_accuracy")}
+    return {"model": str(folder / "model"), "heldout_accuracy": (summary.get("eval") or {}).get("accuracy")}
 
 
 def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], pools: dict, folder: Path,
@@ -168,7 +168,7 @@ def refine_rm(cfg: PipelineConfig, method: str, sft_model: str, rm: dict, prefs:
         synthetic_file=synthetic["synthetic"] if synthetic else None, samples_file=samples["samples"],
         output_dir=str(folder), seed=cfg.seed)
     summary = run_refine(refine_cfg)
-    return {"model": str(folder / "model"), "heldout_accuracy": summary.get("eval_accuracy")}
+    return {"model": str(folder / "model"), "heldout_accuracy": (summary.get("eval") or {}).get("accuracy")}
 
 
 def best_of_n(cfg: PipelineConfig, sft_model: str, rm: str, pools: dict, folder: Path) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+"""Issue "yardsticks": ensemble members trained with different seeds differ; the oracle labeller flips
+labels at the configured noise rate."""
+
+import math
+
+import torch
+from helpers import marker_prefs
+from safetensors.torch import load_file
+
+from rlp_align.data import read_preferences
+from rlp_align.data.records import SampleSet, user_prompt
+from rlp_align.pipeline import PipelineConfig
+from rlp_align.reward import RewardConfig, train_reward_model
+from rlp_align.sample import write_sample_sets
+from rlp_align.stages_impl import oracle_labels
+
+
+def test_ensemble_members_from_different_seeds_have_different_heads(tmp_path):
+    prefs = marker_prefs(48)
+    heads = []
+    for seed in (1001, 2001):  # the pipeline's member seeds: seed + 1000 * (i + 1)
+        cfg = RewardConfig(model="tiny", output_dir=str(tmp_path / f"rm{seed}"), learning_rate=1e-3, max_steps=4,
+                           batch_size=8, seed=seed)
+        train_reward_model(cfg, prefs)
+        heads.append(load_file(tmp_path / f"rm{seed}" / "model" / "model.safetensors")["score.weight"])
+    assert torch.count_nonzero(heads[0]) > 0 and not torch.allclose(heads[0], heads[1])
+
+
+def test_oracle_labeller_flips_at_the_configured_noise(tmp_path):
+    """Each pair is a full answer vs an empty-ish one, so the noise-free gold choice is certain; the share
+    of oracle labels that choose the degenerate answer is the flip rate."""
+    n, noise = 400, 0.25
+    sets = [SampleSet(user_prompt(f"Describe item {i} in one sentence."),
+                      [f"Item {i} is a small, useful tool that people carry every day.", "the the the the the"])
+            for i in range(n)]
+    write_sample_sets(str(tmp_path / "samples.jsonl"), sets)
+    cfg = PipelineConfig(label_noise=noise)
+    out = oracle_labels(cfg, {"samples": str(tmp_path / "samples.jsonl")}, n_pairs=n, folder=tmp_path)
+    labels = read_preferences(out["synthetic"])
+    assert out["pairs"] == len(labels) == n
+    flips = sum(p.chosen == "the the the the the" for p in labels) / n
+    tolerance = 4 * math.sqrt(noise * (1 - noise) / n)  # 4 sigma of a binomial proportion
+    assert abs(flips - noise) < tolerance, (flips, tolerance)
