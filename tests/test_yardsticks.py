@@ -41,3 +41,20 @@ def test_oracle_labeller_flips_at_the_configured_noise(tmp_path):
     flips = sum(p.chosen == "the the the the the" for p in labels) / n
     tolerance = 4 * math.sqrt(noise * (1 - noise) / n)  # 4 sigma of a binomial proportion
     assert abs(flips - noise) < tolerance, (flips, tolerance)
+
+
+def test_spg_refinement_with_no_synthetic_pairs_warns_and_trains_on_d(tmp_path):
+    """A pool where SPG keeps nothing (all confidences below γ) must not stop the pipeline."""
+    import pytest
+
+    from rlp_align.data.writers import write_preferences
+    from rlp_align.stages_impl import refine_rm
+
+    write_preferences(tmp_path / "d.jsonl", marker_prefs(24))
+    (tmp_path / "empty.jsonl").write_text("")
+    cfg = PipelineConfig(model="tiny")
+    cfg.reward.learning_rate, cfg.reward.max_steps, cfg.reward.batch_size = 1e-3, 2, 8
+    with pytest.warns(RuntimeWarning, match="synthetic set D̂ is empty"):
+        out = refine_rm(cfg, "spg", "tiny", {"model": "tiny"}, {"train": str(tmp_path / "d.jsonl"), "heldout": None},
+                        {"samples": None}, {"synthetic": str(tmp_path / "empty.jsonl"), "pairs": 0}, tmp_path / "rm")
+    assert (tmp_path / "rm" / "model" / "model.safetensors").exists() and out["model"].endswith("model")

@@ -137,6 +137,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "httpx", "urllib3", "matplotlib"):  # checkpoint chatter, not progress
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         import transformers
 

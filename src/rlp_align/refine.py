@@ -20,6 +20,7 @@ import random
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -137,7 +138,11 @@ def refine_reward_model(
     lam = cfg.lam if uses_uml else 0.0
     if lam < 0:
         raise UserError(f"lam (λ) must be >= 0, got {cfg.lam}")
-    if uses_synthetic and not synthetic:
+    if uses_synthetic and synthetic is not None and not synthetic:
+        warnings.warn(f"{cfg.method}: the synthetic set D̂ is empty (SPG filtered out every instruction), so this "
+                      "refinement retrains on D alone; lower spg.gamma or spg.similarity_threshold to keep more",
+                      RuntimeWarning, stacklevel=2)
+    if uses_synthetic and synthetic is None:
         raise UserError(f"method '{cfg.method}' trains on D ∪ D̂: give synthetic_file (a preference file made "
                         "from the policy samples by `rlp spg` or the gold annotator)")
     if cfg.init == "previous_rm" and not cfg.previous_rm:
@@ -183,7 +188,9 @@ def run_refine(cfg: RefineConfig) -> dict:
     if not cfg.preference_file:
         raise UserError("refinement needs preference_file: the human/simulated preference data D of step 2")
     preferences = read_preferences(cfg.preference_file)
-    synthetic = read_preferences(cfg.synthetic_file) if cfg.synthetic_file and cfg.method != "uml" else None
+    synthetic = None
+    if cfg.synthetic_file and cfg.method != "uml":  # an empty D̂ (SPG kept nothing) is allowed, with a warning
+        synthetic = read_preferences(cfg.synthetic_file) if Path(cfg.synthetic_file).stat().st_size else []
     samples = read_sample_sets(cfg.samples_file) if cfg.samples_file and "uml" in cfg.method else None
     held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
     return refine_reward_model(cfg, preferences, synthetic, samples, held_out)
