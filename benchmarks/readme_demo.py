@@ -19,10 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- demo:start -->", "<!-- demo:end -->"
 
 
-def demo_section(run_dir: Path) -> str:
+def demo_section(run_dir: Path, note: str = "") -> str:
     manifests = [json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")]
     done = [m for m in manifests if m["status"] == "done"]
-    wall = max(m["finished"] for m in done) - min(m["started"] for m in done)
+    # Stages run one after another, so the pipeline's wall time is the sum of its stages' times (this also
+    # holds for a run that was interrupted and resumed, where first-start to last-finish would not).
+    wall = sum(m["seconds"] for m in done)
     evaluation = json.loads((run_dir / "14_evaluate" / "evaluation.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     plots = ROOT / "docs" / "demo"
@@ -33,11 +35,12 @@ def demo_section(run_dir: Path) -> str:
         "### What `make demo` produced here",
         "",
         f"The `default` preset on a 2-core CPU machine ({platform.machine()}, commit `{commit.strip()}`): "
-        f"**{wall / 60:.1f} minutes** for the pipeline (sum of stages {sum(m['seconds'] for m in done) / 60:.1f} "
-        "min), after a one-off ~1 min install and ~35 s model conversion. Win-rates are judged by the rule "
+        f"**{wall / 60:.1f} minutes** for the pipeline (sum of its {len(done)} stages), after a one-off ~1 min "
+        "install and ~35 s model conversion. Win-rates are judged by the rule "
         f"annotator against the SFT policy's answers on {evaluation['n_eval']} held-out built-in instructions "
         "(ties ½, 95 % bootstrap CI). At this scale (96 noisy preference pairs, 8 PPO steps) the CIs are wide: "
-        "read it as a working end-to-end run, not as evidence for or against RLP (see Benchmarks).",
+        "read it as a working end-to-end run, not as evidence for or against RLP (see Benchmarks)." + (
+            f" {note}" if note else ""),
         "",
         "| method | win-rate % vs SFT | 95 % CI | gold reward | mean chars |",
         "|---|---|---|---|---|",
@@ -57,9 +60,10 @@ def demo_section(run_dir: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--note", default="", help="a sentence on how the run was measured (e.g. machine load)")
     args = parser.parse_args()
     readme = (ROOT / "README.md").read_text()
-    section = demo_section(args.run_dir)
+    section = demo_section(args.run_dir, args.note)
     readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{section}\n{END}", readme,
                     flags=re.S)
     (ROOT / "README.md").write_text(readme)
