@@ -23,6 +23,18 @@ def _annotator(cfg: PipelineConfig):
     return make_annotator(cfg.annotator)
 
 
+def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instruction], temperature: float,
+                 max_new_tokens: int, seed: int) -> list[list[str]]:
+    """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs)."""
+    from rlp_align.generation import generate
+    from rlp_align.models import load_policy, load_tokenizer
+
+    gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
+                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=cfg.generate.batch_size,
+                    seed=seed)
+    return gens.grouped()
+
+
 def build_pools(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
     """Disjoint SFT / preference / unlabelled instruction pools and the eval set."""
     from rlp_align.instructions import builtin_pool, load_instruction_pool
@@ -55,18 +67,13 @@ def train_sft(cfg: PipelineConfig, pools: dict, folder: Path) -> dict[str, Any]:
 def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder: Path) -> dict[str, Any]:
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
     from rlp_align.annotate import label_pairs
-    from rlp_align.generation import generate
-    from rlp_align.models import load_policy, load_tokenizer
 
     if cfg.data.preference_file:
         prefs = read_preferences(cfg.data.preference_file)
     else:
         instructions = read_instructions(pools["preference"])
-        model, tok = load_policy(sft_model), load_tokenizer(sft_model)
-        gens = generate(model, tok, [x.prompt for x in instructions], n=2, temperature=cfg.pair_temperature,
-                        max_new_tokens=cfg.generate.max_new_tokens, batch_size=cfg.generate.batch_size,
-                        seed=cfg.seed)
-        pairs = gens.grouped()
+        pairs = _two_samples(cfg, sft_model, instructions, cfg.pair_temperature, cfg.generate.max_new_tokens,
+                             seed=cfg.seed)
         prefs = label_pairs(_annotator(cfg), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
                             noise=cfg.label_noise, temperature=cfg.annotator.temperature, seed=cfg.seed)
     heldout = max(1, int(len(prefs) * cfg.data.heldout_fraction))
@@ -191,15 +198,11 @@ def answer_eval(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> 
 
 def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy."""
-    from rlp_align.generation import generate
-    from rlp_align.models import load_policy, load_tokenizer
 
     instructions = read_instructions(pools["eval"])
-    model, tok = load_policy(policy), load_tokenizer(policy)
-    gens = generate(model, tok, [x.prompt for x in instructions], n=2, temperature=cfg.sample.temperature,
-                    max_new_tokens=cfg.sample.max_new_tokens, batch_size=cfg.generate.batch_size, seed=cfg.seed + 3)
+    pairs = _two_samples(cfg, policy, instructions, cfg.sample.temperature, cfg.sample.max_new_tokens,
+                         seed=cfg.seed + 3)
     annotator = _annotator(cfg)
-    pairs = gens.grouped()
     probs = annotator.compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
     prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a, {"gold_p": p})
              for x, (a, b), p in zip(instructions, pairs, probs) if p != 0.5 and a != b]
