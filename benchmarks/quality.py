@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/quality.py --smoke                  # tiny preset, 2 seeds, temp dir (< 3 min)
 
 Each seed runs `rlp_align.pipeline.run_pipeline` in benchmarks/work/quality/seed<k> (the stage cache makes a
-killed or partial seed resume) with refine methods uml, spg, uml+spg and oracle, a 4-member RM ensemble
-(WCO and UWO) and best-of-16. D is labelled by the rule annotator with 25 % label noise; the gold judge is the
-same rule annotator without noise. Per seed it also measures SPG label accuracy against gold for the Table-5
+killed or partial seed resume) with refine methods uml, spg, uml+spg and oracle, best-of-16 and, with
+--ensemble_k k, a k-member RM ensemble (WCO and UWO; off by default: it costs k RMs and 2 PPO runs per seed).
+D is labelled by the rule annotator with 25 % label noise; the gold judge is the same rule annotator without
+noise. Per seed it also measures SPG label accuracy against gold for the Table-5
 variants (RM ranks a pair; select-all, gamma = 0; SPG, gamma = 0.5) on PPO1's samples with RM0.
 
 Across finished seeds: gold win-rate vs the reference answers (mean and 95 % t-interval over seeds, plus every
@@ -65,7 +66,7 @@ def t_interval(xs: list[float], bounds: tuple[float, float] | None = None) -> di
 # One seed
 
 
-def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool) -> Any:
+def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
     """The preset with the benchmark's methods, seed and folder; data paths made absolute."""
     from rlp_align.config import build_config, merge, read_yaml
     from rlp_align.pipeline import PipelineConfig
@@ -77,7 +78,7 @@ def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool) -> Any:
             values["data"][key] = str((ROOT / path).resolve())
     overrides: dict[str, Any] = {
         "output_dir": str(run_dir), "seed": seed, "refine_methods": ["uml", "spg", "uml+spg", "oracle"],
-        "label_noise": 0.25, "ensemble": {"k": 2 if smoke else 4, "aggregates": ["wco", "uwo"]},
+        "label_noise": 0.25, "ensemble": {"k": ensemble_k, "aggregates": ["wco", "uwo"]},
     }
     if not smoke:
         overrides["best_of_n"] = {"n": 16}
@@ -279,6 +280,9 @@ def main() -> None:
     parser.add_argument("--max_seeds_per_call", type=int, default=None, help="run at most this many unfinished seeds")
     parser.add_argument("--preset", default=None, help="default configs/alpaca.yaml (smoke: configs/tiny.yaml)")
     parser.add_argument("--work_dir", default=None, help="default benchmarks/work/quality (smoke: a temp dir)")
+    parser.add_argument("--ensemble_k", type=int, default=None,
+                        help="RMs per ensemble; 0 leaves the ensemble rows out, saving k RMs and 2 PPO runs per "
+                             "seed (default 0; smoke 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2; smoke 1)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/quality.json")
     args = parser.parse_args()
@@ -288,6 +292,7 @@ def main() -> None:
     work = Path(args.work_dir or (tempfile.mkdtemp(prefix="rlp_quality_") if smoke else BENCH / "work" / "quality"))
     out = Path(args.out or BENCH / "results" / ("quality_smoke.json" if smoke else "quality.json"))
     threads = args.threads or (1 if smoke else 2)
+    ensemble_k = args.ensemble_k if args.ensemble_k is not None else (2 if smoke else 0)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["RLP_NUM_THREADS"] = str(threads)
     import torch
@@ -299,7 +304,7 @@ def main() -> None:
     records, ran = [], 0
     for seed in seeds:
         run_dir = work / f"seed{seed}"
-        cfg = seed_config(preset, seed, run_dir, smoke)
+        cfg = seed_config(preset, seed, run_dir, smoke, ensemble_k)
         record = finished_record(cfg, run_dir)
         if record is None:
             if args.max_seeds_per_call is not None and ran >= args.max_seeds_per_call:
@@ -318,7 +323,7 @@ def main() -> None:
         "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset), "work_dir": str(work),
         "seeds_requested": seeds, "seeds_finished": [r["seed"] for r in records],
         "settings": {"refine_methods": ["uml", "spg", "uml+spg", "oracle"], "label_noise": 0.25,
-                     "gold": "rule annotator without label noise", "ensemble_k": 2 if smoke else 4,
+                     "gold": "rule annotator without label noise", "ensemble_k": ensemble_k,
                      "best_of_n": "preset (tiny: 4)" if smoke else 16, "threads": threads,
                      "baseline": records[0]["evaluation"].get("baseline"),
                      "n_eval": records[0]["evaluation"].get("n_eval"),

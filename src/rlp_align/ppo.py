@@ -45,6 +45,7 @@ from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logp
 from rlp_align.training import (
     Checkpointer,
     MetricsLogger,
+    adamw,
     batch_indices,
     check_finite,
     finished_summary,
@@ -213,7 +214,7 @@ def train_ppo(
               {"params": [p for p in value.parameters() if p.requires_grad],
                "lr": cfg.value_learning_rate or cfg.learning_rate}]
     base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    optimizer = adamw(groups, weight_decay=0.0)
     model, optimizer = accelerator.prepare(actor_critic, optimizer)
     unwrapped: ActorCritic = accelerator.unwrap_model(model)
     score_tokens = (hasattr(reward_fn, "score_tokens") and getattr(reward_fn, "tokenizer", None) is not None

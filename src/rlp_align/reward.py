@@ -44,6 +44,7 @@ from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     Checkpointer,
     MetricsLogger,
+    adamw,
     batch_indices,
     check_finite,
     finished_summary,
@@ -250,7 +251,7 @@ def train_reward_model(
         groups.append({"params": list(extra_loss.head.parameters()),
                        "lr": extra_loss.learning_rate or cfg.learning_rate})
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
     scorer, head = modules[0], (modules[1] if extra_loss else None)

@@ -31,6 +31,7 @@ from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     Checkpointer,
     MetricsLogger,
+    adamw,
     batch_indices,
     check_finite,
     finished_summary,
@@ -152,7 +153,7 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     total_steps = cfg.max_steps or cfg.epochs * max(1, len(examples) // cfg.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
 

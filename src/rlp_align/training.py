@@ -163,6 +163,17 @@ def check_finite(name: str, value: torch.Tensor | float, step: int, out_dir: str
         )
 
 
+def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where the parameters allow it (CPU or CUDA floating point).
+
+    The default on CPU is a Python loop over tensors, several elementwise passes each: for a 135M model
+    that is 0.36 s per step against 0.10 s fused (measured on the 2-core machine).
+    """
+    tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else list(params)
+    fusable = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(params, fused=fusable or None, **kwargs)
+
+
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up then linear decay to 10% of the peak learning rate."""
 
