@@ -103,7 +103,9 @@ def test_t_interval_by_hand():
 
 def test_quality_smoke_and_resume(tmp_path):
     out, work = tmp_path / "quality.json", tmp_path / "work"
-    _run("quality.py", "--smoke", "--out", str(out), "--work_dir", str(work), timeout=400)
+    log = _run("quality.py", "--smoke", "--jobs", "2", "--out", str(out), "--work_dir", str(work), timeout=400)
+    assert "seed 0: running" in log and "seed 1: running" in log
+    assert (work / "seed0.log").exists() and (work / "seed1.log").exists()  # one process per seed
     d = json.loads(out.read_text())
     assert d["seeds_finished"] == [0, 1] and {"date", "commit", "settings", "targets"} <= set(d)
     quality = _module("quality")
