@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from rlp_align.data.records import user_prompt
-from rlp_align.generation import GenerateConfig, generate, run_generate, sample_next_token, sample_tokens
+from rlp_align.errors import UserError
+from rlp_align.generation import (
+    GenerateConfig,
+    generate,
+    inverse_cdf_sample,
+    run_generate,
+    sample_next_token,
+    sample_tokens,
+)
 from rlp_align.models import load_policy, load_tokenizer
 from rlp_align.templates import collate, encode_prompt
 
@@ -95,6 +103,26 @@ def test_top_p_keeps_the_nucleus():
     assert draws == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 excludes the rest
     assert {int(sample_next_token(logits, 1.0, 0.01, gen)) for _ in range(20)} == {0}
     assert int(sample_next_token(logits, 0.0, 1.0, None)) == 0
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    probs = torch.tensor([[0.0, 0.5, 0.3, 0.0, 0.15, 0.05, 0.0],   # zeros at the ends and in the middle
+                          [2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0]])    # unnormalised weights: 1/4 and 3/4
+    gen = torch.Generator().manual_seed(0)
+    n = 20000
+    draws = torch.stack([inverse_cdf_sample(probs, gen) for _ in range(n)])  # [n, 2]
+    for row in range(2):
+        p = probs[row] / probs[row].sum()
+        freq = torch.bincount(draws[:, row], minlength=7).double() / n
+        assert freq[p == 0].sum() == 0  # a zero-weight token is never drawn
+        sigma = (p * (1 - p) / n).sqrt()
+        assert ((freq - p).abs() <= 5 * sigma + 1e-12).all(), (freq, p)
+    assert torch.equal(inverse_cdf_sample(probs, torch.Generator().manual_seed(3)),
+                       inverse_cdf_sample(probs, torch.Generator().manual_seed(3)))  # seeded = reproducible
+    with pytest.raises(UserError, match="NaN, infinite or all zero"):
+        inverse_cdf_sample(torch.tensor([[0.0, float("nan")]]), gen)
+    with pytest.raises(UserError, match="NaN, infinite or all zero"):
+        inverse_cdf_sample(torch.zeros(1, 3), gen)
 
 
 def test_run_generate_writes_answer_rows(tmp_path):
