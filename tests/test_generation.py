@@ -58,6 +58,24 @@ def test_kv_cache_matches_a_full_forward(tiny):
     assert torch.equal(logits[:, ids.shape[1] - 1 : -1].argmax(-1), response)
 
 
+def test_sampling_log_probs_are_those_of_a_full_forward(tiny):
+    tokenizer, model = tiny
+    ids, mask = collate([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id, side="left")
+    kwargs = {"max_new_tokens": 5, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    response, rmask, logprobs, entropy = sample_tokens(model, ids, mask, temperature=0.7, with_logprobs=True,
+                                                       generator=torch.Generator().manual_seed(0), **kwargs)
+    full, full_mask = torch.cat([ids, response], 1), torch.cat([mask, rmask], 1)
+    with torch.no_grad():
+        z = model(input_ids=full, attention_mask=full_mask,
+                  position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1 : -1] / 0.7
+    expected = torch.log_softmax(z, -1).gather(-1, response[..., None]).squeeze(-1) * rmask
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=0)
+    p = torch.softmax(z, -1)
+    torch.testing.assert_close(entropy, -(p * torch.log_softmax(z, -1)).sum(-1) * rmask, atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="greedy"):
+        sample_tokens(model, ids, mask, temperature=0, with_logprobs=True, **kwargs)
+
+
 def test_eos_ends_a_response_and_nothing_follows(tiny):
     tokenizer, model = tiny
     eos = tokenizer.eos_token_id

@@ -183,8 +183,14 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
         ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()])
         alone, _ = reward_scores(rm, ids, torch.ones_like(ids))
         assert rollout.raw_scores[i].item() == pytest.approx(alone.item(), abs=1e-5)
+    # the log-probs and entropies kept from sampling are those a full forward pass gives
+    again = evaluate_responses(ac, ref, rollout.query, rollout.query_mask, rollout.response, rollout.mask,
+                               temperature=1.0, chunk_size=8)
+    for key in ("logprobs", "entropy"):
+        torch.testing.assert_close(getattr(rollout, key), again[key], atol=1e-5, rtol=0)
+    assert (rollout.logprobs[rollout.mask == 1] < 0).all()
     kl = shape_rewards(rollout, cfg, kl_coef=0.1)
-    assert torch.allclose(kl, torch.zeros_like(kl), atol=1e-6)  # policy == reference before any update
+    assert torch.allclose(kl, torch.zeros_like(kl), atol=1e-5)  # policy == reference before any update
     assert masked_mean(rollout.advantages, rollout.mask).abs().item() < 1e-5
 
 

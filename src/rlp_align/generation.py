@@ -23,6 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
+from rlp_align.ppo_losses import entropy_from_logits
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,18 @@ def sample_tokens(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_logprobs: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Continue left-padded prompts [B, P] with a KV cache.
 
     Returns ``(response_ids [B, T], response_mask [B, T])`` with T <= max_new_tokens: each row holds
     its tokens up to and including EOS, then ``pad_token_id`` with mask 0. Stops early once every row
-    has produced EOS.
+    has produced EOS. ``with_logprobs`` adds ``(logprobs [B, T], entropy [B, T])`` of the tempered
+    softmax(logits / temperature) the tokens were drawn from (0 after EOS), from the logits sampling
+    already computed: PPO then needs no separate forward pass of the policy to score its rollout.
     """
+    if with_logprobs and temperature <= 0:
+        raise UserError("log-probabilities of greedy decoding are undefined: use a temperature > 0")
     batch = input_ids.shape[0]
     device = input_ids.device
     mask = attention_mask.long()
@@ -109,12 +115,18 @@ def sample_tokens(
                 use_cache=True, logits_to_keep=1)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, alive = [], []
+    tokens, alive, logprobs, entropy = [], [], [], []
     for _ in range(max_new_tokens):
-        token = sample_next_token(out.logits[:, -1, :], temperature, top_p, generator)
+        logits = out.logits[:, -1, :]
+        token = sample_next_token(logits, temperature, top_p, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         alive.append(~finished)
+        if with_logprobs:
+            z = logits.float() / temperature
+            live = (~finished).to(z.dtype)
+            logprobs.append((z.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(z, -1)) * live)
+            entropy.append(entropy_from_logits(z) * live)
         finished = finished | (token == eos_token_id)
         if bool(finished.all()) or len(tokens) == max_new_tokens:
             break
@@ -124,8 +136,9 @@ def sample_tokens(
         next_position = next_position + 1
     if not tokens:
         empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        return empty, empty
-    return torch.stack(tokens, 1), torch.stack(alive, 1).long()
+        return (empty, empty, empty.float(), empty.float()) if with_logprobs else (empty, empty)
+    sampled = (torch.stack(tokens, 1), torch.stack(alive, 1).long())
+    return (*sampled, torch.stack(logprobs, 1), torch.stack(entropy, 1)) if with_logprobs else sampled
 
 
 @dataclass

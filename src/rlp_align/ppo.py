@@ -1,9 +1,10 @@
 """PPO against a reward function, AlpacaFarm-style (RLP steps 3 and 5).
 
 One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
-  1. rollout: sample responses to a global batch of prompts with the policy (KV cache, left padding);
-  2. score:  one batched forward each for the policy's log-probs, the frozen reference's log-probs and the
-             value model's values, plus the reward r(x, y) read at the last real token of the response;
+  1. rollout: sample responses to a global batch of prompts with the policy (KV cache, left padding),
+             keeping log pi(y_t | ...) and the entropy of each distribution sampled from;
+  2. score:  one batched forward each for the frozen reference's log-probs and the value model's values,
+             plus the reward r(x, y) read at the last real token of the response;
   3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref), plus r(x, y) at the last token; optional
              truncation penalty; optional reward whitening; GAE advantages, whitened;
   4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.

@@ -2,8 +2,9 @@
 
 `ActorCritic` holds the policy and the value model so that one DDP wrapper, one optimiser and one backward
 cover both (AlpacaFarm). `make_rollout` samples with the KV cache (`rlp_align.generation.sample_tokens`),
-then computes, in one batched forward each and under ``torch.inference_mode``, the policy's log-probs, the
-frozen reference's log-probs, the values and the entropies, plus the reward r(x, y) at the last real token.
+keeping the log-probs and entropies of the distributions it sampled from (as TRL does), then computes, in
+one batched forward each and under ``torch.inference_mode``, the frozen reference's log-probs and the
+values, plus the reward r(x, y) at the last real token.
 Nothing is read at a pad position: left-padded prompts get positions from the attention mask, and every
 per-token quantity is multiplied by the response mask (1 up to and including EOS).
 """
@@ -47,11 +48,15 @@ class ActorCritic(nn.Module):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+        return logits, self.values(input_ids, attention_mask, response_length)
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+        """V(s_t) [B, T] for the last T positions (the value model alone)."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         inner = _unwrap(self.value)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=positions).last_hidden_state
-        values = reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
-        return logits, values
+        return reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -104,9 +109,12 @@ class Rollout:
 def evaluate_responses(
     actor_critic: ActorCritic, ref: nn.Module, query: torch.Tensor, query_mask: torch.Tensor,
     response: torch.Tensor, mask: torch.Tensor, temperature: float, chunk_size: int,
+    sampled: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Policy log-probs, reference log-probs, values and entropies of given responses, once, in chunks.
 
+    ``sampled`` holds the policy's log-probs and entropies as the sampler computed them; then the policy is
+    not run again (TRL's PPOTrainer does the same), which saves one of the four forward passes.
     Everything read at a pad position is zeroed with ``mask``.
     """
     out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "values": [], "entropy": []}
@@ -114,11 +122,16 @@ def evaluate_responses(
         rows = slice(start, start + chunk_size)
         ids = torch.cat([query[rows], response[rows]], dim=1)
         attn = torch.cat([query_mask[rows], mask[rows]], dim=1)
-        logits, values = actor_critic(ids, attn, response.shape[1])
-        logits = logits.float() / temperature
-        m = mask[rows].to(logits.dtype)
-        out["logprobs"].append(token_logprobs(logits, response[rows]) * m)
-        out["entropy"].append(entropy_from_logits(logits) * m)
+        m = mask[rows].float()
+        if sampled is None:
+            logits, values = actor_critic(ids, attn, response.shape[1])
+            logits = logits.float() / temperature
+            out["logprobs"].append(token_logprobs(logits, response[rows]) * m)
+            out["entropy"].append(entropy_from_logits(logits) * m)
+        else:
+            values = actor_critic.values(ids, attn, response.shape[1])
+            out["logprobs"].append(sampled["logprobs"][rows].float() * m)
+            out["entropy"].append(sampled["entropy"][rows].float() * m)
         out["values"].append(values.float() * m)
         out["ref_logprobs"].append(reference_logprobs(ref, ids, attn, response[rows], temperature) * m)
     return {k: torch.cat(v) for k, v in out.items()}
@@ -142,11 +155,14 @@ def make_rollout(
         pieces.append(sample_tokens(
             actor_critic.policy, query[rows], query_mask[rows], max_new_tokens=cfg.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            temperature=cfg.temperature, generator=generator))
+            temperature=cfg.temperature, generator=generator, with_logprobs=True))
     width = max(p[0].shape[1] for p in pieces)
-    pad = tokenizer.pad_token_id
-    response = torch.cat([nn.functional.pad(r, (0, width - r.shape[1]), value=pad) for r, _ in pieces])
-    mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1]), value=0) for _, m in pieces])
+
+    def stack(i: int, fill: float) -> torch.Tensor:  # field i of every chunk, right-padded to ``width``
+        return torch.cat([nn.functional.pad(p[i], (0, width - p[i].shape[1]), value=fill) for p in pieces])
+
+    response, mask = stack(0, tokenizer.pad_token_id), stack(1, 0)
+    sampled = {"logprobs": stack(2, 0.0), "entropy": stack(3, 0.0)}
     lengths = mask.sum(-1)
     last = response.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
     truncated = last != tokenizer.eos_token_id
@@ -155,7 +171,7 @@ def make_rollout(
 
     t0 = time.perf_counter()
     stats = evaluate_responses(actor_critic, ref, query, query_mask, response, mask, cfg.temperature,
-                               cfg.rollout_chunk_size)
+                               cfg.rollout_chunk_size, sampled)
     actor_critic.train(was_training)
     if score_tokens:  # the exact sampled tokens, scored at the last real one (EOS when produced)
         raw = reward_fn.score_tokens(torch.cat([query, response], 1), torch.cat([query_mask, mask], 1))
