@@ -37,6 +37,16 @@ def provenance(d: dict[str, Any]) -> str:
     return f"Measured {d.get('date', '?')} at commit `{commit}`.{smoke}"
 
 
+def phase_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds of each timed phase over all timed steps of all runs ({} when none were recorded)."""
+    out = {}
+    for key in ("time_rollout", "time_score", "time_update"):
+        xs = sorted(ph[key] for run in runs for ph in run.get("phases", []) if ph.get(key) is not None)
+        if xs:
+            out[key] = xs[len(xs) // 2]
+    return out
+
+
 def render_speed(d: dict[str, Any]) -> str:
     s, m = d["settings"], d["machine"]
     lines = ["### Speed (`benchmarks/results/speed.json`)\n",
@@ -59,6 +69,12 @@ def render_speed(d: dict[str, Any]) -> str:
         rss = max(r["peak_rss_mb"] for r in ok) / 1024
         lines.append(f"| {name} | {sorted(times)[len(times) // 2]:.2f}, {min(times):.2f} – {max(times):.2f} "
                      f"| {rss:.2f} |")
+    split = {name: phase_medians(runs) for name, runs in (("rlp_align", ppo["ours"]), ("TRL", ppo["trl"]))}
+    if any(split.values()):
+        lines += ["", "| median seconds per phase | rlp_align | TRL |", "|---|---|---|"]
+        for key, label in (("time_rollout", "rollout (sampling)"), ("time_score", "scoring (ref, value, reward)"),
+                           ("time_update", "update (PPO epochs and the rest)")):
+            lines.append(f"| {label} | {num(split['rlp_align'].get(key))} | {num(split['TRL'].get(key))} |")
     sp = ppo.get("speedup_trl_over_ours")
     if sp:
         lines.append(f"\nSpeed-up (TRL step time / ours): min {sp['min']:.2f}×, median {sp['median']:.2f}×, "

@@ -285,17 +285,23 @@ def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, ov
     targets = {"ppo_step_vs_trl": speed, "update_mfu": mfu_target, "rlp_overhead": over}
     for name, t in targets.items():
         if t["passed"] is False:
-            t["why"] = explain(name, ours, mfu, overhead, profile)
+            t["why"] = explain(name, ours, trl, mfu, overhead, profile)
     return targets
 
 
-def explain(name: str, ours: list[dict], mfu: dict, overhead: dict, profile: dict | None) -> dict[str, Any]:
+def explain(name: str, ours: list[dict], trl: list[dict], mfu: dict, overhead: dict, profile: dict | None
+            ) -> dict[str, Any]:
     """Measured evidence for a missed target: where our step's time goes, and the profiled top operators."""
     phases = [ph for run in ours for ph in run.get("phases", [])]
     step = median([s for run in ours for s in run.get("step_seconds", [])]) or 0.0
     shares = {k: (median([ph[k] for ph in phases if ph.get(k) is not None]) or 0.0) / step if step else None
               for k in ("time_rollout", "time_score", "time_update")}
     why: dict[str, Any] = {"median_step_seconds_ours": step, "phase_share_of_step": shares}
+    if name == "ppo_step_vs_trl":  # the same split for both frameworks, median seconds per phase
+        why["median_phase_seconds"] = {fw: {k: median([ph[k] for run in runs for ph in run.get("phases", [])
+                                                       if ph.get(k) is not None])
+                                            for k in ("time_rollout", "time_score", "time_update")}
+                                       for fw, runs in (("ours", ours), ("trl", trl))}
     if name == "update_mfu":
         why["achieved_flops_per_second"] = mfu["achieved_flops_per_second"]
     if name == "rlp_overhead":

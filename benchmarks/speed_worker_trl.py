@@ -103,12 +103,30 @@ def main() -> None:
     )
 
     steps: list[dict[str, float]] = []
+    phase = {"time_rollout": 0.0, "time_score": 0.0}  # this step's seconds so far, reset at each step's end
 
     class StepProbe(TrainerCallback):
-        """Wall time and peak RSS at the end of every PPO step (after TRL's own logging)."""
+        """Wall time, peak RSS and phase times at the end of every PPO step (after TRL's own logging)."""
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
-            steps.append({"end": time.perf_counter(), "peak_rss_mb": peak_rss_mb()})
+            steps.append({"end": time.perf_counter(), "peak_rss_mb": peak_rss_mb(), **phase})
+            phase.update(time_rollout=0.0, time_score=0.0)
+
+    def timed(fn: Any, key: str, only_without_grad: bool = False) -> Any:
+        """``fn`` with its wall time added to phase[key] (scoring = the calls made under no_grad)."""
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            if not (only_without_grad and torch.is_grad_enabled()):
+                phase[key] += time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    # the reference forward, value and reward calls of the rollout run under no_grad; the update's forward not
+    trl_ppo.forward = timed(trl_ppo.forward, "time_score", only_without_grad=True)
+    trl_ppo.get_reward = timed(trl_ppo.get_reward, "time_score", only_without_grad=True)
 
     # Record how many tokens TRL generates per row (it may keep sampling after EOS); measurement only.
     widths: list[int] = []
@@ -119,7 +137,7 @@ def main() -> None:
         widths.append(int(query_responses.shape[1] - queries.shape[1]))
         return query_responses, logits
 
-    trl_ppo.batch_generation = recording_batch_generation
+    trl_ppo.batch_generation = timed(recording_batch_generation, "time_rollout")
 
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref_policy,
                          reward_model=reward_model, train_dataset=dataset, value_model=value_model,
@@ -128,6 +146,10 @@ def main() -> None:
     trainer.train()
 
     step_seconds = [b["end"] - a["end"] for a, b in zip(steps, steps[1:])]  # steps 2..k: no loading inside
+    # everything that is neither generation nor scoring (the PPO epochs, advantages, logging) counts as update
+    phases = [{"step": i + 2, "time_rollout": b["time_rollout"], "time_score": b["time_score"],
+               "time_update": seconds - b["time_rollout"] - b["time_score"]}
+              for i, (b, seconds) in enumerate(zip(steps[1:], step_seconds))]
     result = {
         "framework": "trl",
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
@@ -137,6 +159,7 @@ def main() -> None:
         "load_seconds": loaded - started,
         "peak_rss_mb": steps[-1]["peak_rss_mb"] if steps else peak_rss_mb(),
         "generated_width": widths,
+        "phases": phases,
         "threads": torch.get_num_threads(),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
