@@ -24,15 +24,20 @@ def _annotator(cfg: PipelineConfig):
 
 
 def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instruction], temperature: float,
-                 max_new_tokens: int, seed: int) -> list[list[str]]:
-    """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs)."""
+                 max_new_tokens: int, seed: int) -> tuple[list[Instruction], list[list[str]], int]:
+    """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs).
+
+    Returns the instructions kept, their pairs, and how many were dropped because a sample was empty (the
+    policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it.
+    """
     from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
 
     gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
                     temperature=temperature, max_new_tokens=max_new_tokens, batch_size=cfg.generate.batch_size,
                     seed=seed)
-    return gens.grouped()
+    kept = [(x, pair) for x, pair in zip(instructions, gens.grouped()) if all(t.strip() for t in pair)]
+    return [x for x, _ in kept], [pair for _, pair in kept], len(instructions) - len(kept)
 
 
 def build_pools(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
@@ -68,12 +73,12 @@ def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
     from rlp_align.annotate import label_pairs
 
+    empty = 0  # instructions dropped because a sample was empty
     if cfg.data.preference_file:
         prefs = read_preferences(cfg.data.preference_file)
     else:
-        instructions = read_instructions(pools["preference"])
-        pairs = _two_samples(cfg, sft_model, instructions, cfg.pair_temperature, cfg.generate.max_new_tokens,
-                             seed=cfg.seed)
+        instructions, pairs, empty = _two_samples(cfg, sft_model, read_instructions(pools["preference"]),
+                                                  cfg.pair_temperature, cfg.generate.max_new_tokens, seed=cfg.seed)
         prefs = label_pairs(_annotator(cfg), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
                             noise=cfg.label_noise, temperature=cfg.annotator.temperature, seed=cfg.seed)
     heldout = max(1, int(len(prefs) * cfg.data.heldout_fraction))
@@ -81,7 +86,7 @@ def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder
     write_preferences(folder / "train.jsonl", train)
     write_preferences(folder / "heldout.jsonl", test)
     return {"train": str(folder / "train.jsonl"), "heldout": str(folder / "heldout.jsonl"),
-            "pairs": len(train), "heldout_pairs": len(test)}
+            "pairs": len(train), "heldout_pairs": len(test), **({"dropped_empty": empty} if empty else {})}
 
 
 def train_rm(cfg: PipelineConfig, sft_model: str, prefs: dict, folder: Path, seed: int) -> dict[str, Any]:
@@ -199,9 +204,8 @@ def answer_eval(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> 
 def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy."""
 
-    instructions = read_instructions(pools["eval"])
-    pairs = _two_samples(cfg, policy, instructions, cfg.sample.temperature, cfg.sample.max_new_tokens,
-                         seed=cfg.seed + 3)
+    instructions, pairs, _ = _two_samples(cfg, policy, read_instructions(pools["eval"]), cfg.sample.temperature,
+                                          cfg.sample.max_new_tokens, seed=cfg.seed + 3)
     annotator = _annotator(cfg)
     probs = annotator.compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
     prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a, {"gold_p": p})
