@@ -147,6 +147,16 @@ def run_seed(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def run_facts(run_dir: Path) -> dict[str, Any]:
+    """What a seed's stage manifests say: wall time per stage and in all, and the synthetic pairs SPG kept."""
+    manifests = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*/manifest.json"))]
+    done = [m for m in manifests if m.get("status") == "done"]
+    seconds = {m["stage"]: round(m.get("seconds") or 0.0, 1) for m in done}
+    spg = [m["outputs"].get("pairs") for m in done if m["stage"].startswith("06_spg")]
+    return {"stage_seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1),
+            "spg_pairs": spg[0] if spg else None}
+
+
 def finished_record(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
     from rlp_align.config import config_hash, config_to_dict
 
@@ -355,11 +365,12 @@ def main() -> None:
             print(f"seed {seed}: running in {run_dir}")
             record = run_seed(cfg, run_dir)
             ran += 1
-        records.append(record)
+        records.append({**record, "run": run_facts(run_dir)})
     if not records:
         print("no finished seed yet: nothing to aggregate")
         return
-    summary = {"n_seeds": len(records), **aggregate(records)}
+    summary = {"n_seeds": len(records), **aggregate(records),
+               "per_seed_run": {r["seed"]: {k: r["run"][k] for k in ("total_minutes", "spg_pairs")} for r in records}}
     result = {
         "benchmark": "quality", "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **git_commit(),
         "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset), "work_dir": str(work),

@@ -123,6 +123,10 @@ def render_quality(d: dict[str, Any]) -> str:
     for r in d["spg_label_accuracy"].values():
         lines.append(f"| {r['label']} | {pct(r['mean'])} | [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
                      f"| {r['pairs_per_seed']} |")
+    runs = d.get("per_seed_run") or {}
+    if runs:
+        lines += ["", "| seed | wall time of its stages (min) | synthetic pairs SPG kept for RLP-SPG |", "|---|---|---|"]
+        lines += [f"| {seed} | {r['total_minutes']} | {r['spg_pairs']} |" for seed, r in runs.items()]
     lines += ["", "| target | result |", "|---|---|"]
     lines += [f"| {t.get('target', name)} | {verdict(t)} |" for name, t in d["targets"].items()]
     png = Path(d.get("png", ""))

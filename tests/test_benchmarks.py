@@ -120,6 +120,8 @@ def test_quality_smoke_and_resume(tmp_path):
         assert r["mean"] is None or 0 <= r["mean"] <= 1
     assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}
     assert Path(d["png"]).stat().st_size > 1000
+    for run in d["per_seed_run"].values():  # read from each seed's stage manifests
+        assert run["total_minutes"] > 0 and run["spg_pairs"] >= 0
     # a later call with no seed budget aggregates the finished seeds without running anything
     out2 = tmp_path / "again.json"
     log = _run("quality.py", "--smoke", "--out", str(out2), "--work_dir", str(work), "--max_seeds_per_call", "0")
