@@ -55,7 +55,9 @@ def render_speed(d: dict[str, Any]) -> str:
              f"{s['ppo_epochs']} PPO epochs; steps {s['timed_steps']} timed (model loading excluded), {s['repeats']} "
              "repeat(s), ours and TRL alternated in separate processes."]
     if m.get("busy_at_start"):
-        lines.append(f"\n⚠ The machine was busy when this ran (load average {m['load_average_at_start'][0]:.1f}): "
+        busy = f"{100 * m['cpu_busy_at_start']:.0f} % of CPU time busy" if m.get("cpu_busy_at_start") is not None \
+            else f"1-minute load average {m['load_average_at_start'][0]:.1f}"
+        lines.append(f"\n⚠ The machine was busy when this ran ({busy}): "
                      "timings are pessimistic.")
     ppo = d["ppo"]
     lines += ["", "| framework | median step time (s), min – max over runs | peak RSS (GB) |", "|---|---|---|"]

@@ -52,6 +52,23 @@ def git_commit() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
+def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
+    """Share of all cores' time spent busy (by anything) over the next ``seconds``, from /proc/stat.
+
+    Unlike the 1-minute load average, this does not lag: a job that ended a few seconds ago counts as gone.
+    """
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    if not Path("/proc/stat").exists():
+        return None
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def machine_info() -> dict[str, Any]:
     import platform
 
@@ -63,13 +80,14 @@ def machine_info() -> dict[str, Any]:
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
+    busy = cpu_busy_fraction()
     return {"cpu": model, "cores_available": len(os.sched_getaffinity(0)), "avx2": "avx2" in flags,
             "avx512f": "avx512f" in flags, "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average_at_start": list(os.getloadavg()),
+            "load_average_at_start": list(os.getloadavg()), "cpu_busy_at_start": busy,
             # timings are only meaningful on an otherwise idle machine: with 2 threads on 2 shared cores, OpenMP
             # barriers wait for descheduled threads and small ops slow down by an order of magnitude
-            "busy_at_start": os.getloadavg()[0] > 0.5}
+            "busy_at_start": busy > 0.25 if busy is not None else os.getloadavg()[0] > 0.5}
 
 
 def matmul_peak_flops(threads: int, n: int = 2048, iters: int = 10, repeats: int = 3) -> dict[str, Any]:
@@ -360,6 +378,7 @@ def main() -> None:
         return
 
     info = machine_info()
+    code = git_commit()  # before the run writes its own result files into the tree
     print(f"speed: {model}, batch {batch}, {new_tokens} new tokens, {steps} steps x {repeats} repeats")
     peak = matmul_peak_flops(args.threads, iters=3 if smoke else 10)
     print(f"fp32 matmul peak: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s")
@@ -398,7 +417,7 @@ def main() -> None:
         top = json.loads(profile_txt.with_suffix(".json").read_text())
         profile = {"file": str(profile_txt), "top10_self_cpu": top[:10]}
     result = {
-        "benchmark": "speed", "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **git_commit(),
+        "benchmark": "speed", "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **code,
         "machine": {**info, "load_average_at_end": list(os.getloadavg())},
         "settings": {"model": model, "batch": batch, "new_tokens": new_tokens, "ppo_epochs": args.ppo_epochs,
                      "steps_per_run": steps, "timed_steps": f"2..{steps}", "repeats": repeats,
