@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py                          # configs/alpaca.yaml, seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --max_seeds_per_call 1   # one more seed per call (resumable)
-    .venv/bin/python benchmarks/quality.py --jobs 2                 # two seeds at a time, 1 thread each
+    .venv/bin/python benchmarks/quality.py --jobs 2 --threads 8      # two seeds at a time, 4 threads each
     .venv/bin/python benchmarks/quality.py --smoke                  # tiny preset, 2 seeds, temp dir (< 3 min)
 
 Each seed runs `rlp_align.pipeline.run_pipeline` in benchmarks/work/quality/seed<k> (the stage cache makes a
@@ -288,9 +288,10 @@ def git_commit() -> dict[str, Any]:
 def run_seeds_in_parallel(seeds: list[int], jobs: int, threads: int, common: list[str], work: Path) -> None:
     """Run each seed in its own process of this script, ``jobs`` at a time, ``threads`` torch threads each.
 
-    On the 2-core machine two 1-thread seeds got through the generation stages 1.46x and RM training 1.17x
-    faster than one 2-thread seed (small matmuls and Python overhead scale poorly across threads). A seed
-    peaks near 9 GB during PPO, so mind memory before raising ``jobs``. Logs: <work_dir>/seed<k>.log.
+    For machines with more cores than one seed uses well. On the 2-core machine it did not pay: RM0 took
+    155 s in one 2-thread seed against 367-390 s in each of two 1-thread seeds run side by side, so the
+    default is one seed at a time. A seed's process grows to about 10 GB RSS, so mind memory before raising
+    ``jobs``. Logs: <work_dir>/seed<k>.log.
     """
     waiting, running, failed = list(seeds), {}, []
     work.mkdir(parents=True, exist_ok=True)

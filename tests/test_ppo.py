@@ -285,7 +285,9 @@ def test_two_ranks_with_torchrun(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
                           env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # a failing rank's traceback can sit far above the launcher's own report: keep every rank's error lines
+    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank") and "Error" in line)
+    assert proc.returncode == 0, ranks + "\n...\n" + proc.stderr[-3000:]
     rows = read_metrics(tmp_path / "out")
     assert [r["step"] for r in rows] == [1, 2]  # one row per step, written by the main process only
     for rank in (0, 1):  # each rank generated its half of the 8 rollouts per step

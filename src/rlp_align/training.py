@@ -129,6 +129,9 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
+        # every rank writes its own RNG state into tmp: the main process may rename tmp only once all are done
+        # (without this barrier a slower rank found its folder gone: "Parent directory ... does not exist")
+        acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(tmp / "trainer_state.json", {"step": step, **(extra or {})})
             old = self.out_dir / ".checkpoint.old"
