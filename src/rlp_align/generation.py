@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
-from rlp_align.ppo_losses import entropy_from_logits
+from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,9 @@ def sample_tokens(
         tokens.append(token)
         alive.append(~finished)
         if with_logprobs:
-            z = logits.float() / temperature
-            live = (~finished).to(z.dtype)
-            logprobs.append((z.gather(-1, token[:, None]).squeeze(-1) - torch.logsumexp(z, -1)) * live)
-            entropy.append(entropy_from_logits(z) * live)
+            live = (~finished).float()
+            logprobs.append(token_logprobs(logits, token, temperature) * live)
+            entropy.append(entropy_from_logits(logits.float() / temperature) * live)
         finished = finished | (token == eos_token_id)
         if bool(finished.all()) or len(tokens) == max_new_tokens:
             break

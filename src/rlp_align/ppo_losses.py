@@ -136,6 +136,12 @@ def value_loss(
     return loss, clip_fraction.detach()
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled tokens [B, T] (or [B] from logits [B, V]), from logits of the sampling distribution."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy H = logsumexp(z) - sum_v softmax(z)_v * z_v, for logits [..., V]."""
     probs = torch.softmax(logits, dim=-1)

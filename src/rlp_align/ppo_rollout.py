@@ -23,7 +23,7 @@ from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
 from rlp_align.models import _unwrap, reward_head
-from rlp_align.ppo_losses import entropy_from_logits
+from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
 from rlp_align.templates import collate, encode_prompt
 
 if TYPE_CHECKING:
@@ -57,12 +57,6 @@ class ActorCritic(nn.Module):
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=positions).last_hidden_state
         return reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled tokens [B, T], from logits of the sampling distribution."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def reference_logprobs(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
