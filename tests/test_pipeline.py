@@ -77,7 +77,8 @@ def test_tiny_report_has_every_section_and_row(killed_then_resumed):
 
 def test_rerun_is_all_cached_and_status_lists_stages(killed_then_resumed):
     out_dir, _, _ = killed_then_resumed
-    proc = _run(out_dir)
+    # how often to checkpoint and whether to keep checkpoints change no result, so they rerun nothing
+    proc = _run(out_dir, "--ppo.save_every", "3", "--ppo.keep_checkpoint", "true", "--reward.keep_checkpoint", "true")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "[done]" not in output
     status = subprocess.run([sys.executable, "-m", "rlp_align.cli", "run", "--status", str(out_dir)],

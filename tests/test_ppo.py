@@ -249,7 +249,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     with pytest.raises(Crash):
         train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash_at_step_3)
     assert not (tmp_path / "b" / "model").exists()
+    assert (tmp_path / "b" / "checkpoint").is_dir()  # the step-2 checkpoint it resumes from
     train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e)
+    assert not (tmp_path / "b" / "checkpoint").exists()  # dropped once model/ is written (no keep_checkpoint)
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -104,8 +104,13 @@ def format_status(run_dir: str) -> str:
     return "\n".join(lines)
 
 
+# Knobs that change how a stage runs, not what it computes (resume is exact): left out of the stage keys, so
+# keeping checkpoints or saving more often does not rerun finished stages.
+NOT_IN_STAGE_KEYS = ("output_dir", "overwrite", "save_every", "keep_checkpoint")
+
+
 def _slice(section: Any) -> dict[str, Any]:
-    return config_to_dict(section)
+    return {k: v for k, v in config_to_dict(section).items() if k not in NOT_IN_STAGE_KEYS}
 
 
 def _validate(cfg: PipelineConfig) -> None:

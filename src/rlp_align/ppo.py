@@ -10,6 +10,8 @@ One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
   4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.
 Losses and GAE are pure functions in `rlp_align.ppo_losses`. The value model starts as a copy of the RM.
 Multi-process: each rank takes its shard of the global rollout batch; metrics are averaged over ranks.
+The run checkpoints every ``save_every`` steps and resumes from there; at the end it writes ``model/`` and drops
+``checkpoint/`` unless ``keep_checkpoint``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
-from rlp_align.io import write_json
-from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model, merge_lora, save_model
+from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
     SumOverRanks,
@@ -51,6 +52,7 @@ from rlp_align.training import (
     check_finite,
     finished_summary,
     make_accelerator,
+    save_final_outputs,
     shard,
 )
 
@@ -94,6 +96,7 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     save_every: int = 10
+    keep_checkpoint: bool = False  # keep checkpoint/ (3 GB for SmolLM2) after the run instead of removing it
     reward_batch_size: int = 8
     gradient_checkpointing: bool = False
     lora: bool = False  # LoRA adapters on policy and value model instead of full fine-tuning
@@ -276,7 +279,7 @@ def train_ppo(
         logger.log(step + 1, metrics)
         if accelerator.is_main_process:
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 and (step + 1 < cfg.steps or cfg.keep_checkpoint):
             checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
 
     # ---- outputs: the policy as a plain HF folder, metrics, summary
@@ -285,10 +288,7 @@ def train_ppo(
     summary = {"steps": cfg.steps, "resumed_from": start, "seconds": time.time() - started,
                "model": str(out_dir / "model"), "final_kl_coef": kl_ctl.value, "final": metrics,
                "config": asdict(cfg)}
-    if accelerator.is_main_process:
-        save_model(merge_lora(unwrapped.policy), tokenizer, out_dir / "model")
-        write_json(out_dir / "summary.json", summary)
-    accelerator.wait_for_everyone()
+    save_final_outputs(accelerator, out_dir, unwrapped.policy, tokenizer, summary, cfg.keep_checkpoint)
     return summary
 
 
