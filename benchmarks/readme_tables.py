@@ -116,10 +116,12 @@ def render_quality(d: dict[str, Any]) -> str:
     lines += ["", "| reward model | on-policy accuracy % (mean) | 95 % CI across seeds |", "|---|---|---|"]
     for label, acc in d["rm_accuracy_on_policy"].items():
         lines.append(f"| {label} | {pct(acc['mean'])} | [{pct(acc['ci_low'])}, {pct(acc['ci_high'])}] |")
-    lines += ["", "| RLP variant | recovered share (RLP − PPO) / (Oracle − PPO) | 95 % CI across seeds |",
-              "|---|---|---|"]
+    lines += ["", "| RLP variant | recovered share (RLP − PPO) / (Oracle − PPO) | 95 % CI across seeds "
+              "| seeds where Oracle ≠ PPO |", "|---|---|---|---|"]
     for label, r in d["recovered_share"].items():
-        lines.append(f"| {label} | {num(r['mean'])} | [{num(r['ci_low'])}, {num(r['ci_high'])}] |")
+        defined = sum(v is not None for v in r["per_seed"])  # undefined where the oracle's win-rate equals PPO's
+        lines.append(f"| {label} | {num(r['mean'])} | [{num(r['ci_low'])}, {num(r['ci_high'])}] "
+                     f"| {defined} of {len(r['per_seed'])} |")
     lines += ["", "| pair selection (Table 5) | gold agreement % (mean) | 95 % CI | pairs per seed |",
               "|---|---|---|---|"]
     for r in d["spg_label_accuracy"].values():

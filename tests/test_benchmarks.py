@@ -167,13 +167,13 @@ def test_readme_tables_render_from_json(tmp_path):
         "methods": {"RLP-SPG": {"win_rate": interval, "gold_reward": {"mean": 0.4321},
                                 "per_seed": [{"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}]}},
         "rm_accuracy_on_policy": {"RM0": {"mean": 0.55, "ci_low": None, "ci_high": None}},
-        "recovered_share": {"RLP-SPG": {"mean": 0.25, "ci_low": -0.1, "ci_high": 0.6}},
+        "recovered_share": {"RLP-SPG": {"mean": 0.25, "ci_low": -0.1, "ci_high": 0.6, "per_seed": [0.2, None, 0.3]}},
         "spg_label_accuracy": {"spg": {"label": "SPG (gamma = 0.5)", "mean": 0.7, "ci_low": 0.6, "ci_high": 0.8,
                                        "pairs_per_seed": [10, 11, 12]}},
         "targets": {"x": {"target": "RLP-SPG above PPO", "passed": True}},
     }
     text = tables.render(None, quality)
     assert "| RLP-SPG | 60.0 | [55.0, 65.0] | 60.0 [50.0, 70.0] | 0.432 |" in text
-    assert "| RM0 | 55.0 | [–, –] |" in text and "| RLP-SPG | 0.25 | [-0.10, 0.60] |" in text
+    assert "| RM0 | 55.0 | [–, –] |" in text and "| RLP-SPG | 0.25 | [-0.10, 0.60] | 2 of 3 |" in text
     assert "| SPG (gamma = 0.5) | 70.0 | [60.0, 80.0] | [10, 11, 12] |" in text
     assert "| RLP-SPG above PPO | **pass** |" in text and "against the reference answers" in text
