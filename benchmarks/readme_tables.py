@@ -131,12 +131,30 @@ def render_quality(d: dict[str, Any]) -> str:
     if runs:
         lines += ["", "| seed | wall time of its stages (min) | synthetic pairs SPG kept for RLP-SPG |", "|---|---|---|"]
         lines += [f"| {seed} | {r['total_minutes']} | {r['spg_pairs']} |" for seed, r in runs.items()]
-    lines += ["", "| target | result |", "|---|---|"]
-    lines += [f"| {t.get('target', name)} | {verdict(t)} |" for name, t in d["targets"].items()]
+    lines += ["", "| target | measured | result |", "|---|---|---|"]
+    lines += [f"| {t.get('target', name)} | {quality_measured(t, d)} | {verdict(t)} |" for name, t in d["targets"].items()]
     png = Path(d.get("png", ""))
     if png.name and (RESULTS / png.name).exists() and not d.get("smoke"):
         lines.append(f"\n![quality](benchmarks/results/{png.name})")
     return "\n".join(lines)
+
+
+def quality_measured(target: dict[str, Any], d: dict[str, Any]) -> str:
+    """What a quality target was judged on, with the figures that explain a miss."""
+    if "refined" in target:  # on-policy RM accuracy: means, and in how many seeds each refined RM beat RM0
+        rm0 = d["rm_accuracy_on_policy"]["RM0"]["per_seed"]
+        parts = []
+        for label, mean in target["refined"].items():
+            mine = d["rm_accuracy_on_policy"][label]["per_seed"]
+            wins = sum(mine[s] > rm0[s] for s in mine if s in rm0)
+            parts.append(f"{label} {pct(mean)} % (above RM0 in {wins} of {len(mine)} seeds)")
+        return f"RM0 {pct(target['RM0'])} %; " + ", ".join(parts)
+    low = next((v for k, v in target.items() if k.endswith("_ci_low")), None)
+    if low is None and "PPO_ci_high" not in target:
+        return target.get("reason", "–")
+    means = [m["win_rate"]["mean"] for m in d["methods"].values()]
+    return (f"CI low {pct(low)} % vs PPO's CI high {pct(target.get('PPO_ci_high'))} %; every method's mean "
+            f"win-rate lies in {pct(min(means))} – {pct(max(means))} %")
 
 
 def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None) -> str:

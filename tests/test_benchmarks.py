@@ -166,14 +166,19 @@ def test_readme_tables_render_from_json(tmp_path):
                      "label_noise": 0.25},
         "methods": {"RLP-SPG": {"win_rate": interval, "gold_reward": {"mean": 0.4321},
                                 "per_seed": [{"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}]}},
-        "rm_accuracy_on_policy": {"RM0": {"mean": 0.55, "ci_low": None, "ci_high": None}},
+        "rm_accuracy_on_policy": {"RM0": {"mean": 0.55, "ci_low": None, "ci_high": None, "per_seed": {"0": 0.5, "1": 0.6}},
+                                  "RLP-UML": {"mean": 0.6, "ci_low": None, "ci_high": None,
+                                              "per_seed": {"0": 0.6, "1": 0.6}}},
         "recovered_share": {"RLP-SPG": {"mean": 0.25, "ci_low": -0.1, "ci_high": 0.6, "per_seed": [0.2, None, 0.3]}},
         "spg_label_accuracy": {"spg": {"label": "SPG (gamma = 0.5)", "mean": 0.7, "ci_low": 0.6, "ci_high": 0.8,
                                        "pairs_per_seed": [10, 11, 12]}},
-        "targets": {"x": {"target": "RLP-SPG above PPO", "passed": True}},
+        "targets": {"x": {"target": "RLP-SPG above PPO", "RLP-SPG_ci_low": 0.55, "PPO_ci_high": 0.5, "passed": True},
+                    "y": {"target": "refined RMs better", "RM0": 0.55, "refined": {"RLP-UML": 0.6}, "passed": True}},
     }
     text = tables.render(None, quality)
     assert "| RLP-SPG | 60.0 | [55.0, 65.0] | 60.0 [50.0, 70.0] | 0.432 |" in text
     assert "| RM0 | 55.0 | [–, –] |" in text and "| RLP-SPG | 0.25 | [-0.10, 0.60] | 2 of 3 |" in text
     assert "| SPG (gamma = 0.5) | 70.0 | [60.0, 80.0] | [10, 11, 12] |" in text
-    assert "| RLP-SPG above PPO | **pass** |" in text and "against the reference answers" in text
+    assert "| RLP-SPG above PPO | CI low 55.0 % vs PPO's CI high 50.0 %; every method's mean win-rate lies in " \
+           "60.0 – 60.0 % | **pass** |" in text
+    assert "| refined RMs better | RM0 55.0 %; RLP-UML 60.0 % (above RM0 in 1 of 2 seeds) | **pass** |" in text and "against the reference answers" in text
