@@ -72,7 +72,7 @@ def main() -> None:
 
     # the benchmark times training steps, not saving: no checkpoints, no final model folder
     ppo_module.Checkpointer.save = lambda self, *a, **k: None  # type: ignore[method-assign]
-    ppo_module.save_model = lambda *a, **k: None
+    ppo_module.save_final_outputs = lambda *a, **k: None
 
     probes: list[dict[str, float]] = []
     profiling: dict[str, Any] = {}
