@@ -194,6 +194,37 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     assert masked_mean(rollout.advantages, rollout.mask).abs().item() < 1e-5
 
 
+def test_split_backward_gives_the_joint_update(tiny):
+    """Backpropagating the policy loss before the value forward (one process) updates every parameter as
+    the single backward of the summed loss does (DDP)."""
+    import copy
+
+    from rlp_align.ppo import ppo_update
+    from rlp_align.training import adamw, make_accelerator
+
+    tokenizer, policy, ref, rm = tiny
+    cfg = PPOConfig(max_new_tokens=6, rollout_chunk_size=8, rollout_batch_size=4, step_batch_size=2,
+                    micro_batch_size=1, ppo_epochs=2, vf_coef=0.5)
+    prompts = [user_prompt(f"prompt number {i}" + " and more" * i) for i in range(4)]
+    rollout, _ = make_rollout(ActorCritic(policy, rm), ref, tokenizer, RewardModelFn(rm, tokenizer), prompts, cfg,
+                              torch.Generator().manual_seed(0), True, {})
+    shape_rewards(rollout, cfg, kl_coef=0.1)
+    rollout.advantages = torch.randn_like(rollout.advantages) * rollout.mask  # a non-trivial policy gradient
+    accelerator = make_accelerator(0)
+    updated, stats = [], []
+    for split in (False, True):
+        model = ActorCritic(copy.deepcopy(policy), copy.deepcopy(rm)).requires_grad_(True)  # RewardModelFn froze rm
+        optimizer = adamw(model.parameters(), lr=1e-3)
+        stats.append(ppo_update(model, optimizer, accelerator, rollout, cfg, 0, [1e-3], split_backward=split))
+        updated.append(model.state_dict())
+    assert stats[0] == pytest.approx(stats[1], abs=1e-6)
+    start = ActorCritic(policy, rm).state_dict()
+    assert any(not torch.equal(updated[0][k], start[k]) for k in start if k.startswith("policy."))
+    assert any(not torch.equal(updated[0][k], start[k]) for k in start if k.startswith("value."))
+    for key in start:
+        torch.testing.assert_close(updated[1][key], updated[0][key], atol=1e-6, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Training
 

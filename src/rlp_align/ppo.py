@@ -136,14 +136,21 @@ def _check(cfg: PPOConfig, num_processes: int) -> None:
 
 def ppo_update(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, rollout: Rollout,
-    cfg: PPOConfig, step: int, base_lrs: list[float],
+    cfg: PPOConfig, step: int, base_lrs: list[float], split_backward: bool | None = None,
 ) -> dict[str, float]:
     """Step 4: ``ppo_epochs`` passes over shuffled minibatches of this rank's rollout; one optimiser step each.
 
     A minibatch may be split into micro-batches (gradient accumulation); each micro-batch's masked-mean loss
     is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean.
     Returns the token-weighted means of the loss statistics over all updates of this step.
+
+    ``split_backward`` (default: on with one process) backpropagates the policy loss before the value model's
+    forward pass, so the two activation graphs are never held together. Policy and value share no
+    parameters, so the gradients are those of the summed loss; peak memory drops by about one model's
+    activations. Under DDP one forward and one backward must cover all parameters, so it stays off there.
     """
+    split = accelerator.num_processes == 1 if split_backward is None else split_backward
+    actor_critic: ActorCritic = accelerator.unwrap_model(model)
     local_minibatch = cfg.step_batch_size // accelerator.num_processes
     micro = cfg.micro_batch_size or local_minibatch
     updates_per_step = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.step_batch_size)
@@ -166,11 +173,19 @@ def ppo_update(
                 b = rollout.rows(rows)
                 share = b["mask"].sum() / minibatch_tokens
                 # gradients are all-reduced across ranks only on the minibatch's last micro-batch
+                inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
-                    logits, values = model(b["input_ids"], b["attention_mask"], b["response"].shape[1])
+                    if split:
+                        logits = actor_critic.logits(*inputs)
+                    else:
+                        logits, values = model(*inputs)
                     logprobs = token_logprobs(logits, b["response"], cfg.temperature)
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
+                    if split:
+                        accelerator.backward(pg_loss * share)  # frees the policy's graph
+                        del logits, logprobs
+                        pg_loss, values = pg_loss.detach(), actor_critic.values(*inputs)
                     vf_loss, vf_clip_fraction = value_loss(
                         values.float(), b["values"], b["returns"], b["mask"], cfg.value_clip_range)
                     loss = pg_loss + cfg.vf_coef * vf_loss

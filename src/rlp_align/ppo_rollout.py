@@ -40,15 +40,19 @@ class ActorCritic(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions.
+        """Logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions."""
+        return self.logits(input_ids, attention_mask, response_length), \
+            self.values(input_ids, attention_mask, response_length)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
+        """Logits predicting each of the last T tokens [B, T, V] (the policy alone).
 
         Positions come from the attention mask, so left padding changes nothing; logits are computed only
         for the response (``logits_to_keep``), not the prompt.
         """
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                             logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
-        return logits, self.values(input_ids, attention_mask, response_length)
+        return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                           logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
         """V(s_t) [B, T] for the last T positions (the value model alone)."""
