@@ -380,8 +380,10 @@ def main() -> None:
     info = machine_info()
     code = git_commit()  # before the run writes its own result files into the tree
     print(f"speed: {model}, batch {batch}, {new_tokens} new tokens, {steps} steps x {repeats} repeats")
-    peak = matmul_peak_flops(args.threads, iters=3 if smoke else 10)
-    print(f"fp32 matmul peak: {peak['flops_per_second'] / 1e9:.1f} GFLOP/s")
+    # The host's matmul rate drifts by 2x over hours (shared machine): measure it before every run of ours
+    # and at the end, and judge MFU against the highest rate seen, so MFU is never overstated.
+    peaks = [matmul_peak_flops(args.threads, iters=3 if smoke else 10)]
+    print(f"fp32 matmul peak: {peaks[0]['flops_per_second'] / 1e9:.1f} GFLOP/s")
     shared = prepare(model, max(batch, *batches), args.max_prompt_length, work)
 
     ours_python = ROOT / ".venv" / "bin" / "python"
@@ -400,6 +402,8 @@ def main() -> None:
         last = r == repeats - 1  # the last run of ours also profiles one extra step (left out of its timings)
         extra = ["--steps", str(steps + 1), "--profile_step", str(steps + 1), "--profile_out", str(profile_txt)] \
             if last else ["--steps", str(steps)]
+        if r:
+            peaks.append(matmul_peak_flops(args.threads, iters=3 if smoke else 10))
         ours.append(run_worker(ours_python, "speed_worker_ours.py", common + extra, work, f"ours_{r}",
                                args.threads, args.timeout))
         print(f"  ours #{r}: {ours[-1].get('median_step_seconds') or ours[-1].get('error')}")
@@ -409,6 +413,11 @@ def main() -> None:
                                   f"trl_{r}", args.threads, args.timeout))
             print(f"  TRL  #{r}: {trl[-1].get('median_step_seconds') or trl[-1].get('error')}")
 
+    peaks.append(matmul_peak_flops(args.threads, iters=3 if smoke else 10))
+    rates = [p["flops_per_second"] for p in peaks]
+    peak = {**max(peaks, key=lambda p: p["flops_per_second"]), "measurements": rates,
+            "judged_on": "the highest of the measurements (taken before each run of ours and at the end)"}
+    print(f"fp32 matmul peak over the run: {min(rates) / 1e9:.0f} - {max(rates) / 1e9:.0f} GFLOP/s")
     mfu = update_mfu([o for o in ours if "phases" in o], shared["params"], peak["flops_per_second"])
     overhead = rlp_overhead(run_dir) if run_dir.exists() else {"measured": False, "reason": f"{run_dir} is absent"}
     sampling = sampling_throughput(shared["policy"], shared["prompts_list"], batches, new_tokens, args.threads)

@@ -75,6 +75,8 @@ def test_speed_smoke(tmp_path):
     assert {"date", "commit", "machine", "settings", "params", "matmul_peak", "ppo", "mfu", "rlp_overhead",
             "sampling", "targets"} <= set(d)
     assert d["matmul_peak"]["flops_per_second"] > 1e9
+    assert d["matmul_peak"]["flops_per_second"] == max(d["matmul_peak"]["measurements"])  # before each run, at the end
+    assert len(d["matmul_peak"]["measurements"]) == 2  # 1 repeat in smoke mode
     ours = d["ppo"]["ours"][0]
     assert "error" not in ours, ours.get("log_tail")
     assert len(ours["step_seconds"]) == 1 and ours["step_seconds"][0] > 0 and ours["peak_rss_mb"] > 50
@@ -143,12 +145,13 @@ def test_readme_tables_render_from_json(tmp_path):
                                         "peak_rss_mb_trl": 4096.0},
                     "update_mfu": {"passed": False}, "rlp_overhead": {"passed": None}},
         "mfu": {"mfu_matmul": 0.123, "mfu_6nd": 0.2, "formula": "6ND"},
-        "matmul_peak": {"flops_per_second": 180e9},
+        "matmul_peak": {"flops_per_second": 180e9, "measurements": [150e9, 180e9]},
         "rlp_overhead": {"measured": False, "reason": "not run yet"},
         "sampling": [{"batch": 8, "tokens_per_second": 64.4, "seconds": 8.0}],
     }
     text = tables.render(speed, None)
     assert "| rlp_align | 2.00, 2.00 – 2.00 | 2.00 |" in text and "| TRL 1.12 PPOTrainer | 5.00" in text
+    assert "of 180 GFLOP/s (the highest of 2 measurements, 150 – 180)" in text
     assert "median 2.50×" in text and "12.3 %" in text and "**miss**" in text and "| 8 | 64 | 8.0 |" in text
     assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py`" in text
     readme = "# x\n\nintro\n\n" + tables.START + "\nold\n" + tables.END + "\ntail\n"
