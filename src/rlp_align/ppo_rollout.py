@@ -1,7 +1,8 @@
 """PPO experience: sampling responses and scoring them once per step (steps 1-2 of `rlp_align.ppo`).
 
-`ActorCritic` holds the policy and the value model so that one DDP wrapper, one optimiser and one backward
-cover both (AlpacaFarm). `make_rollout` samples with the KV cache (`rlp_align.generation.sample_tokens`),
+`ActorCritic` holds the policy and the value model so that one DDP wrapper and one optimiser cover both
+(AlpacaFarm); under DDP one backward does too, while one process backpropagates them one after the other
+(`rlp_align.ppo.ppo_update`). `make_rollout` samples with the KV cache (`rlp_align.generation.sample_tokens`),
 keeping the log-probs and entropies of the distributions it sampled from (as TRL does), then computes, in
 one batched forward each and under ``torch.inference_mode``, the frozen reference's log-probs and the
 values, plus the reward r(x, y) at the last real token.
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 
 class ActorCritic(nn.Module):
-    """Policy and value model under one module: one DDP wrapper, one optimiser, one backward (AlpacaFarm)."""
+    """Policy and value model under one module: one DDP wrapper, one optimiser (AlpacaFarm)."""
 
     def __init__(self, policy: nn.Module, value: nn.Module):
         super().__init__()
