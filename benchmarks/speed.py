@@ -382,7 +382,10 @@ def main() -> None:
     print(f"speed: {model}, batch {batch}, {new_tokens} new tokens, {steps} steps x {repeats} repeats")
     # The host's matmul rate drifts by 2x over hours (shared machine): measure it before every run of ours
     # and at the end, and judge MFU against the highest rate seen, so MFU is never overstated.
-    peaks = [matmul_peak_flops(args.threads, iters=3 if smoke else 10)]
+    def measure_peak() -> dict[str, Any]:
+        return matmul_peak_flops(args.threads, iters=3 if smoke else 10)
+
+    peaks = [measure_peak()]
     print(f"fp32 matmul peak: {peaks[0]['flops_per_second'] / 1e9:.1f} GFLOP/s")
     shared = prepare(model, max(batch, *batches), args.max_prompt_length, work)
 
@@ -403,7 +406,7 @@ def main() -> None:
         extra = ["--steps", str(steps + 1), "--profile_step", str(steps + 1), "--profile_out", str(profile_txt)] \
             if last else ["--steps", str(steps)]
         if r:
-            peaks.append(matmul_peak_flops(args.threads, iters=3 if smoke else 10))
+            peaks.append(measure_peak())
         ours.append(run_worker(ours_python, "speed_worker_ours.py", common + extra, work, f"ours_{r}",
                                args.threads, args.timeout))
         print(f"  ours #{r}: {ours[-1].get('median_step_seconds') or ours[-1].get('error')}")
@@ -413,7 +416,7 @@ def main() -> None:
                                   f"trl_{r}", args.threads, args.timeout))
             print(f"  TRL  #{r}: {trl[-1].get('median_step_seconds') or trl[-1].get('error')}")
 
-    peaks.append(matmul_peak_flops(args.threads, iters=3 if smoke else 10))
+    peaks.append(measure_peak())
     rates = [p["flops_per_second"] for p in peaks]
     peak = {**max(peaks, key=lambda p: p["flops_per_second"]), "measurements": rates,
             "judged_on": "the highest of the measurements (taken before each run of ours and at the end)"}

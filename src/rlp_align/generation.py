@@ -123,9 +123,9 @@ def sample_tokens(
         tokens.append(token)
         alive.append(~finished)
         if with_logprobs:
-            live = (~finished).float()
-            logprobs.append(token_logprobs(logits, token, temperature) * live)
-            entropy.append(entropy_from_logits(logits.float() / temperature) * live)
+            z, live = logits.float() / temperature, (~finished).float()  # z: the sampled distribution's logits
+            logprobs.append(token_logprobs(z, token) * live)
+            entropy.append(entropy_from_logits(z) * live)
         finished = finished | (token == eos_token_id)
         if bool(finished.all()) or len(tokens) == max_new_tokens:
             break

@@ -50,6 +50,7 @@ from rlp_align.training import (
     adamw,
     batch_indices,
     check_finite,
+    checkpoint_due,
     finished_summary,
     make_accelerator,
     save_final_outputs,
@@ -294,7 +295,7 @@ def train_ppo(
         logger.log(step + 1, metrics)
         if accelerator.is_main_process:
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
-        if (step + 1) % cfg.save_every == 0 and (step + 1 < cfg.steps or cfg.keep_checkpoint):
+        if checkpoint_due(step + 1, cfg.steps, cfg.save_every, cfg.keep_checkpoint):
             checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
 
     # ---- outputs: the policy as a plain HF folder, metrics, summary

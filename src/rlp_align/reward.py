@@ -47,6 +47,7 @@ from rlp_align.training import (
     adamw,
     batch_indices,
     check_finite,
+    checkpoint_due,
     finished_summary,
     linear_schedule,
     make_accelerator,
@@ -324,7 +325,7 @@ def train_reward_model(
             if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
                 metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size, acc)
                 logger.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and (step + 1 < total_steps or cfg.keep_checkpoint):
+            if checkpoint_due(step + 1, total_steps, cfg.save_every, cfg.keep_checkpoint):
                 checkpointer.save(step + 1, {"config": asdict(cfg)})
 
         final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size,

@@ -34,6 +34,7 @@ from rlp_align.training import (
     adamw,
     batch_indices,
     check_finite,
+    checkpoint_due,
     finished_summary,
     linear_schedule,
     make_accelerator,
@@ -193,7 +194,7 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
                 last = {"loss": loss_mean, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
                 logger.log(step + 1, last)
                 bar.set_postfix(loss=f"{loss_mean:.4f}")
-            if cfg.save_every and (step + 1) % cfg.save_every == 0 and (step + 1 < total_steps or cfg.keep_checkpoint):
+            if checkpoint_due(step + 1, total_steps, cfg.save_every, cfg.keep_checkpoint):
                 checkpointer.save(step + 1, {"config": asdict(cfg)})
 
         eval_loss = evaluate_sft(acc.unwrap_model(model), eval_examples, pad_id, cfg.eval_batch_size, acc) \

@@ -155,6 +155,12 @@ class Checkpointer:
         return json.loads(state_file.read_text())
 
 
+def checkpoint_due(done_steps: int, total_steps: int, save_every: int, keep_checkpoint: bool) -> bool:
+    """Save after ``done_steps`` every ``save_every`` steps (0: never); the final step only with
+    ``keep_checkpoint``, since the finished run's outputs replace it (and the checkpoint is then removed)."""
+    return bool(save_every) and done_steps % save_every == 0 and (done_steps < total_steps or keep_checkpoint)
+
+
 def check_finite(name: str, value: torch.Tensor | float, step: int, out_dir: str | Path) -> None:
     """Stop with a diagnostic on NaN/Inf; the last checkpoint on disk is the last good one."""
     v = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
