@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from rlp_align.errors import UserError
+from rlp_align.ranges import check_ranges
 
 T = TypeVar("T")
 
@@ -104,9 +105,11 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise UserError(f"unknown config key '{_join(where, key)}'{hint}. Known keys: {', '.join(fields)}")
     kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in values.items()}
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except TypeError as e:  # a required field was not given
         raise UserError(f"{where or cls.__name__}: {e}") from None
+    check_ranges(cfg, where)  # every numeric knob against rlp_align.ranges, before any work
+    return cfg
 
 
 def _join(where: str, key: str) -> str:
