@@ -124,7 +124,7 @@ def prepare(model: str, n_prompts: int, max_prompt_length: int, work: Path) -> d
         with_atomic_tokenizer(tokenizer, folder / "tokenizer")
     rm_dir = folder / "rm"
     if not (rm_dir / "config.json").exists():  # the SFT backbone with a new zero head, as the pipeline builds RM0
-        save_model(load_reward_model(policy_dir), tokenizer, rm_dir)
+        save_model(load_reward_model(policy_dir, new_head=True), tokenizer, rm_dir)
     policy = load_policy(policy_dir)
     value = load_reward_model(rm_dir)
     embed = policy.get_input_embeddings().weight

@@ -252,7 +252,7 @@ CASES = [
     Case("ppo-without-prompts", "config", "`rlp ppo` without prompts_file", "exit 2",
          lambda tmp: ["ppo", "--output_dir", str(tmp / "out")], ("ppo needs --prompts_file",)),
     Case("zero-learning-rate", "config", "`--learning_rate 0`", "exit 2, before any model is loaded",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--learning_rate", "0"], ("need learning_rate > 0",)),
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--learning_rate", "0"], ("learning_rate = 0.0 is out of range: learning_rate must be > 0",)),
     Case("oracle-without-spg", "config", "pipeline refine_methods [oracle] without spg",
          "exit 2: oracle labels as many pairs as SPG made", lambda tmp: pipeline(tmp, refine_methods=["oracle"]),
          ("include 'spg' in refine_methods",)),
@@ -262,7 +262,7 @@ CASES = [
     Case("unknown-refine-method", "config", "refine_methods [magic]", "exit 2; lists the methods",
          lambda tmp: pipeline(tmp, refine_methods=["magic"]), ("unknown refine method(s) ['magic']",)),
     Case("label-noise-out-of-range", "config", "label_noise 0.9", "exit 2",
-         lambda tmp: pipeline(tmp, label_noise=0.9), ("label_noise is a flip probability",)),
+         lambda tmp: pipeline(tmp, label_noise=0.9), ("label_noise = 0.9 is out of range: label_noise must be in [0, 0.5]",)),
     Case("unknown-command", "cli", "`rlp rewrd`", "exit 2; points to `rlp --help`",
          lambda tmp: ["rewrd"], ("unknown command 'rewrd'", "rlp --help")),
     # ---- training

@@ -30,7 +30,7 @@ def test_best_of_n_returns_the_highest_reward_sample():
 
 
 def test_run_best_of_n_with_a_reward_model(tmp_path):
-    tokenizer, rm = load_tokenizer("tiny"), load_reward_model("tiny")
+    tokenizer, rm = load_tokenizer("tiny"), load_reward_model("tiny", new_head=True)
     torch.manual_seed(0)
     torch.nn.init.normal_(reward_head(rm).weight, std=1.0)
     save_model(rm, tokenizer, tmp_path / "rm")

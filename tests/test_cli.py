@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+from helpers import tiny_reward_model
+
 from rlp_align.cli import main
 
 
@@ -36,10 +38,11 @@ def test_global_skip_invalid_reports_and_skips(tmp_path, capsys, monkeypatch):
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
                     + json.dumps({"prompt": "q2", "chosen": "", "rejected": "b"}) + "\n")
     out = tmp_path / "acc"
+    rm = str(tiny_reward_model(tmp_path / "rm"))
     # without the flag the bad row stops the command, naming file, row and field
-    assert main(["eval", "rm-accuracy", "--rm_path", "tiny", "--preferences", str(path),
+    assert main(["eval", "rm-accuracy", "--rm_path", rm, "--preferences", str(path),
                  "--output_dir", str(out)]) == 2
     assert "row 2, field 'chosen'" in capsys.readouterr().err
-    assert main(["--skip_invalid", "eval", "rm-accuracy", "--rm_path", "tiny", "--preferences", str(path),
+    assert main(["--skip_invalid", "eval", "rm-accuracy", "--rm_path", rm, "--preferences", str(path),
                  "--output_dir", str(out)]) == 0
     os.environ.pop("RLP_SKIP_INVALID", None)  # main() set it for its run; do not leak it to other tests

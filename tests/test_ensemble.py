@@ -22,7 +22,7 @@ def test_aggregate_by_hand():
 
 
 def make_rm(folder, seed: int) -> str:
-    tokenizer, model = load_tokenizer("tiny"), load_reward_model("tiny")
+    tokenizer, model = load_tokenizer("tiny"), load_reward_model("tiny", new_head=True)
     torch.manual_seed(seed)
     torch.nn.init.normal_(reward_head(model).weight, std=1.0)
     save_model(model, tokenizer, folder)

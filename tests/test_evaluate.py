@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_reward_model
 
 from rlp_align.annotators import AnnotatorConfig
 from rlp_align.data.records import Preference, user_prompt
@@ -69,7 +70,7 @@ def tiny_rm():
     """The tiny built-in model as a reward model, with a random (non-zero) head so scores differ."""
     from rlp_align.models import load_reward_model, load_tokenizer, reward_head
 
-    model, tok = load_reward_model("tiny"), load_tokenizer("tiny")
+    model, tok = load_reward_model("tiny", new_head=True), load_tokenizer("tiny")
     torch.manual_seed(0)
     torch.nn.init.normal_(reward_head(model).weight, std=1.0)
     return model, tok
@@ -93,23 +94,23 @@ def test_rm_accuracy_counts_pairs_where_chosen_outscores_rejected(tiny_rm):
 
 
 def test_run_rm_accuracy_on_a_trl_file(tmp_path, tiny_rm):
-    from rlp_align.models import resolve_model
+
 
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps({"prompt": "q?", "chosen": c, "rejected": r}) + "\n"
                             for c, r in [("yes", "no"), ("maybe so", "never"), ("ok", "fine thanks")]))
-    out = run_rm_accuracy(RMAccuracyConfig(rm_path=str(resolve_model("tiny")), preferences=str(path),
+    out = run_rm_accuracy(RMAccuracyConfig(rm_path=str(tiny_reward_model(tmp_path / "rm")), preferences=str(path),
                                            output_dir=str(tmp_path / "o")))
     assert out["n"] == 3 and 0.0 <= out["accuracy"] <= 1.0
     assert json.loads((tmp_path / "o" / "rm_accuracy.json").read_text())["n"] == 3
 
 
-def test_rm_annotator_scores_with_the_reward_model(tiny_rm):
+def test_rm_annotator_scores_with_the_reward_model(tiny_rm, tmp_path):
     from rlp_align.annotators import make_annotator
     from rlp_align.data.records import Instruction
-    from rlp_align.models import resolve_model, score_texts
+    from rlp_align.models import score_texts
 
-    judge = make_annotator(AnnotatorConfig(kind="rm", rm_path=str(resolve_model("tiny")), max_length=64))
+    judge = make_annotator(AnnotatorConfig(kind="rm", rm_path=str(tiny_reward_model(tmp_path / "rm")), max_length=64))
     judge.model = tiny_rm[0]  # the random head, so that scores differ
     insts = [Instruction(user_prompt("q?"))] * 3
     texts = ["yes", "no thanks", "maybe later"]

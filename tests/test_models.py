@@ -20,7 +20,7 @@ def test_tiny_tokenizer_gets_pad_and_left_padding():
 
 def test_reward_model_head_is_zero_and_scores_ignore_padding():
     tok = models.load_tokenizer("tiny")
-    rm = models.load_reward_model("tiny")
+    rm = models.load_reward_model("tiny", new_head=True)
     assert torch.count_nonzero(models.reward_head(rm).weight) == 0
     torch.nn.init.normal_(models.reward_head(rm).weight)
     pairs = [encode_pair(tok, user_prompt("Why is the sky blue?"), r, 128).input_ids for r in ["Rayleigh.", "x"]]
@@ -32,7 +32,7 @@ def test_reward_model_head_is_zero_and_scores_ignore_padding():
 
 def test_saved_reward_model_loads_with_auto_class(tmp_path):
     tok = models.load_tokenizer("tiny")
-    rm = models.load_reward_model("tiny")
+    rm = models.load_reward_model("tiny", new_head=True)
     torch.nn.init.normal_(models.reward_head(rm).weight)
     models.save_model(rm, tok, tmp_path / "rm")
     auto = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
@@ -57,7 +57,7 @@ def test_refusals(tmp_path):
         models.resolve_model(pickled)
     assert models.resolve_model(pickled, allow_pickle=True) == pickled
     clf = tmp_path / "clf"
-    models.save_model(models.load_reward_model("tiny"), models.load_tokenizer("tiny"), clf)
+    models.save_model(models.load_reward_model("tiny", new_head=True), models.load_tokenizer("tiny"), clf)
     config = json.loads((clf / "config.json").read_text())
     config["id2label"] = {"0": "a", "1": "b", "2": "c"}
     (clf / "config.json").write_text(json.dumps(config))

@@ -144,7 +144,7 @@ def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = load_tokenizer("tiny")
-    rm = randomised(load_reward_model("tiny"), 1)  # a non-trivial RM (and value model)
+    rm = randomised(load_reward_model("tiny", new_head=True), 1)  # a non-trivial RM (and value model)
     return tokenizer, randomised(load_policy("tiny"), 0), randomised(load_policy("tiny"), 0), rm
 
 
@@ -332,7 +332,7 @@ def test_run_ppo_with_an_rm_ensemble_and_lora(tmp_path):
     tokenizer = load_tokenizer("tiny")
     members = []
     for seed in (0, 1):
-        rm = randomised(load_reward_model("tiny"), seed)
+        rm = randomised(load_reward_model("tiny", new_head=True), seed)
         save_model(rm, tokenizer, tmp_path / f"rm{seed}")
         members.append(str(tmp_path / f"rm{seed}"))
     prompts = tmp_path / "prompts.jsonl"

@@ -72,7 +72,7 @@ def test_uml_with_lambda_zero_trains_exactly_like_plain_reward_training(tmp_path
 
 def test_multiview_loss_gradients_reach_the_reward_model_backbone():
     tokenizer = load_tokenizer("tiny")
-    scorer = RewardScorer(load_reward_model("tiny"))
+    scorer = RewardScorer(load_reward_model("tiny", new_head=True))
     head = MultiViewHead(scorer.model.config.hidden_size, z_dim=8, method="mib")
     views = make_view_batches(tokenizer, sample_sets(6), 4, 64, seed=0)(0)
     assert len(views) == 4

@@ -137,7 +137,7 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkey
 
 
 def test_lora_trains_only_adapters_and_head(tmp_path):
-    peft_model = apply_lora(load_reward_model("tiny"), r=4, alpha=8)
+    peft_model = apply_lora(load_reward_model("tiny", new_head=True), r=4, alpha=8)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
     assert any("score" in n for n in trainable)

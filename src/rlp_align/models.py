@@ -30,6 +30,7 @@ from transformers import (
 
 from rlp_align.errors import UserError
 from rlp_align.io import atomic_path
+from rlp_align.model_kind import check_reward_model_folder, check_trained_head
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,18 @@ def load_policy(
 
 
 def load_reward_model(
-    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
+    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+    new_head: bool = False,
 ) -> PreTrainedModel:
-    """A sequence classifier with one output (reward or value model).
+    """A trained sequence classifier with one output (a reward model).
 
-    From a causal-LM folder (an SFT policy) the backbone is reused and the linear head is new and
-    zero-initialised, so every response starts at reward 0 (AlpacaFarm and TRL do the same).
+    With ``new_head`` (reward training, value models) a causal-LM folder (an SFT policy) is accepted: the
+    backbone is reused and the linear head is new and zero-initialised, so every response starts at reward 0
+    (AlpacaFarm and TRL do the same). Without it such a folder is refused (`model_kind`).
     """
     folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
+    if not new_head:
+        check_reward_model_folder(folder)
     config = json.loads((folder / "config.json").read_text())
     is_classifier = any("ForSequenceClassification" in a for a in config.get("architectures") or [])
     if is_classifier:
@@ -158,11 +163,14 @@ def load_reward_model(
                 f"{folder} is a classifier with {num_labels} labels; a reward model must have num_labels=1"
             )
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            folder, num_labels=1, **_load_kwargs(allow_pickle, trust_remote_code)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, output_loading_info=True, **_load_kwargs(allow_pickle, trust_remote_code)
         )
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a reward model from {folder}: {e}") from None
+    if not new_head:
+        head = {n for n, p in model.named_parameters() if any(p is q for q in reward_head(model).parameters())}
+        check_trained_head(folder, sorted(head & set(info["missing_keys"])))
     if not is_classifier:
         torch.nn.init.zeros_(reward_head(model).weight)
         if getattr(reward_head(model), "bias", None) is not None:
@@ -173,7 +181,9 @@ def load_reward_model(
     return model
 
 
-load_value_model = load_reward_model
+def load_value_model(name_or_path: str | os.PathLike, **kwargs) -> PreTrainedModel:
+    """A value model: initialised from a reward model, or from a causal LM with a new zero head."""
+    return load_reward_model(name_or_path, new_head=True, **kwargs)
 
 
 def reward_head(model: PreTrainedModel) -> torch.nn.Linear:

@@ -28,6 +28,7 @@ from transformers import AutoConfig
 
 from rlp_align.data.records import Preference, SampleSet
 from rlp_align.errors import UserError
+from rlp_align.model_kind import check_reward_model_folder
 from rlp_align.models import load_tokenizer, resolve_model
 from rlp_align.reward import AuxiliaryLoss, EncodedPair, RewardConfig, bradley_terry_loss, train_reward_model
 from rlp_align.templates import encode_pair
@@ -149,6 +150,8 @@ def refine_reward_model(
         raise UserError("init 'previous_rm' needs previous_rm: the folder of the step-2 reward model")
     if cfg.init not in ("sft", "previous_rm"):
         raise UserError(f"init must be 'sft' or 'previous_rm', got '{cfg.init}'")
+    if cfg.previous_rm:  # a causal LM here would restart from a zero head and score everything 0
+        check_reward_model_folder(resolve_model(cfg.previous_rm, allow_pickle=cfg.allow_pickle))
     init_model = cfg.base_model if cfg.init == "sft" else cfg.previous_rm
 
     shared = {f.name: getattr(cfg, f.name) for f in fields(RewardConfig) if hasattr(cfg, f.name)}
