@@ -10,6 +10,7 @@ replaced): those cases expect exit code 0 and assert what was reported.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -42,6 +43,7 @@ class Case:
     code: int = 2
     check: Callable[[Path, str], None] | None = None  # more assertions on (tmp_path, output)
     subprocess: bool = False  # run `python -m rlp_align.cli` in a child process instead of cli.main
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # simulate the environment (a full disk ...)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,6 +139,105 @@ def report(key: str, value) -> Callable[[Path, str], None]:
 def pad_distinct_from_eos(tmp: Path, _: str) -> None:
     saved = json.loads((tmp / "out/model/tokenizer_config.json").read_text())
     assert saved["pad_token"] == "<|endoftext|>" != saved["eos_token"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders and checks of issue 16 (validation, model kinds, readers, I/O errors)
+
+
+def causal_lm(tmp: Path) -> str:
+    """A plain copy of the tiny causal LM, given where a reward model is expected."""
+    return str(model_copy(tmp, lambda f: None, name="policy"))
+
+
+def headless_classifier(tmp: Path) -> str:
+    """A folder that claims to be a 1-label sequence classifier but whose weights have no head."""
+    def change(c):
+        c.update(architectures=["LlamaForSequenceClassification"], num_labels=1, id2label={"0": "LABEL_0"},
+                 label2id={"LABEL_0": 0})
+
+    return str(model_copy(tmp, lambda f: edit_json(f / "config.json", change), name="headless"))
+
+
+def prompts(tmp: Path) -> Path:
+    return jsonl(tmp, [{"prompt": "Name a fruit."}, {"prompt": "Name a stone."}], name="prompts.jsonl")
+
+
+def ppo(tmp: Path, *extra: str) -> list[str]:
+    return ["ppo", "--policy", "tiny", "--prompts_file", str(prompts(tmp)), "--output_dir", str(tmp / "out"),
+            "--steps", "1", "--rollout_batch_size", "2", "--step_batch_size", "2", "--max_new_tokens", "4", *extra]
+
+
+def untouched(*names: str) -> Callable[[Path, str], None]:
+    def check(tmp: Path, _: str) -> None:
+        for name in names:
+            assert not (tmp / name).exists(), f"{name} was written although the command was refused"
+
+    return check
+
+
+def invalid_rows(*fragments: str) -> Callable[[Path, str], None]:
+    def check(_: Path, output: str) -> None:
+        invalid = json.loads(output[output.index("{"):])["invalid"]
+        for fragment in fragments:
+            assert any(fragment in row for row in invalid), (fragment, invalid)
+
+    return check
+
+
+TRL_THEN_ALPACAFARM = [GOOD, {"instruction": "Name a fruit.", "input": "", "output_1": "A banana.",
+                              "output_2": "A rock.", "preference": 1}, {**GOOD, "prompt": "Name a stone."}]
+DEEP = "[" * 100_000 + "]" * 100_000
+SURROGATE = '{"prompt": "Name a fruit.", "chosen": "A ban\\ud800ana.", "rejected": "A rock."}'
+
+
+def disk_full_on_model_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import PreTrainedModel
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+
+
+def disk_full_on_second_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save's own report of a full disk (a RuntimeError without the cause), at the second checkpoint,
+    with a disk that reports no free space."""
+    import shutil as shutil_module
+
+    from accelerate import Accelerator
+
+    real_save, real_usage, calls = Accelerator.save_state, shutil_module.disk_usage, []
+
+    def save_state(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    monkeypatch.setattr("rlp_align.io.shutil.disk_usage",
+                        lambda p: real_usage(p)._replace(free=0) if len(calls) == 2 else real_usage(p))
+
+
+def resumes_after_disk_full(tmp: Path, _: str) -> None:
+    assert json.loads((tmp / "out/checkpoint/trainer_state.json").read_text())["step"] == 1  # the good one
+    args = reward(tmp, tmp / "data.jsonl", "--save_every", "1", "--max_steps", "3")
+    assert cli.main(args) == 0  # the monkeypatched save fails only once: this run resumes and finishes
+    assert json.loads((tmp / "out/summary.json").read_text())["steps"] == 3
+
+
+def permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root, chmod does not stop writes: refuse the output folder's write probe instead."""
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.startswith(".write-probe"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,6 +376,108 @@ CASES = [
          "exit 2 before training starts",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--output_dir", str(write(tmp, "f", "x") / "out")],
          ("is not writable",), check=nothing_trained),
+    # ---- issue 16: ranges, model kinds, readers, I/O errors
+    Case("causal-lm-as-reward-model", "model", "a causal LM folder as `ppo --reward_model`",
+         "exit 2: a reward model is a sequence classifier with one output; says to make one with `rlp reward`",
+         lambda tmp: ppo(tmp, "--reward_model", causal_lm(tmp)),
+         ("is not a reward model", "LlamaForCausalLM", "rlp reward --model"), check=untouched("out")),
+    Case("causal-lm-in-ensemble", "model", "a causal LM among `--reward_ensemble` members", "exit 2, as above",
+         lambda tmp: ppo(tmp, "--reward_ensemble", f"[{causal_lm(tmp)}]"), ("is not a reward model",)),
+    Case("causal-lm-rm-accuracy", "model", "a causal LM as `eval rm-accuracy --rm_path`", "exit 2, as above",
+         lambda tmp: ["eval", "rm-accuracy", "--rm_path", causal_lm(tmp), "--preferences", str(jsonl(tmp, [GOOD])),
+                      "--output_dir", str(tmp / "acc")], ("is not a reward model", "rlp reward")),
+    Case("causal-lm-rm-annotator", "model", "a causal LM as `annotate --annotator.rm_path`", "exit 2, as above",
+         lambda tmp: ["annotate", "--input", str(jsonl(tmp, [{"prompt": "Name a fruit.", "responses": ["A", "B"]}])),
+                      "--annotator.kind", "rm", "--annotator.rm_path", causal_lm(tmp), "--output_dir",
+                      str(tmp / "ann")], ("is not a reward model",)),
+    Case("causal-lm-previous-rm", "model", "a causal LM as `refine --previous_rm`", "exit 2, as above",
+         lambda tmp: ["refine", "--method", "spg", "--init", "previous_rm", "--previous_rm", causal_lm(tmp),
+                      "--preference_file", str(jsonl(tmp, [GOOD])), "--synthetic_file", str(jsonl(tmp, [GOOD])),
+                      "--output_dir", str(tmp / "out")], ("is not a reward model",), check=untouched("out")),
+    Case("classifier-without-head", "model", "a 1-label classifier config whose weights lack the head",
+         "exit 2: its head would be random", lambda tmp: ["eval", "rm-accuracy", "--rm_path",
+                                                          headless_classifier(tmp), "--preferences",
+                                                          str(jsonl(tmp, [GOOD]))],
+         ("without trained head weights", "score.weight")),
+    Case("max-steps-negative", "config", "`--max_steps -3`", "exit 2 before any work; names key, value and range",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--max_steps", "-3"),
+         ("max_steps = -3 is out of range: max_steps must be >= 1",), check=nothing_trained),
+    Case("epochs-zero", "config", "`--epochs 0`", "exit 2 before any work",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--max_steps", "null", "--epochs", "0"],
+         ("epochs = 0 is out of range",), check=nothing_trained),
+    Case("ppo-steps-zero", "config", "`rlp ppo --steps 0`", "exit 2 before any work",
+         lambda tmp: ppo(tmp, "--steps", "0"), ("steps = 0 is out of range",), check=untouched("out")),
+    Case("ppo-epochs-zero", "config", "`--ppo_epochs 0`", "exit 2", lambda tmp: ppo(tmp, "--ppo_epochs", "0"),
+         ("ppo_epochs = 0 is out of range",)),
+    Case("max-length-zero", "config", "`--max_length 0`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--max_length", "0"), ("max_length = 0 is out of range",)),
+    Case("grad-accumulation-zero", "config", "`--gradient_accumulation_steps 0`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--gradient_accumulation_steps", "0"),
+         ("gradient_accumulation_steps = 0",)),
+    Case("gamma-above-1", "config", "`rlp ppo --gamma 2`", "exit 2; a discount factor is in [0, 1]",
+         lambda tmp: ppo(tmp, "--gamma", "2"), ("gamma = 2.0 is out of range: gamma must be in [0, 1]",)),
+    Case("lam-negative", "config", "`rlp ppo --lam -1`", "exit 2", lambda tmp: ppo(tmp, "--lam", "-1"),
+         ("lam = -1.0 is out of range: lam must be in [0, 1]",)),
+    Case("kl-coef-negative", "config", "`--kl_coef -1`", "exit 2", lambda tmp: ppo(tmp, "--kl_coef", "-1"),
+         ("kl_coef = -1.0 is out of range: kl_coef must be >= 0",)),
+    Case("top-p-above-1", "config", "`rlp sample --top_p 2`", "exit 2",
+         lambda tmp: ["sample", "--prompts_file", str(prompts(tmp)), "--top_p", "2"],
+         ("top_p = 2.0 is out of range: top_p must be in (0, 1]",)),
+    Case("similarity-threshold-above-1", "config", "`rlp spg --similarity_threshold 2`", "exit 2",
+         lambda tmp: ["spg", "--similarity_threshold", "2"], ("similarity_threshold must be in [-1, 1]",)),
+    Case("z-dim-zero", "config", "`rlp refine --z_dim 0`", "exit 2", lambda tmp: ["refine", "--z_dim", "0"],
+         ("z_dim = 0 is out of range",)),
+    Case("learning-rate-nan", "config", "`--learning_rate nan`", "exit 2: NaN and inf are refused for every float",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--learning_rate", "nan"),
+         ("learning_rate = nan is not a finite number",)),
+    Case("logging-every-zero", "config", "`--logging_every 0`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--logging_every", "0"), ("logging_every = 0",)),
+    Case("rollout-batch-size-zero", "config", "`--rollout_batch_size 0`", "exit 2",
+         lambda tmp: ppo(tmp, "--rollout_batch_size", "0"), ("rollout_batch_size = 0 is out of range",)),
+    Case("rollout-chunk-size-zero", "config", "`--rollout_chunk_size 0`", "exit 2",
+         lambda tmp: ppo(tmp, "--rollout_chunk_size", "0"), ("rollout_chunk_size = 0 is out of range",)),
+    Case("max-new-tokens-zero", "config", "`rlp generate --max_new_tokens 0`", "exit 2",
+         lambda tmp: ["generate", "--instructions_file", str(prompts(tmp)), "--max_new_tokens", "0"],
+         ("max_new_tokens = 0 is out of range",)),
+    Case("rm-accuracy-batch-size-zero", "config", "`eval rm-accuracy --batch_size 0`", "exit 2",
+         lambda tmp: ["eval", "rm-accuracy", "--batch_size", "0"], ("batch_size = 0 is out of range",)),
+    Case("pipeline-n-eval-zero", "config", "`rlp run --data.n_eval 0`", "exit 2 before stage 1 (was: stage 12)",
+         lambda tmp: pipeline(tmp) + ["--data.n_eval", "0"], ("data.n_eval = 0 is out of range",),
+         check=untouched("run")),
+    Case("mixed-formats", "data", "a file mixing TRL and AlpacaFarm rows",
+         "exit 2; names the odd row and both formats (was: KeyError 'chosen')", reward_rows(*TRL_THEN_ALPACAFARM),
+         ("row 2", "a 'alpacafarm' row in a 'trl' file")),
+    Case("mixed-formats-skip-invalid", "data", "the same with `--skip_invalid`",
+         "exit 0: the odd row is reported and skipped",
+         lambda tmp: ["--skip_invalid", *reward(tmp, jsonl(tmp, TRL_THEN_ALPACAFARM))],
+         ('"train_pairs": 2', '"steps": 1'), code=0),
+    Case("deep-nesting", "data", "a JSONL row nested 100,000 levels deep",
+         "exit 2; a bad row (was: RecursionError); `--skip_invalid` skips it", reward_rows(GOOD, DEEP),
+         ("row 2", "nested too deeply")),
+    Case("deep-nesting-json-array", "data", "a JSON array file nested 100,000 levels deep", "exit 2",
+         lambda tmp: reward(tmp, write(tmp, "d.json", f"[{DEEP}]")), ("nested too deeply",)),
+    Case("lone-surrogate-inspect", "data", "a lone surrogate `\\ud800` in a response (`rlp data inspect`)",
+         "reported as an invalid row, naming row and field",
+         lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [GOOD, SURROGATE]))], ('"kept": 1',), code=0,
+         check=invalid_rows("row 2: field 'chosen': invalid Unicode: a lone surrogate")),
+    Case("lone-surrogate", "data", "the same in `rlp reward`", "exit 2 before the tokenizer sees it (was: a "
+         "tokenizer crash); `--skip_invalid` skips the row", reward_rows(GOOD, SURROGATE),
+         ("row 2: field 'chosen': invalid Unicode",), check=nothing_trained),
+    Case("disk-full", "training", "a full disk when the model is saved (ENOSPC)",
+         "exit 2; one paragraph naming the path and \"No space left on device\"; no partial `model/`",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("out/model: No space left on device", "free some space"),
+         patch=disk_full_on_model_save, check=untouched("out/model", "out/summary.json")),
+    Case("disk-full-checkpoint", "training", "a full disk while torch writes a checkpoint (its RuntimeError)",
+         "exit 2 naming the checkpoint and the cause; the last good checkpoint is kept and a rerun resumes",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--save_every", "1", "--max_steps", "3"),
+         ("out/checkpoint: No space left on device",), patch=disk_full_on_second_checkpoint,
+         check=resumes_after_disk_full),
+    Case("permission-denied", "training", "an output folder without write permission", "exit 2 before training",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("is not writable", "Permission denied", "permissions"),
+         patch=permission_denied, check=nothing_trained),
+    Case("output-dir-is-a-file", "training", "an existing file given as output_dir", "exit 2 before training",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--output_dir", str(write(tmp, "taken", "x"))],
+         ("taken", "a file already has this name"), check=nothing_trained),
 ]
 
 
@@ -299,7 +502,10 @@ def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path, capsys):
+def test_bad_input(case: Case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RLP_SKIP_INVALID", "0")  # --skip_invalid sets it for its run; restored afterwards
+    if case.patch is not None:
+        case.patch(monkeypatch)
     code, out, err = run_case(case, tmp_path, capsys)
     assert "Traceback" not in out + err
     assert code == case.code, out[-2000:] + err[-2000:]

@@ -174,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read or write the code did not wrap: still one paragraph with the path
+        from rlp_align.io import describe_os_error
+
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch.save reports a failed write as a RuntimeError without the path
+        from rlp_align.io import is_write_failure
+
+        if not is_write_failure(e):
+            raise
+        print(f"error: a write failed: {str(e).splitlines()[0][:300]}. Is the disk full? Free some space and "
+              "rerun the same command to resume from the last checkpoint.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages and the last checkpoint are kept; rerun the same command to resume.",
               file=sys.stderr)

@@ -7,9 +7,11 @@ partial file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,22 +23,85 @@ from rlp_align.errors import DataError, UserError
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path`` (file or folder)."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path`` (file or folder).
+
+    A failed write (a full disk, no permission, a file where a folder should be) becomes a `UserError`
+    naming ``path`` and the cause; ``path`` itself is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+    with io_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+        try:
+            yield tmp
+            if path.is_dir() and tmp.is_dir():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# I/O errors as one paragraph: the path and the cause
+
+_HINTS = {
+    errno.ENOSPC: "free some space or choose another --output_dir, then rerun the same command (finished "
+                  "outputs and the last checkpoint are kept, so it resumes)",
+    errno.EDQUOT: "free some space or choose another --output_dir, then rerun the same command",
+    errno.EACCES: "check the permissions of the folder, or choose another --output_dir",
+    errno.EPERM: "check the permissions of the folder, or choose another --output_dir",
+    errno.EROFS: "the file system is read-only: choose another --output_dir",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path or move the file",
+    errno.EISDIR: "this path is a folder, not a file: choose another path",
+    errno.EEXIST: "a file already has this name where a folder is needed: choose another path",
+}
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
+def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
+    """``path: cause; what to do`` for an `OSError` (the path from the error when it names one)."""
+    where = e.filename if e.filename is not None else path
+    cause = e.strerror or str(e) or type(e).__name__
+    hint = _HINTS.get(e.errno or -1)
+    return f"{where or 'a file'}: {cause}" + (f"; {hint}" if hint else "")
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """torch.save / accelerate raise a `RuntimeError` (not an `OSError`) when a write fails."""
+    return isinstance(e, RuntimeError) and any(text in str(e) for text in _TORCH_WRITE_FAILURES)
+
+
+def _write_failure_as_os_error(e: RuntimeError, path: str | Path) -> OSError:
+    """torch's message hides the cause: a nearly full disk under ``path`` is almost always it."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        yield tmp
-        if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        full = shutil.disk_usage(folder).free < 16 * 2**20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"the write failed ({str(e).splitlines()[0][:200]})", str(path))
+
+
+@contextlib.contextmanager
+def io_errors(path: str | Path) -> Iterator[None]:
+    """Turn an `OSError` (or torch's write-failure `RuntimeError`) raised while writing ``path`` into a
+    `UserError` naming the path and the cause."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(describe_os_error(e, path)) from e
+    except RuntimeError as e:
+        if not is_write_failure(e):
+            raise
+        raise UserError(describe_os_error(_write_failure_as_os_error(e, path))) from e
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -87,21 +152,52 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     stripped = text.lstrip()
     if not stripped:
         raise DataError(path, None, None, "file is empty")
+    check_unicode = _SURROGATE_ESCAPE.search(text) is not None  # only a \uD800-\uDFFF escape makes one
     if stripped[0] == "[":
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(path, None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        except RecursionError:
+            raise DataError(path, None, None, _TOO_DEEP) from None
         for i, row in enumerate(rows, 1):
-            yield i, row
+            yield i, _checked(row) if check_unicode else row
         return
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            yield i, json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError as e:
-            yield i, _Malformed(f"malformed JSON line: {e.msg} (column {e.colno})")
+            row = _Malformed(f"malformed JSON line: {e.msg} (column {e.colno})")
+        except RecursionError:
+            row = _Malformed(_TOO_DEEP)
+        yield i, _checked(row) if check_unicode else row
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_TOO_DEEP = "JSON nested too deeply to read (thousands of levels of [ or {); this is not a data row"
+
+
+def _checked(row: Any) -> Any:
+    """``row``, or a `_Malformed` naming the field that holds a lone UTF-16 surrogate (``"\\ud800"`` escaped
+    in the JSON): such a string cannot be encoded as UTF-8, so no tokenizer can read it."""
+    stack = [(None, row)]
+    while stack:  # iterative: a deeply nested row must not overflow the stack
+        key, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                where = f"field '{key}': " if key is not None else ""
+                return _Malformed(f"{where}invalid Unicode: a lone surrogate {value[e.start]!r} at character "
+                                  f"{e.start} (an unpaired \\u escape in the JSON); fix or drop the row")
+        elif isinstance(value, dict):
+            stack += [(key if key is not None else k, v) for k, v in value.items()]
+            stack += [(key, k) for k in value]
+        elif isinstance(value, list):
+            stack += [(key, v) for v in value]
+    return row
 
 
 class _Malformed:
@@ -124,7 +220,7 @@ def check_writable(folder: str | Path, need_bytes: int = 0) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"output folder {folder} is not writable: {e.strerror or e}") from None
+        raise UserError(f"output folder {folder} is not writable: {describe_os_error(e, folder)}") from None
     if need_bytes:
         free = shutil.disk_usage(folder).free
         if free < need_bytes:

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from rlp_align.errors import NonFiniteError
-from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
+from rlp_align.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
 from rlp_align.models import merge_lora, save_model
 
 
@@ -128,7 +128,8 @@ class Checkpointer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
+        with io_errors(self.path):  # a full disk: one message with the path; the previous checkpoint is intact
+            acc.save_state(str(tmp), safe_serialization=True)
         # every rank writes its own RNG state into tmp: the main process may rename tmp only once all are done
         # (without this barrier a slower rank found its folder gone: "Parent directory ... does not exist")
         acc.wait_for_everyone()

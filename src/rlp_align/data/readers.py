@@ -1,6 +1,7 @@
 """Readers for every supported file format, normalising to `Preference`, `Instruction` and `SampleSet`.
 
-Preference formats (detected from the keys of the first valid row):
+Preference formats (detected from each row's keys; the first valid row sets the file's format, and a
+row of another format is a bad row):
 - ``trl``: ``prompt/chosen/rejected``; standard (strings) or conversational (message lists), with an
   explicit prompt or an implicit one (``chosen``/``rejected`` are whole conversations sharing a prefix);
 - ``alpacafarm``: ``instruction/input/output_1/output_2/preference`` (preference 1 or 2);
@@ -225,40 +226,65 @@ def _instruction_row(row: dict, fmt: str, path: str, i: int) -> Instruction:
 # Public readers
 
 
+_FAMILY = {"alpacafarm-eval": "alpaca"}  # formats one file may mix: the same fields, the reference optional
+
+
+def _row_format(row: dict, path: str, i: int) -> str:
+    try:
+        return detect_format(row)
+    except DataError:
+        raise
+    except UserError as e:  # unrecognised keys: a bad row, which --skip_invalid may skip
+        raise DataError(path, i, None, str(e)) from None
+
+
 def _read(path: str | Path, kind: str, skip_invalid: bool | None, expected: tuple[str, ...] | None, parse_row):
     path = str(path)
     if skip_invalid is None:  # the CLI's global --skip_invalid sets this for every reader of the run
         skip_invalid = os.environ.get("RLP_SKIP_INVALID") == "1"
-    items, report = [], None
-    seen = set()
+    items, seen, report, first_row = [], set(), ReadReport(path, "unknown"), None
     for i, row in read_rows(path):
+        report.rows += 1
         try:
             if is_malformed(row):
                 raise DataError(path, i, None, row.problem)
             if not isinstance(row, dict):
                 raise DataError(path, i, None, f"expected a JSON object, got {type(row).__name__}")
-            if report is None:
-                fmt = detect_format(row)
+            fmt = _row_format(row, path, i)  # per row: a file mixing formats names its odd rows
+            if first_row is None:
                 if expected is not None and fmt not in expected:
                     raise UserError(f"{path}: looks like a '{fmt}' file, not a {kind} file ({', '.join(expected)})")
-                report = ReadReport(path, fmt)
-            report.rows += 1
-            item = parse_row(row, report.format, path, i)
+                report.format, first_row = fmt, i
+            elif _FAMILY.get(fmt, fmt) != _FAMILY.get(report.format, report.format):
+                mixed = DataError(path, i, None, f"a '{fmt}' row in a '{report.format}' file (the format of row "
+                                  f"{first_row}): one file holds one format; convert or drop the row")
+                if expected is not None and fmt in expected:
+                    raise mixed
+                try:  # keys missing from a row of the file's format: the parser names the missing field
+                    parse_row(row, report.format, path, i)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise mixed from None
+                fmt = report.format
+            item = parse_row(row, fmt, path, i)
+            key = repr(item)
+        except (RecursionError, KeyError, TypeError, ValueError, AttributeError) as e:  # a row no reader expects
+            problem = "nested too deeply to read" if isinstance(e, RecursionError) else f"unreadable row ({e!r})"
+            error = DataError(path, i, None, problem)
+            if not skip_invalid:
+                raise error from None
+            report.invalid.append(str(error))
+            continue
         except DataError as e:
-            if report is None:
-                report = ReadReport(path, "unknown")
-                report.rows += 1
             if not skip_invalid:
                 raise
             report.invalid.append(str(e))
             continue
-        key = repr(item)
         if key in seen:
             report.duplicates += 1
             continue
         seen.add(key)
         items.append(item)
-    if report is None:
+    if not report.rows:
         raise DataError(path, None, None, "no rows")
     report.kept = len(items)
     if report.invalid or report.duplicates:
