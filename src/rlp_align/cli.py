@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # torch.save reports a failed write as a RuntimeError without the path
+    except Exception as e:  # torch.save / safetensors report a failed write without the path
         from rlp_align.io import is_write_failure
 
         if not is_write_failure(e):

@@ -60,7 +60,11 @@ _HINTS = {
     errno.EISDIR: "this path is a folder, not a file: choose another path",
     errno.EEXIST: "a file already has this name where a folder is needed: choose another path",
 }
-_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+# torch.save raises RuntimeError("... PytorchStreamWriter failed writing file ...") without the cause; safetensors
+# and tokenizers (Rust) raise their own errors holding "Os { code: 28, ... }"
+_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos", "Os { code:",
+                   "No space left on device")
+_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
 
 
 def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
@@ -72,12 +76,16 @@ def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
 
 
 def is_write_failure(e: BaseException) -> bool:
-    """torch.save / accelerate raise a `RuntimeError` (not an `OSError`) when a write fails."""
-    return isinstance(e, RuntimeError) and any(text in str(e) for text in _TORCH_WRITE_FAILURES)
+    """A failed write reported as something other than an `OSError` (torch.save, safetensors, tokenizers)."""
+    return (not isinstance(e, (OSError, UserError)) and isinstance(e, Exception)
+            and any(text in str(e) for text in _WRITE_FAILURES))
 
 
-def _write_failure_as_os_error(e: RuntimeError, path: str | Path) -> OSError:
-    """torch's message hides the cause: a nearly full disk under ``path`` is almost always it."""
+def _write_failure_as_os_error(e: Exception, path: str | Path) -> OSError:
+    """The `OSError` behind a write failure: the Rust error's code, or (torch hides it) a full disk under
+    ``path``, which is almost always the cause."""
+    if (code := _RUST_OS_ERROR.search(str(e))) is not None:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path))
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -98,7 +106,7 @@ def io_errors(path: str | Path) -> Iterator[None]:
         yield
     except OSError as e:
         raise UserError(describe_os_error(e, path)) from e
-    except RuntimeError as e:
+    except Exception as e:
         if not is_write_failure(e):
             raise
         raise UserError(describe_os_error(_write_failure_as_os_error(e, path))) from e
@@ -123,7 +131,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 def append_jsonl(path: str | Path, row: dict) -> None:
     """Append one row (metrics logs): a crash can lose at most the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
+    with io_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         f.flush()
 
