@@ -463,6 +463,9 @@ CASES = [
     Case("lone-surrogate", "data", "the same in `rlp reward`", "exit 2 before the tokenizer sees it (was: a "
          "tokenizer crash); `--skip_invalid` skips the row", reward_rows(GOOD, SURROGATE),
          ("row 2: field 'chosen': invalid Unicode",), check=nothing_trained),
+    Case("lone-surrogate-skip-invalid", "data", "the same with `--skip_invalid`",
+         "exit 0: the row is reported and skipped; training sees only valid text",
+         lambda tmp: ["--skip_invalid", *reward(tmp, jsonl(tmp, [GOOD, SURROGATE]))], ('"train_pairs": 1',), code=0),
     Case("disk-full", "training", "a full disk when the model is saved (ENOSPC)",
          "exit 2; one paragraph naming the path and \"No space left on device\"; no partial `model/`",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("out/model: No space left on device", "free some space"),

@@ -162,3 +162,60 @@ def test_inspect_reports_format_counts_and_invalid(tmp_path):
     report = inspect_file(path)
     assert report["format"] == "trl" and report["rows"] == 2 and report["kept"] == 1
     assert report["fields"]["chosen"]["mean_chars"] == 2.0 and len(report["invalid"]) == 1
+
+
+# ---- rows no reader expected: other formats, deep nesting, invalid Unicode (issue 16)
+
+TRL = {"prompt": "q", "chosen": "a", "rejected": "b"}
+AF = {"instruction": "q", "input": "", "output_1": "a", "output_2": "b", "preference": 2}
+
+
+def test_mixed_formats_are_bad_rows_with_their_numbers(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [TRL, AF, {**TRL, "prompt": "q2"}, AF]))
+    with pytest.raises(DataError, match=r"mixed.jsonl, row 2: a 'alpacafarm' row in a 'trl' file \(the format of row 1\)"):
+        read_preferences(path, skip_invalid=False)
+    prefs, report = read_preferences(path, skip_invalid=True, with_report=True)
+    assert [p.prompt[-1]["content"] for p in prefs] == ["q", "q2"] and report.format == "trl"
+    assert report.rows == 4 and [m.split(": ")[0][-5:] for m in report.invalid] == ["row 2", "row 4"]
+
+
+def test_the_first_valid_row_sets_the_format(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"question": "?"}, AF, TRL]))
+    prefs, report = read_preferences(path, skip_invalid=True, with_report=True)
+    assert report.format == "alpacafarm" and len(prefs) == 1 and prefs[0].chosen == "b"
+    assert "row 1: unrecognised row" in report.invalid[0] and "row 3: a 'trl' row" in report.invalid[1]
+
+
+def test_deep_nesting_is_a_bad_row_not_a_recursion_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(json.dumps(TRL) + "\n" + deep + "\n" + json.dumps({**TRL, "meta": {"x": deep[:20]}}) + "\n")
+    with pytest.raises(DataError, match="row 2: JSON nested too deeply"):
+        read_preferences(lines, skip_invalid=False)
+    assert len(read_preferences(lines, skip_invalid=True)) == 2
+    array = tmp_path / "deep.json"
+    array.write_text(f"[{deep}]")
+    with pytest.raises(DataError, match="deep.json: JSON nested too deeply"):
+        read_preferences(array)
+
+
+def test_a_lone_surrogate_is_a_bad_row_in_every_reader(tmp_path):
+    bad = '{"prompt": "caf\\ud800", "chosen": "a", "rejected": "b"}'  # the JSON escape, as written on disk
+    pair = '{"prompt": "x", "chosen": "\\ud83d\\ude00 fine", "rejected": "b"}'  # a valid surrogate pair: kept
+    prefs = tmp_path / "p.jsonl"
+    prefs.write_text(json.dumps(TRL) + "\n" + bad + "\n" + pair + "\n")
+    with pytest.raises(DataError, match=r"row 2: field 'prompt': invalid Unicode: a lone surrogate '\\ud800'"):
+        read_preferences(prefs, skip_invalid=False)
+    kept = read_preferences(prefs, skip_invalid=True)
+    assert [p.chosen for p in kept] == ["a", "\U0001F600 fine"]
+    for p in kept:  # what reaches the tokenizer encodes as UTF-8
+        (p.prompt[-1]["content"] + p.chosen + p.rejected).encode("utf-8")
+    nested = tmp_path / "i.json"
+    nested.write_text('[{"prompt": [{"role": "user", "content": "ok"}]}, '
+                      '{"prompt": [{"role": "user", "content": "\\udfff"}]}]')
+    with pytest.raises(DataError, match=r"i.json, row 2: field 'prompt': invalid Unicode"):
+        read_instructions(nested, skip_invalid=False)
+    assert len(read_instructions(nested, skip_invalid=True)) == 1
+    assert "invalid Unicode" in inspect_file(prefs)["invalid"][0]
