@@ -34,7 +34,7 @@ from rlp_align.ppo_losses import (
 )
 from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
 from rlp_align.templates import collate, encode_prompt
-from rlp_align.training import read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions, by hand
@@ -237,9 +237,10 @@ def count_e(prompts, responses):
 PROMPTS = [user_prompt(f"Write about topic {i}") for i in range(32)]
 
 
-def small_cfg(out, **kw) -> PPOConfig:
+def small_cfg(out, save_every: int = 100, lora: LoraConfig | None = None, **kw) -> PPOConfig:
     base = dict(policy="tiny", output_dir=str(out), rollout_batch_size=16, step_batch_size=8, max_new_tokens=16,
-                learning_rate=1e-2, kl_coef=0.0, save_every=100, seed=0)
+                kl_coef=0.0, seed=0, optim=OptimConfig(learning_rate=1e-2, save_every=save_every),
+                lora=lora or LoraConfig())
     return PPOConfig(**{**base, **kw})
 
 
@@ -303,11 +304,12 @@ def test_two_ranks_with_torchrun(tmp_path):
         from accelerate import PartialState
         from rlp_align.data.records import user_prompt
         from rlp_align.ppo import PPOConfig, train_ppo
+        from rlp_align.training import OptimConfig
         def reward(prompts, responses):
             return torch.tensor([r.count("e") / 4.0 for r in responses])
         prompts = [user_prompt(f"Write about topic {{i}}") for i in range(16)]
         cfg = PPOConfig(policy="tiny", output_dir={str(tmp_path / "out")!r}, steps=2, rollout_batch_size=8,
-                        step_batch_size=4, max_new_tokens=8, learning_rate=1e-3, save_every=1)
+                        step_batch_size=4, max_new_tokens=8, optim=OptimConfig(learning_rate=1e-3, save_every=1))
         seen = []
         train_ppo(cfg, prompts, reward, gold_fn=lambda p, r: seen.append(len(r)) or reward(p, r))
         state = PartialState()
@@ -339,7 +341,7 @@ def test_run_ppo_with_an_rm_ensemble_and_lora(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:8]))
     cfg = small_cfg(tmp_path / "out", steps=2, rollout_batch_size=4, step_batch_size=2, micro_batch_size=1,
                     max_new_tokens=6, prompts_file=str(prompts), reward_ensemble=members, ensemble_aggregate="wco",
-                    lora=True, lora_r=4, truncation_penalty=-1.0, adaptive_kl=True, kl_coef=0.05)
+                    lora=LoraConfig(enabled=True, r=4), truncation_penalty=-1.0, adaptive_kl=True, kl_coef=0.05)
     summary = run_ppo(cfg)
     rows = read_metrics(tmp_path / "out")
     assert len(rows) == 2 and rows[-1]["kl_coef"] != 0.05  # the adaptive controller moved beta

@@ -21,12 +21,14 @@ from rlp_align.reward import (
     train_reward_model,
 )
 from rlp_align.templates import encode_pair
-from rlp_align.training import make_accelerator, read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
 
-def small_cfg(out, **kw) -> RewardConfig:
-    base = dict(model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=8, max_steps=6, max_length=64)
-    return RewardConfig(**{**base, **kw})
+def small_cfg(out, lora: LoraConfig | None = None, eval_every: int = 0, **optim) -> RewardConfig:
+    """A tiny RM run; other keyword arguments are `optim` settings."""
+    optim = OptimConfig(**{"learning_rate": 1e-3, "batch_size": 8, "max_steps": 6, **optim})
+    return RewardConfig(model="tiny", output_dir=str(out), max_length=64, eval_every=eval_every, optim=optim,
+                        lora=lora or LoraConfig())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ def test_lora_trains_only_adapters_and_head(tmp_path):
     assert any("score" in n for n in trainable)
 
     out = tmp_path / "lora"
-    train_reward_model(small_cfg(out, lora=True, lora_r=4, max_steps=4), marker_prefs(40))
+    train_reward_model(small_cfg(out, lora=LoraConfig(enabled=True, r=4), max_steps=4), marker_prefs(40))
     base = load_file(resolve_model("tiny") / "model.safetensors")
     tuned = load_file(out / "model/model.safetensors")
     assert torch.equal(base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"])

@@ -21,7 +21,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,9 @@ from rlp_align.models import (
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     Checkpointer,
+    LoraConfig,
     MetricsLogger,
+    OptimConfig,
     adamw,
     batch_indices,
     check_finite,
@@ -64,28 +66,15 @@ class RewardConfig:
     train_file: str | None = None
     eval_file: str | None = None
     output_dir: str = "runs/reward"
-    learning_rate: float = 3e-6  # AlpacaFarm; tiny models want ~1e-3
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 8  # pairs per optimiser step, over all ranks
-    gradient_accumulation_steps: int = 1
     max_length: int = 512
     margin: float = 0.0
     center_coef: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # <= 0: no clipping
-    warmup_steps: int = 0
     eval_fraction: float = 0.0  # held out of train_file when there is no eval_file
     eval_every: int = 0  # 0: evaluate at the end only
-    eval_batch_size: int = 16
-    logging_every: int = 1
-    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     seed: int = 0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    keep_checkpoint: bool = False
+    # AlpacaFarm's learning rate; tiny models want ~1e-3
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=3e-6))
+    lora: LoraConfig = field(default_factory=LoraConfig)
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -227,10 +216,10 @@ def train_reward_model(
         return done
     if not train_prefs:
         raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
-    if (cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps
-            or cfg.batch_size % acc.num_processes):  # equal shards: the ranks' mean gradient is the batch's
-        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.batch_size}) >= processes "
-                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps}), "
+    if (cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps
+            or cfg.optim.batch_size % acc.num_processes):  # equal shards: the ranks' mean gradient is the batch's
+        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.optim.batch_size}) >= processes "
+                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps}), "
                         "and batch_size a multiple of the number of processes")
     if eval_prefs is None and cfg.eval_fraction > 0 and len(train_prefs) > 1:
         train_prefs, eval_prefs = held_out_split(train_prefs, cfg.eval_fraction, cfg.seed)
@@ -238,22 +227,22 @@ def train_reward_model(
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_reward_model(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     train_pairs = encode_preferences(tokenizer, train_prefs, cfg.max_length)
     eval_pairs = encode_preferences(tokenizer, eval_prefs or [], cfg.max_length)
     pad_id = tokenizer.pad_token_id
-    total_steps = cfg.max_steps or cfg.epochs * max(1, len(train_pairs) // cfg.batch_size)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(train_pairs) // cfg.optim.batch_size)
 
     scorer = RewardScorer(model)
     modules = [scorer] + ([extra_loss.head] if extra_loss else [])
     groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.head.parameters()),
-                       "lr": extra_loss.learning_rate or cfg.learning_rate})
+                       "lr": extra_loss.learning_rate or cfg.optim.learning_rate})
     params = [p for g in groups for p in g["params"]]
-    optimizer = adamw(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
+    optimizer = adamw(groups, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
     scorer, head = modules[0], (modules[1] if extra_loss else None)
 
@@ -263,7 +252,7 @@ def train_reward_model(
     if state:
         _warn_changed(state.get("config"), asdict(cfg))
     logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
-    clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     aux_keys = extra_loss.stat_keys if extra_loss else ()
     last: dict[str, float] = {}
 
@@ -273,9 +262,9 @@ def train_reward_model(
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="reward",
                    disable=not acc.is_main_process)
         for step in bar:
-            rows = shard(batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed), acc)
+            rows = shard(batch_indices(len(train_pairs), cfg.optim.batch_size, step, cfg.seed), acc)
             views = shard(extra_loss.views(step), acc) if extra_loss else []
-            chunks = micro_batches(rows, len(views), cfg.gradient_accumulation_steps)
+            chunks = micro_batches(rows, len(views), cfg.optim.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(6 + len(aux_keys), dtype=torch.float64)
             for i, (rows_i, views_i) in enumerate(chunks):
@@ -312,7 +301,7 @@ def train_reward_model(
             optimizer.step()
             scheduler.step()
 
-            if (step + 1) % cfg.logging_every == 0 or step + 1 == total_steps:
+            if (step + 1) % cfg.optim.logging_every == 0 or step + 1 == total_steps:
                 means = acc.reduce(sums.to(acc.device) / len(chunks), "mean").tolist()
                 names = ["loss", "bt_loss", "accuracy", "margin", "reward_mean", "reward_std"]
                 names += [f"{extra_loss.name}/{k}" for k in aux_keys] if extra_loss else []
@@ -323,12 +312,12 @@ def train_reward_model(
                 logger.log(step + 1, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.2f}")
             if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-                metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size, acc)
+                metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size, acc)
                 logger.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
-            if checkpoint_due(step + 1, total_steps, cfg.save_every, cfg.keep_checkpoint):
+            if checkpoint_due(step + 1, total_steps, cfg.optim.save_every, cfg.optim.keep_checkpoint):
                 checkpointer.save(step + 1, {"config": asdict(cfg)})
 
-        final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size,
+        final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size,
                                           acc) if eval_pairs else {}
         if final_eval:
             logger.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
@@ -349,7 +338,7 @@ def train_reward_model(
         **(summary_extra or {}),
     }
     heads = {f"{extra_loss.name}_head.safetensors": acc.unwrap_model(head)} if extra_loss is not None else None
-    save_final_outputs(acc, out, acc.unwrap_model(scorer).model, tokenizer, summary, cfg.keep_checkpoint, heads)
+    save_final_outputs(acc, out, acc.unwrap_model(scorer).model, tokenizer, summary, cfg.optim.keep_checkpoint, heads)
     return summary
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,40 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.errors import NonFiniteError
 from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
 from rlp_align.models import merge_lora, save_model
+
+
+@dataclass
+class OptimConfig:
+    """How a trainer optimises and checkpoints: one section (``optim:``) shared by SFT, RM, refine and PPO.
+
+    Each trainer sets its own defaults (``SFTConfig.optim`` starts at learning_rate 2e-5, for instance).
+    PPO draws its batches from rollouts (``steps``, ``step_batch_size``, ``micro_batch_size``, ``ppo_epochs``),
+    so it refuses the data-loop keys ``epochs``, ``max_steps``, ``batch_size``, ``gradient_accumulation_steps``
+    and ``eval_batch_size`` when set.
+    """
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # optimiser steps of linear warm-up
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8  # examples (pairs) per optimiser step, over all ranks
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 16
+    logging_every: int = 1
+    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
+    keep_checkpoint: bool = False  # keep checkpoint/ after the run instead of removing it
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters instead of full fine-tuning (``lora:``), merged into the saved model."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
 
 
 def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
