@@ -168,21 +168,21 @@ def test_spg_trains_on_d_and_d_hat_from_files(tmp_path):
 
 def test_uml_refinement_resumes_exactly(tmp_path, monkeypatch):
     # the reparameterised z, the view choice and the head's optimiser state must all be restored
-    from rlp_align import reward as reward_module
+    from rlp_align import training
 
     prefs, samples = marker_prefs(32), sample_sets(8)
     refine_reward_model(refine_cfg(tmp_path / "full", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
-    original_log = reward_module.MetricsLogger.log
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_3(self, step, metrics):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", crash_at_step_3)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         refine_reward_model(refine_cfg(tmp_path / "cut", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", original_log)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
     resumed = refine_reward_model(refine_cfg(tmp_path / "cut", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
     assert resumed["resumed_from_step"] == 2
     for name in ("model/model.safetensors", "uml_head.safetensors"):

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rlp_align import reward as reward_module
+from rlp_align import training
 from rlp_align.errors import NonFiniteError, UserError
 from rlp_align.models import apply_lora, load_reward_model, load_tokenizer, resolve_model, reward_scores
 from rlp_align.reward import (
@@ -98,18 +99,18 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     full = train_reward_model(small_cfg(tmp_path / "full", save_every=2), prefs)
     assert full["resumed_from_step"] == 0
 
-    original_log = reward_module.MetricsLogger.log
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_5(self, step, metrics):
         if step == 5:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", crash_at_step_5)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(small_cfg(tmp_path / "cut", save_every=2), prefs)
     assert json.loads((tmp_path / "cut/checkpoint/trainer_state.json").read_text())["step"] == 4
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", original_log)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
 
     resumed = train_reward_model(small_cfg(tmp_path / "cut", save_every=2), prefs)
     assert resumed["resumed_from_step"] == 4

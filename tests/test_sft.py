@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from rlp_align import sft as sft_module
+from rlp_align import training
 from rlp_align.data.records import Instruction, user_prompt
 from rlp_align.errors import UserError
 from rlp_align.models import load_tokenizer, resolve_model
@@ -73,17 +73,17 @@ def test_sft_loss_falls_and_parameters_change(tmp_path):
 
 def test_sft_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = train_sft(small_cfg(tmp_path / "full", max_steps=6, save_every=3), records(12))
-    original_log = sft_module.MetricsLogger.log
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_5(self, step, metrics):
         if step == 5:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(sft_module.MetricsLogger, "log", crash_at_step_5)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_sft(small_cfg(tmp_path / "cut", max_steps=6, save_every=3), records(12))
-    monkeypatch.setattr(sft_module.MetricsLogger, "log", original_log)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
     assert json.loads((tmp_path / "cut/checkpoint/trainer_state.json").read_text())["step"] == 3
     resumed = train_sft(small_cfg(tmp_path / "cut", max_steps=6, save_every=3), records(12))
     assert resumed["resumed_from_step"] == 3 and full["resumed_from_step"] == 0

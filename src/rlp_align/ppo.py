@@ -45,17 +45,13 @@ from rlp_align.ppo_losses import (
 )
 from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
 from rlp_align.training import (
-    Checkpointer,
     LoraConfig,
-    MetricsLogger,
     OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -224,10 +220,10 @@ def train_ppo(
     accelerator = make_accelerator(cfg.seed)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
-    if (done := finished_summary(out_dir, cfg.overwrite, accelerator)) is not None:
-        return done
+    run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim)
+    if run.finished is not None:
+        return run.finished
     device = accelerator.device
-    started = time.time()
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
@@ -252,13 +248,11 @@ def train_ppo(
                     and same_vocabulary(reward_fn.tokenizer, tokenizer))
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
 
-    checkpointer = Checkpointer(out_dir, accelerator)
-    state = checkpointer.load()
-    start = 0
+    state = run.resume()
+    start = run.start_step
     if state is not None:
-        start, kl_ctl.value = int(state["step"]), float(state["kl_coef"])
+        kl_ctl.value = float(state["kl_coef"])
         log.info("resuming PPO from step %d", start)
-    logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_step=start)
     sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
@@ -303,20 +297,18 @@ def train_ppo(
         metrics["kl_coef"] = kl_ctl.value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
-        logger.log(step + 1, metrics)
+        run.log(step + 1, metrics)
         if accelerator.is_main_process and ((step + 1) % cfg.optim.logging_every == 0 or step + 1 == cfg.steps):
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
-        if checkpoint_due(step + 1, cfg.steps, cfg.optim.save_every, cfg.optim.keep_checkpoint):
-            checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
+        run.checkpoint(step + 1, cfg.steps, {"kl_coef": kl_ctl.value})
 
     # ---- outputs: the policy as a plain HF folder, metrics, summary
-    logger.close()
+    run.close()
     accelerator.wait_for_everyone()
-    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": time.time() - started,
+    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": run.seconds,
                "model": str(out_dir / "model"), "final_kl_coef": kl_ctl.value, "final": metrics,
                "config": asdict(cfg)}
-    save_final_outputs(accelerator, out_dir, unwrapped.policy, tokenizer, summary, cfg.optim.keep_checkpoint)
-    return summary
+    return run.save(unwrapped.policy, tokenizer, summary)
 
 
 def run_ppo(cfg: PPOConfig) -> dict[str, Any]:

@@ -18,7 +18,6 @@ unless ``keep_checkpoint``. Rerunning a finished run returns its summary; an unf
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,18 +41,14 @@ from rlp_align.models import (
 )
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
-    Checkpointer,
     LoraConfig,
-    MetricsLogger,
     OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     linear_schedule,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -212,8 +207,9 @@ def train_reward_model(
     """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed)
     out = Path(cfg.output_dir)
-    if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
-        return done
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim)
+    if run.finished is not None:
+        return run.finished
     if not train_prefs:
         raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
     if (cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps
@@ -223,7 +219,6 @@ def train_reward_model(
                         "and batch_size a multiple of the number of processes")
     if eval_prefs is None and cfg.eval_fraction > 0 and len(train_prefs) > 1:
         train_prefs, eval_prefs = held_out_split(train_prefs, cfg.eval_fraction, cfg.seed)
-    started = time.time()
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_reward_model(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
@@ -246,19 +241,17 @@ def train_reward_model(
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
     scorer, head = modules[0], (modules[1] if extra_loss else None)
 
-    checkpointer = Checkpointer(out, acc)
-    state = checkpointer.load()  # after every module is built, so restored RNG states are what step k saw
-    start = state["step"] if state else 0
-    if state:
-        _warn_changed(state.get("config"), asdict(cfg))
-    logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
     clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     aux_keys = extra_loss.stat_keys if extra_loss else ()
     last: dict[str, float] = {}
 
     for m in modules:
         m.train()  # from_pretrained returns models in eval mode
-    try:
+    with run:
+        state = run.resume()  # after every module is built, so restored RNG states are what step k saw
+        start = run.start_step
+        if state:
+            _warn_changed(state.get("config"), asdict(cfg))
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="reward",
                    disable=not acc.is_main_process)
         for step in bar:
@@ -309,20 +302,17 @@ def train_reward_model(
                 last.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
                 if extra_loss is not None:
                     last[f"{extra_loss.name}/lambda"] = extra_loss.weight
-                logger.log(step + 1, last)
+                run.log(step + 1, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.2f}")
             if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
                 metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size, acc)
-                logger.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
-            if checkpoint_due(step + 1, total_steps, cfg.optim.save_every, cfg.optim.keep_checkpoint):
-                checkpointer.save(step + 1, {"config": asdict(cfg)})
+                run.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
+            run.checkpoint(step + 1, total_steps, {"config": asdict(cfg)})
 
         final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size,
                                           acc) if eval_pairs else {}
         if final_eval:
-            logger.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
-    finally:
-        logger.close()
+            run.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
 
     summary = {
         "output_dir": str(out),
@@ -333,13 +323,12 @@ def train_reward_model(
         "eval_pairs": len(eval_pairs),
         "train": last,
         "eval": final_eval,
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(run.seconds, 2),
         "config": asdict(cfg),
         **(summary_extra or {}),
     }
     heads = {f"{extra_loss.name}_head.safetensors": acc.unwrap_model(head)} if extra_loss is not None else None
-    save_final_outputs(acc, out, acc.unwrap_model(scorer).model, tokenizer, summary, cfg.optim.keep_checkpoint, heads)
-    return summary
+    return run.save(acc.unwrap_model(scorer).model, tokenizer, summary, heads)
 
 
 def run_reward(cfg: RewardConfig) -> dict:

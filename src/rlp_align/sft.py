@@ -13,7 +13,6 @@ Outputs in ``output_dir``: ``model/`` (a causal-LM folder, LoRA merged in), ``me
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,18 +28,14 @@ from rlp_align.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_tokenizer
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
-    Checkpointer,
     LoraConfig,
-    MetricsLogger,
     OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     linear_schedule,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -123,12 +118,12 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     """Fine-tune ``cfg.model`` on the reference answers of ``records``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed)
     out = Path(cfg.output_dir)
-    if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
-        return done
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim)
+    if run.finished is not None:
+        return run.finished
     if cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps:
         raise UserError(f"need learning_rate > 0 and batch_size ({cfg.optim.batch_size}) >= processes "
                         f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps})")
-    started = time.time()
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples = encode_examples(tokenizer, records, cfg.max_length)
@@ -146,14 +141,12 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
 
-    checkpointer = Checkpointer(out, acc)
-    state = checkpointer.load()
-    start = state["step"] if state else 0
-    logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
     clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     last: dict[str, float] = {}
     model.train()  # from_pretrained returns models in eval mode
-    try:
+    with run:
+        run.resume()
+        start = run.start_step
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="sft",
                    disable=not acc.is_main_process)
         for step in bar:
@@ -180,17 +173,14 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
             if (step + 1) % cfg.optim.logging_every == 0 or step + 1 == total_steps:
                 loss_mean = acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean").item()
                 last = {"loss": loss_mean, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-                logger.log(step + 1, last)
+                run.log(step + 1, last)
                 bar.set_postfix(loss=f"{loss_mean:.4f}")
-            if checkpoint_due(step + 1, total_steps, cfg.optim.save_every, cfg.optim.keep_checkpoint):
-                checkpointer.save(step + 1, {"config": asdict(cfg)})
+            run.checkpoint(step + 1, total_steps, {"config": asdict(cfg)})
 
         eval_loss = evaluate_sft(acc.unwrap_model(model), eval_examples, pad_id, cfg.optim.eval_batch_size, acc) \
             if eval_examples else None
         if eval_loss is not None:
-            logger.log(total_steps, {"eval/loss": eval_loss})
-    finally:
-        logger.close()
+            run.log(total_steps, {"eval/loss": eval_loss})
 
     summary = {
         "output_dir": str(out),
@@ -201,11 +191,10 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
         "eval_examples": len(eval_examples),
         "train": last,
         "eval": {"loss": eval_loss} if eval_loss is not None else {},
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(run.seconds, 2),
         "config": asdict(cfg),
     }
-    save_final_outputs(acc, out, acc.unwrap_model(model), tokenizer, summary, cfg.optim.keep_checkpoint)
-    return summary
+    return run.save(acc.unwrap_model(model), tokenizer, summary)
 
 
 def run_sft(cfg: SFTConfig) -> dict:
