@@ -78,14 +78,14 @@ def data(tmp_path_factory):
     sets = [SampleSet(user_prompt(f"T{i}"), [words(4) for _ in range(6)]) for i in range(40)]
     write_sample_sets(str(root / "samples.jsonl"), sets)
     _run(["reward", "--model", "tiny", "--train_file", str(root / "prefs.jsonl"), "--output_dir", str(root / "rm"),
-          "--max_steps", "3", "--batch_size", "8", "--learning_rate", "1e-3"])
+          "--optim.max_steps", "3", "--optim.batch_size", "8", "--optim.learning_rate", "1e-3"])
     return root
 
 
 def test_reward_training_killed_at_a_random_step_resumes_identically(data):
     args = lambda out: ["reward", "--model", "tiny", "--train_file", str(data / "prefs.jsonl"), "--output_dir",  # noqa: E731
-                        str(out), "--max_steps", "12", "--batch_size", "8", "--learning_rate", "1e-3",
-                        "--save_every", "1"]
+                        str(out), "--optim.max_steps", "12", "--optim.batch_size", "8", "--optim.learning_rate",
+                        "1e-3", "--optim.save_every", "1"]
     kill_at = random.Random(os.getpid()).randint(2, 8)
     _kill_when(args(data / "rm_killed"), lambda: _checkpoint_step(data / "rm_killed") >= kill_at)
     assert not (data / "rm_killed" / "model").exists()  # nothing half-written looks finished
@@ -101,8 +101,8 @@ def test_reward_training_killed_at_a_random_step_resumes_identically(data):
 def test_ppo_killed_at_a_random_step_resumes_identically(data):
     args = lambda out: ["ppo", "--policy", "tiny", "--reward_model", str(data / "rm" / "model"), "--prompts_file",  # noqa: E731
                         str(data / "prompts.jsonl"), "--output_dir", str(out), "--steps", "8", "--rollout_batch_size",
-                        "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--save_every", "1",
-                        "--learning_rate", "1e-4"]
+                        "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--optim.save_every", "1",
+                        "--optim.learning_rate", "1e-4"]
     kill_at = random.Random(os.getpid() + 1).randint(1, 5)
     _kill_when(args(data / "ppo_killed"), lambda: _checkpoint_step(data / "ppo_killed") >= kill_at)
     _run(args(data / "ppo_killed"))
