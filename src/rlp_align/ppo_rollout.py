@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
-from rlp_align.models import _unwrap, reward_head
+from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
 from rlp_align.templates import collate, encode_prompt
 
@@ -58,7 +58,7 @@ class ActorCritic(nn.Module):
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
         """V(s_t) [B, T] for the last T positions (the value model alone)."""
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inner = _unwrap(self.value)
+        inner = unwrap_model(self.value)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=positions).last_hidden_state
         return reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
