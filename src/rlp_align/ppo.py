@@ -32,6 +32,7 @@ from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
+from rlp_align.logprobs import token_logprobs
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -43,7 +44,7 @@ from rlp_align.ppo_losses import (
     value_loss,
     whiten,
 )
-from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
+from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.training import (
     Checkpointer,
     MetricsLogger,
@@ -177,10 +178,10 @@ def ppo_update(
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
                     if split:
-                        logits = actor_critic.logits(*inputs)
+                        logits = actor_critic.logits(*inputs, cfg.temperature)
                     else:
-                        logits, values = model(*inputs)
-                    logprobs = token_logprobs(logits, b["response"], cfg.temperature)
+                        logits, values = model(*inputs, cfg.temperature)
+                    logprobs = token_logprobs(logits, b["response"])
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     if split:

@@ -14,7 +14,7 @@ from typing import Any
 from rlp_align.data import read_instructions, read_preferences, read_sample_sets, write_preferences
 from rlp_align.data.records import Instruction, Preference
 from rlp_align.io import write_json, write_jsonl
-from rlp_align.pipeline import PipelineConfig, split, write_instructions
+from rlp_align.pipeline_config import PipelineConfig, split, write_instructions
 
 
 def _annotator(cfg: PipelineConfig):
