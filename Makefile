@@ -28,11 +28,13 @@ demo: install
 	$(BIN)/rlp prepare smollm2-135m-instruct
 	$(BIN)/rlp run --config configs/default.yaml
 
+# ruff for style; lint-imports for the layering contract in pyproject.toml ([tool.importlinter])
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/pytest -q -ra
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
