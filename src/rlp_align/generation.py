@@ -222,6 +222,7 @@ class GenerateConfig:
     batch_size: int = 8
     seed: int = 0
     limit: int | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def answer_rows(
@@ -273,7 +274,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     if not cfg.instructions_file:
         raise UserError("generate needs --instructions_file (an instruction or AlpacaFarm eval file)")
-    instructions = read_instructions(cfg.instructions_file)
+    instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)
     if cfg.limit is not None:
         instructions = instructions[: cfg.limit]
     tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(default_device())

@@ -37,6 +37,7 @@ class DataConfig:
     n_unlabelled: int = 32
     n_eval: int = 64
     heldout_fraction: float = 0.1  # of D, for RM accuracy
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 @dataclass

@@ -108,6 +108,7 @@ class PPOConfig:
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def shape_rewards(
@@ -315,7 +316,7 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
 
     if not cfg.prompts_file:
         raise UserError("ppo needs --prompts_file (unlabelled instructions)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)

@@ -80,6 +80,7 @@ class RefineConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def refine_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, l_m: torch.Tensor, lam: float) -> torch.Tensor:
@@ -187,10 +188,10 @@ def run_refine(cfg: RefineConfig) -> dict:
 
     if not cfg.preference_file:
         raise UserError("refinement needs preference_file: the human/simulated preference data D of step 2")
-    preferences = read_preferences(cfg.preference_file)
+    preferences = read_preferences(cfg.preference_file, skip_invalid=cfg.skip_invalid)
     synthetic = None
     if cfg.synthetic_file and cfg.method != "uml":  # an empty D̂ (SPG kept nothing) is allowed, with a warning
-        synthetic = read_preferences(cfg.synthetic_file) if Path(cfg.synthetic_file).stat().st_size else []
-    samples = read_sample_sets(cfg.samples_file) if cfg.samples_file and "uml" in cfg.method else None
-    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+        synthetic = read_preferences(cfg.synthetic_file, skip_invalid=cfg.skip_invalid) if Path(cfg.synthetic_file).stat().st_size else []
+    samples = read_sample_sets(cfg.samples_file, skip_invalid=cfg.skip_invalid) if cfg.samples_file and "uml" in cfg.method else None
+    held_out = read_preferences(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return refine_reward_model(cfg, preferences, synthetic, samples, held_out)

@@ -89,6 +89,7 @@ class RewardConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +360,6 @@ def run_reward(cfg: RewardConfig) -> dict:
         raise UserError("reward training needs train_file: a preference file (TRL, AlpacaFarm, HH-RLHF or LLMBar)")
     from rlp_align.data.readers import read_preferences
 
-    train = read_preferences(cfg.train_file)
-    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+    train = read_preferences(cfg.train_file, skip_invalid=cfg.skip_invalid)
+    held_out = read_preferences(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return train_reward_model(cfg, train, held_out)

@@ -50,9 +50,11 @@ def build_pools(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
         pool = builtin_pool(sum(sizes) + d.n_eval, seed=cfg.seed)
         sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], cfg.seed)
     else:
-        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=cfg.seed)
+        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=cfg.seed,
+                                      skip_invalid=d.skip_invalid)
         sft, pref, unlabelled = split(train, sizes, cfg.seed)
-        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=cfg.seed + 1)
+        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=cfg.seed + 1,
+                                           skip_invalid=d.skip_invalid)
         evaluation = split(evaluation, [d.n_eval], cfg.seed)[0]
     out = {name: write_instructions(folder / f"{name}.jsonl", items)
            for name, items in [("sft", sft), ("preference", pref), ("unlabelled", unlabelled), ("eval", evaluation)]
@@ -75,7 +77,7 @@ def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder
 
     empty = 0  # instructions dropped because a sample was empty
     if cfg.data.preference_file:
-        prefs = read_preferences(cfg.data.preference_file)
+        prefs = read_preferences(cfg.data.preference_file, skip_invalid=cfg.data.skip_invalid)
     else:
         instructions, pairs, empty = _two_samples(cfg, sft_model, read_instructions(pools["preference"]),
                                                   cfg.pair_temperature, cfg.generate.max_new_tokens, seed=cfg.seed)
