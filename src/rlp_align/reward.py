@@ -126,7 +126,7 @@ class RewardScorer(nn.Module):
 
 @dataclass
 class AuxiliaryLoss:
-    """An extra term ``weight · head(h1, h2)`` on the hidden states of view pairs scored with the pairs.
+    """An extra term ``weight · head(h1, h2, step)`` on the hidden states of view pairs scored with the pairs.
 
     RLP-UML: ``head`` is a `uml.MultiViewHead` giving L_M, ``views(step)`` the step's global batch of
     (view 1, view 2) token ids, ``weight`` is λ. The head is trained and checkpointed with the RM and saved
@@ -298,7 +298,7 @@ def train_reward_model(
                     loss = bt + centering_loss(r_w, r_l, cfg.center_coef)
                     aux_stats: dict[str, float] = {}
                     if extra_loss is not None and v:
-                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :])
+                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :], step)
                         loss = loss + extra_loss.weight * l_m
                     check_finite("reward-model loss", acc.reduce(loss.detach(), "mean"), step + 1, out)
                     acc.backward(loss / len(chunks))
