@@ -1,6 +1,7 @@
 """Batched KV-cache sampling: left padding changes nothing, EOS ends a response, seeds make it deterministic."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -47,8 +48,11 @@ def test_left_padding_does_not_change_greedy_tokens(tiny):
 def test_kv_cache_matches_a_full_forward(tiny):
     tokenizer, model = tiny
     ids, mask = collate([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id, side="left")
-    response, rmask = sample_tokens(model, ids, mask, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id, temperature=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        response, rmask = sample_tokens(model, ids, mask, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id, temperature=0)
+    assert not [w for w in caught if "deprecated" in str(w.message)]  # the cache goes in as `cache=`
     # greedy with the cache == argmax of a full forward over prompt + response (positions from the mask)
     full = torch.cat([ids, response], 1)
     full_mask = torch.cat([mask, rmask], 1)

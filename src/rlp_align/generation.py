@@ -109,8 +109,8 @@ def sample_tokens(
     device = input_ids.device
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    cache = DynamicCache()  # filled in place by every forward (`cache=`: transformers >= 5.24 renamed past_key_values)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, logits_to_keep=1)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -134,7 +134,7 @@ def sample_tokens(
             break
         mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    cache=cache, use_cache=True)
         next_position = next_position + 1
     if not tokens:
         empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
