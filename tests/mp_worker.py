@@ -75,7 +75,7 @@ def ppo_cfg(out: Path, **kw):
 
 def run_ppo_train(out: Path) -> None:
     from rlp_align import ppo
-    from rlp_align.models import _unwrap
+    from rlp_align.models import unwrap_model
 
     checksums: list[float] = []
     queries: list[list[list[int]]] = []  # this rank's prompt token ids, per step
@@ -83,7 +83,7 @@ def run_ppo_train(out: Path) -> None:
 
     def recording_update(model, optimizer, accelerator, rollout, cfg, step, base_lrs):
         stats = original(model, optimizer, accelerator, rollout, cfg, step, base_lrs)
-        checksums.append(param_checksum(_unwrap(model).policy))
+        checksums.append(param_checksum(unwrap_model(model).policy))
         queries.append(rollout.query.tolist())
         record_rank(out, accelerator, checksums=checksums, queries=queries)
         return stats

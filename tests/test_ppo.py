@@ -194,6 +194,34 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     assert masked_mean(rollout.advantages, rollout.mask).abs().item() < 1e-5
 
 
+def test_temperature_reaches_sampler_update_and_reference_alike(tiny):
+    """At T != 1 the sampler's log-probs, a full forward of the policy (as the PPO update computes them) and
+    the reference's log-probs are all of softmax(z / T): the policy ratio is 1 and the KL 0 before any update."""
+    from rlp_align.logprobs import token_logprobs
+
+    tokenizer, policy, ref, rm = tiny
+    temperature = 0.6
+    ac = ActorCritic(policy, rm)
+    cfg = PPOConfig(max_new_tokens=6, rollout_chunk_size=8, temperature=temperature)
+    prompts = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle")]
+    rollout, _ = make_rollout(ac, ref, tokenizer, RewardModelFn(rm, tokenizer), prompts, cfg,
+                              torch.Generator().manual_seed(0), True, {})
+    ids = torch.cat([rollout.query, rollout.response], 1)
+    attn = torch.cat([rollout.query_mask, rollout.mask], 1)
+    width = rollout.response.shape[1]
+    with torch.no_grad():  # by hand: one plain forward, divided by T here and nowhere else
+        z = policy(input_ids=ids, attention_mask=attn,
+                   position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, -width - 1 : -1] / temperature
+        by_hand = torch.log_softmax(z, -1).gather(-1, rollout.response[..., None]).squeeze(-1) * rollout.mask
+        update = token_logprobs(ac.logits(ids, attn, width, temperature), rollout.response) * rollout.mask
+        untempered = torch.log_softmax(z * temperature, -1).gather(-1, rollout.response[..., None]).squeeze(-1)
+    torch.testing.assert_close(rollout.logprobs, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(update, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.ref_logprobs, by_hand, atol=1e-5, rtol=0)  # ref == policy here
+    # and temperature matters: at T = 1 the same tokens have other log-probs
+    assert (untempered * rollout.mask - by_hand).abs().max() > 1e-2
+
+
 def test_split_backward_gives_the_joint_update(tiny):
     """Backpropagating the policy loss before the value forward (one process) updates every parameter as
     the single backward of the summed loss does (DDP)."""

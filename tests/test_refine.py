@@ -13,7 +13,6 @@ from rlp_align.models import load_reward_model, load_tokenizer
 from rlp_align.refine import (
     RefineConfig,
     make_view_batches,
-    refine_loss,
     refine_reward_model,
     run_refine,
     usable_sample_sets,
@@ -21,7 +20,6 @@ from rlp_align.refine import (
 from rlp_align.reward import (
     RewardConfig,
     RewardScorer,
-    bradley_terry_loss,
     score_sequences,
     train_reward_model,
 )
@@ -52,12 +50,6 @@ def previous_rm(tmp_path_factory):
             learning_rate=1e-3, batch_size=16, max_steps=15)), prefs[:160], prefs[160:])
     assert summary["eval"]["accuracy"] >= 0.9
     return out / "model", prefs[:160], prefs[160:], summary["eval"]["accuracy"]
-
-
-def test_refine_loss_with_lambda_zero_is_exactly_bradley_terry():
-    r_w, r_l, l_m = torch.tensor([1.5, -0.2, 0.3]), torch.tensor([0.5, 0.4, 0.3]), torch.tensor(2.75)
-    assert torch.equal(refine_loss(r_w, r_l, l_m, 0.0), bradley_terry_loss(r_w, r_l))
-    assert refine_loss(r_w, r_l, l_m, 0.5).item() == pytest.approx(bradley_terry_loss(r_w, r_l).item() + 1.375)
 
 
 def test_uml_with_lambda_zero_trains_exactly_like_plain_reward_training(tmp_path):
@@ -127,6 +119,22 @@ def test_mib_refinement_logs_i_jsd_and_d_skl_and_keeps_accuracy(tmp_path, previo
         assert r["loss"] == pytest.approx(r["bt_loss"] + 0.5 * r["uml/loss"], abs=1e-5)
     assert summary["eval"]["accuracy"] >= accuracy_before - 0.05
     assert set(k.split(".")[0] for k in load_file(out / "uml_head.safetensors")) == {"encoder", "critic"}
+
+
+def test_beta_schedule_changes_the_beta_the_uml_loss_uses(tmp_path):
+    """refine.beta_schedule 'linear' raises beta from 0 to refine.beta over beta_anneal_steps (Federici et al.);
+    the logged L_M is -I_JSD + beta_t * D_SKL with that beta_t. 'constant' keeps beta."""
+    prefs, samples = marker_prefs(32), sample_sets(8)
+    refine_reward_model(refine_cfg(tmp_path / "linear", optim={"max_steps": 5}, beta=2.0, beta_schedule="linear",
+                                   beta_anneal_steps=4), prefs, samples=samples)
+    refine_reward_model(refine_cfg(tmp_path / "constant", optim={"max_steps": 2}, beta=2.0), prefs, samples=samples)
+    linear = [r for r in read_metrics(tmp_path / "linear") if "uml/loss" in r]
+    assert [r["uml/beta"] for r in linear] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    for r in linear:
+        assert r["uml/loss"] == pytest.approx(-r["uml/i_jsd"] + r["uml/beta"] * r["uml/d_skl"], abs=1e-5)
+    assert [r["uml/beta"] for r in read_metrics(tmp_path / "constant") if "uml/loss" in r] == [2.0, 2.0]
+    with pytest.raises(UserError, match="beta_anneal_steps > 0"):
+        refine_reward_model(refine_cfg(tmp_path / "bad", beta_schedule="linear"), prefs, samples=samples)
 
 
 def test_degenerate_samples_warn_or_refuse():

@@ -13,58 +13,19 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rlp_align import stages_impl as S
-from rlp_align.annotators.base import AnnotatorConfig
-from rlp_align.best_of_n import BestOfNConfig
 from rlp_align.errors import UserError
-from rlp_align.generation import GenerateConfig
 from rlp_align.io import check_writable
-from rlp_align.ppo import PPOConfig, check_optim
+from rlp_align.pipeline_config import DataConfig, EnsembleConfig, PipelineConfig, split, write_instructions
+from rlp_align.ppo import check_optim
 from rlp_align.refine import RefineConfig, inherit_reward_settings
-from rlp_align.reward import RewardConfig
-from rlp_align.sample import SampleConfig
-from rlp_align.sft import SFTConfig
-from rlp_align.spg import SPGConfig
 from rlp_align.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
-from rlp_align.stages_impl import DataConfig, split, write_instructions
 
-__all__ = ["NOT_IN_STAGE_KEYS", "DataConfig", "PipelineConfig", "run_pipeline", "split", "write_instructions"]
-
-
-@dataclass
-class EnsembleConfig:
-    """Reward-model ensembles (Coste et al. 2024): k RMs on D with different seeds; 0 disables."""
-
-    k: int = 0
-    aggregates: list[str] = field(default_factory=lambda: ["wco", "uwo"])
-    uwo_lambda: float = 0.5
-
-
-@dataclass
-class PipelineConfig:
-    output_dir: str = "runs/default"
-    model: str = "smollm2-135m-instruct"
-    seed: int = 0
-    rounds: int = 1
-    refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
-    label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
-    pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
-    eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
-    data: DataConfig = field(default_factory=DataConfig)
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    spg: SPGConfig = field(default_factory=SPGConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+__all__ = ["NOT_IN_STAGE_KEYS", "DataConfig", "EnsembleConfig", "PipelineConfig", "run_pipeline", "split",
+           "write_instructions"]
 
 
 def preset_path(name: str) -> str:
@@ -156,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         sft_model = cache.stage("01_sft", S.train_sft, sft=cfg.sft, model=cfg.model, pools=pools, seed=seed)["model"]
 
     prefs = cache.stage("02_preferences", S.collect_preferences, annotator=cfg.annotator, sft_model=sft_model,
-                        pools=pools, preference_file=cfg.data.preference_file,
+                        pools=pools, preference_file=cfg.data.preference_file, skip_invalid=cfg.data.skip_invalid,
                         heldout_fraction=cfg.data.heldout_fraction, label_noise=cfg.label_noise,
                         pair_temperature=cfg.pair_temperature, max_new_tokens=gen.max_new_tokens,
                         batch_size=gen.batch_size, seed=seed)

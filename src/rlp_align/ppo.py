@@ -32,6 +32,7 @@ from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
+from rlp_align.logprobs import token_logprobs
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -43,7 +44,7 @@ from rlp_align.ppo_losses import (
     value_loss,
     whiten,
 )
-from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
+from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.training import (
     LoraConfig,
     OptimConfig,
@@ -100,6 +101,7 @@ class PPOConfig:
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def shape_rewards(
@@ -184,10 +186,10 @@ def ppo_update(
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
                     if split:
-                        logits = actor_critic.logits(*inputs)
+                        logits = actor_critic.logits(*inputs, cfg.temperature)
                     else:
-                        logits, values = model(*inputs)
-                    logprobs = token_logprobs(logits, b["response"], cfg.temperature)
+                        logits, values = model(*inputs, cfg.temperature)
+                    logprobs = token_logprobs(logits, b["response"])
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     if split:
@@ -318,7 +320,7 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     check_optim(cfg)
     if not cfg.prompts_file:
         raise UserError("ppo needs --prompts_file (unlabelled instructions)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)

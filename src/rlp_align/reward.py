@@ -73,6 +73,7 @@ class RewardConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ class RewardScorer(nn.Module):
 
 @dataclass
 class AuxiliaryLoss:
-    """An extra term ``weight · head(h1, h2)`` on the hidden states of view pairs scored with the pairs.
+    """An extra term ``weight · head(h1, h2, step)`` on the hidden states of view pairs scored with the pairs.
 
     RLP-UML: ``head`` is a `uml.MultiViewHead` giving L_M, ``views(step)`` the step's global batch of
     (view 1, view 2) token ids, ``weight`` is λ. The head is trained and checkpointed with the RM and saved
@@ -279,7 +280,7 @@ def train_reward_model(
                     loss = bt + centering_loss(r_w, r_l, cfg.center_coef)
                     aux_stats: dict[str, float] = {}
                     if extra_loss is not None and v:
-                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :])
+                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :], step)
                         loss = loss + extra_loss.weight * l_m
                     check_finite("reward-model loss", acc.reduce(loss.detach(), "mean"), step + 1, out)
                     acc.backward(loss / len(chunks))
@@ -337,6 +338,6 @@ def run_reward(cfg: RewardConfig) -> dict:
         raise UserError("reward training needs train_file: a preference file (TRL, AlpacaFarm, HH-RLHF or LLMBar)")
     from rlp_align.data.readers import read_preferences
 
-    train = read_preferences(cfg.train_file)
-    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+    train = read_preferences(cfg.train_file, skip_invalid=cfg.skip_invalid)
+    held_out = read_preferences(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return train_reward_model(cfg, train, held_out)

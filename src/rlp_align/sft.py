@@ -55,6 +55,7 @@ class SFTConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -203,6 +204,6 @@ def run_sft(cfg: SFTConfig) -> dict:
         raise UserError("SFT needs train_file: an instruction file with reference answers (e.g. Alpaca JSON)")
     from rlp_align.data.readers import read_instructions
 
-    records = read_instructions(cfg.train_file)
-    eval_records = read_instructions(cfg.eval_file) if cfg.eval_file else None
+    records = read_instructions(cfg.train_file, skip_invalid=cfg.skip_invalid)
+    eval_records = read_instructions(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return train_sft(cfg, records, eval_records)

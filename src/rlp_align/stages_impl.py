@@ -11,10 +11,8 @@ the section config, so ``rlp run`` and the single-stage commands share one path.
 from __future__ import annotations
 
 import dataclasses
-import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rlp_align.annotators.base import AnnotatorConfig
 from rlp_align.best_of_n import BestOfNConfig
@@ -22,45 +20,13 @@ from rlp_align.data import read_instructions, read_preferences, read_sample_sets
 from rlp_align.data.records import Instruction, Preference
 from rlp_align.generation import GenerateConfig
 from rlp_align.io import write_json, write_jsonl
+from rlp_align.pipeline_config import DataConfig, split, write_instructions
 from rlp_align.ppo import PPOConfig
 from rlp_align.refine import RefineConfig
 from rlp_align.reward import RewardConfig
 from rlp_align.sample import SampleConfig
 from rlp_align.sft import SFTConfig
 from rlp_align.spg import SPGConfig
-
-
-@dataclass
-class DataConfig:
-    """Where instructions come from and how they are split (the paper: SFT 10k / pref 10k / unlabelled 20k)."""
-
-    source: Literal["builtin", "files"] = "builtin"
-    train_file: str | None = None  # instructions for SFT / preference / unlabelled splits (files source)
-    eval_file: str | None = None  # eval instructions with reference answers (files source)
-    with_constraints: bool = False  # append a machine-checkable constraint to file instructions
-    preference_file: str | None = None  # a human preference file replaces the simulated D
-    n_sft: int = 0
-    n_preference: int = 64
-    n_unlabelled: int = 32
-    n_eval: int = 64
-    heldout_fraction: float = 0.1  # of D, for RM accuracy
-
-
-def split(items: list, sizes: list[int], seed: int) -> list[list]:
-    """Disjoint seeded splits of ``items`` with the given sizes (the last may be short)."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    out, start = [], 0
-    for size in sizes:
-        out.append([items[i] for i in order[start : start + size]])
-        start += size
-    return out
-
-
-def write_instructions(path: Path, instructions: list) -> str:
-    write_jsonl(path, [{"prompt": x.prompt, "reference": x.reference, "constraints": x.constraints,
-                        "meta": x.meta} for x in instructions])
-    return str(path)
 
 
 def _annotator(annotator: AnnotatorConfig):
@@ -95,9 +61,11 @@ def build_pools(data: DataConfig, seed: int, folder: Path) -> dict[str, Any]:
         pool = builtin_pool(sum(sizes) + d.n_eval, seed=seed)
         sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], seed)
     else:
-        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=seed)
+        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=seed,
+                                      skip_invalid=d.skip_invalid)
         sft, pref, unlabelled = split(train, sizes, seed)
-        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=seed + 1)
+        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=seed + 1,
+                                           skip_invalid=d.skip_invalid)
         evaluation = split(evaluation, [d.n_eval], seed)[0]
     out = {name: write_instructions(folder / f"{name}.jsonl", items)
            for name, items in [("sft", sft), ("preference", pref), ("unlabelled", unlabelled), ("eval", evaluation)]
@@ -114,14 +82,14 @@ def train_sft(sft: SFTConfig, model: str, pools: dict, seed: int, folder: Path) 
 
 
 def collect_preferences(annotator: AnnotatorConfig, sft_model: str, pools: dict, preference_file: str | None,
-                        heldout_fraction: float, label_noise: float, pair_temperature: float, max_new_tokens: int,
-                        batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
+                        skip_invalid: bool, heldout_fraction: float, label_noise: float, pair_temperature: float,
+                        max_new_tokens: int, batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
     from rlp_align.annotate import label_pairs
 
     empty = 0  # instructions dropped because a sample was empty
     if preference_file:
-        prefs = read_preferences(preference_file)
+        prefs = read_preferences(preference_file, skip_invalid=skip_invalid)
     else:
         instructions, pairs, empty = _two_samples(sft_model, read_instructions(pools["preference"]),
                                                   pair_temperature, max_new_tokens, batch_size, seed=seed)
