@@ -63,7 +63,8 @@ def jsonl(tmp: Path, rows: list, name: str = "data.jsonl") -> Path:
 
 def reward(tmp: Path, train: Path | str, *extra: str, model: str = "tiny") -> list[str]:
     return ["reward", "--model", model, "--train_file", str(train), "--output_dir", str(tmp / "out"),
-            "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--learning_rate", "1e-3", *extra]
+            "--optim.max_steps", "1", "--optim.batch_size", "2", "--max_length", "64", "--optim.learning_rate", "1e-3",
+            *extra]
 
 
 def reward_rows(*rows) -> Callable[[Path], list[str]]:
@@ -223,7 +224,7 @@ def disk_full_on_second_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def resumes_after_disk_full(tmp: Path, _: str) -> None:
     assert json.loads((tmp / "out/checkpoint/trainer_state.json").read_text())["step"] == 1  # the good one
-    args = reward(tmp, tmp / "data.jsonl", "--save_every", "1", "--max_steps", "3")
+    args = reward(tmp, tmp / "data.jsonl", "--optim.save_every", "1", "--optim.max_steps", "3")
     assert cli.main(args) == 0  # the monkeypatched save fails only once: this run resumes and finishes
     assert json.loads((tmp / "out/summary.json").read_text())["steps"] == 3
 
@@ -328,14 +329,15 @@ CASES = [
     # ---- configs and options
     Case("unknown-config-key", "config", "a misspelt option", "exit 2; suggests the closest key",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--learnig_rate", "0.1"),
-         ("unknown config key 'learnig_rate'", "did you mean 'learning_rate'"), subprocess=True),
+         ("unknown config key 'learnig_rate'", "did you mean 'optim.learning_rate'"), subprocess=True),
     Case("unknown-nested-key", "config", "an unknown key in a YAML section", "exit 2; names the dotted key",
          lambda tmp: pipeline(tmp, ppo={"kl_coeff": 0.1}), ("unknown config key 'ppo.kl_coeff'",)),
-    Case("wrong-type-int", "config", "`--batch_size eight`", "exit 2; names key, expected type and value",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--batch_size", "eight"),
-         ("batch_size: expected an integer, got 'eight'",)),
-    Case("wrong-type-bool", "config", "`--lora maybe`", "exit 2",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora", "maybe"), ("lora: expected true or false",)),
+    Case("wrong-type-int", "config", "`--optim.batch_size eight`", "exit 2; names key, expected type and value",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.batch_size", "eight"),
+         ("optim.batch_size: expected an integer, got 'eight'",)),
+    Case("wrong-type-bool", "config", "`--lora.enabled maybe`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora.enabled", "maybe"),
+         ("lora.enabled: expected true or false",)),
     Case("bad-choice", "config", "`--ensemble_aggregate median`", "exit 2; lists the choices",
          lambda tmp: ["ppo", "--ensemble_aggregate", "median"], ("'median' is not one of 'mean', 'wco', 'uwo'",)),
     Case("invalid-yaml", "config", "a config file that is not YAML", "exit 2",
@@ -352,8 +354,14 @@ CASES = [
          lambda tmp: ["reward", "--output_dir", str(tmp / "out")], ("needs train_file",)),
     Case("ppo-without-prompts", "config", "`rlp ppo` without prompts_file", "exit 2",
          lambda tmp: ["ppo", "--output_dir", str(tmp / "out")], ("ppo needs --prompts_file",)),
-    Case("zero-learning-rate", "config", "`--learning_rate 0`", "exit 2, before any model is loaded",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--learning_rate", "0"], ("learning_rate = 0.0 is out of range: learning_rate must be > 0",)),
+    Case("zero-learning-rate", "config", "`--optim.learning_rate 0`", "exit 2, before any model is loaded",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--optim.learning_rate", "0"],
+         ("optim.learning_rate = 0.0 is out of range: optim.learning_rate must be > 0",)),
+    Case("pipeline-owned-key", "config", "`rlp run --reward.train_file x`", "exit 2: the pipeline sets it",
+         lambda tmp: pipeline(tmp, reward={"train_file": "x.jsonl"}), ("reward.train_file is set by the pipeline",)),
+    Case("ppo-unused-optim-key", "config", "`rlp ppo --optim.batch_size 4`", "exit 2: names PPO's own knob",
+         lambda tmp: ["ppo", "--optim.batch_size", "4", "--prompts_file", "p.jsonl"],
+         ("ppo does not use optim.batch_size", "step_batch_size")),
     Case("oracle-without-spg", "config", "pipeline refine_methods [oracle] without spg",
          "exit 2: oracle labels as many pairs as SPG made", lambda tmp: pipeline(tmp, refine_methods=["oracle"]),
          ("include 'spg' in refine_methods",)),
@@ -369,8 +377,8 @@ CASES = [
     # ---- training
     Case("nan-loss", "training", "a loss that becomes NaN (learning rate 1e30)",
          "exit 2: NonFiniteError names the quantity and step; the last good checkpoint is kept for resume",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD, {**GOOD, "prompt": "Name a stone."}]), "--learning_rate",
-                            "1e30", "--save_every", "1", "--max_steps", "3"),
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD, {**GOOD, "prompt": "Name a stone."}]), "--optim.learning_rate",
+                            "1e30", "--optim.save_every", "1", "--optim.max_steps", "3"),
          ("reward-model loss became nan at step 2", "last good checkpoint"), check=nan_kept_checkpoint),
     Case("unwritable-output-dir", "training", "an output_dir that cannot be created (under a file)",
          "exit 2 before training starts",
@@ -399,21 +407,21 @@ CASES = [
                                                           headless_classifier(tmp), "--preferences",
                                                           str(jsonl(tmp, [GOOD]))],
          ("without trained head weights", "score.weight")),
-    Case("max-steps-negative", "config", "`--max_steps -3`", "exit 2 before any work; names key, value and range",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--max_steps", "-3"),
-         ("max_steps = -3 is out of range: max_steps must be >= 1",), check=nothing_trained),
-    Case("epochs-zero", "config", "`--epochs 0`", "exit 2 before any work",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--max_steps", "null", "--epochs", "0"],
-         ("epochs = 0 is out of range",), check=nothing_trained),
+    Case("max-steps-negative", "config", "`--optim.max_steps -3`", "exit 2 before any work; names key, value and range",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.max_steps", "-3"),
+         ("optim.max_steps = -3 is out of range: optim.max_steps must be >= 1",), check=nothing_trained),
+    Case("epochs-zero", "config", "`--optim.epochs 0`", "exit 2 before any work",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--optim.max_steps", "null", "--optim.epochs", "0"],
+         ("optim.epochs = 0 is out of range",), check=nothing_trained),
     Case("ppo-steps-zero", "config", "`rlp ppo --steps 0`", "exit 2 before any work",
          lambda tmp: ppo(tmp, "--steps", "0"), ("steps = 0 is out of range",), check=untouched("out")),
     Case("ppo-epochs-zero", "config", "`--ppo_epochs 0`", "exit 2", lambda tmp: ppo(tmp, "--ppo_epochs", "0"),
          ("ppo_epochs = 0 is out of range",)),
     Case("max-length-zero", "config", "`--max_length 0`", "exit 2",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--max_length", "0"), ("max_length = 0 is out of range",)),
-    Case("grad-accumulation-zero", "config", "`--gradient_accumulation_steps 0`", "exit 2",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--gradient_accumulation_steps", "0"),
-         ("gradient_accumulation_steps = 0",)),
+    Case("grad-accumulation-zero", "config", "`--optim.gradient_accumulation_steps 0`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.gradient_accumulation_steps", "0"),
+         ("optim.gradient_accumulation_steps = 0",)),
     Case("gamma-above-1", "config", "`rlp ppo --gamma 2`", "exit 2; a discount factor is in [0, 1]",
          lambda tmp: ppo(tmp, "--gamma", "2"), ("gamma = 2.0 is out of range: gamma must be in [0, 1]",)),
     Case("lam-negative", "config", "`rlp ppo --lam -1`", "exit 2", lambda tmp: ppo(tmp, "--lam", "-1"),
@@ -427,11 +435,11 @@ CASES = [
          lambda tmp: ["spg", "--similarity_threshold", "2"], ("similarity_threshold must be in [-1, 1]",)),
     Case("z-dim-zero", "config", "`rlp refine --z_dim 0`", "exit 2", lambda tmp: ["refine", "--z_dim", "0"],
          ("z_dim = 0 is out of range",)),
-    Case("learning-rate-nan", "config", "`--learning_rate nan`", "exit 2: NaN and inf are refused for every float",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--learning_rate", "nan"),
-         ("learning_rate = nan is not a finite number",)),
-    Case("logging-every-zero", "config", "`--logging_every 0`", "exit 2",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--logging_every", "0"), ("logging_every = 0",)),
+    Case("learning-rate-nan", "config", "`--optim.learning_rate nan`", "exit 2: NaN and inf are refused for every float",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.learning_rate", "nan"),
+         ("optim.learning_rate = nan is not a finite number",)),
+    Case("logging-every-zero", "config", "`--optim.logging_every 0`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.logging_every", "0"), ("optim.logging_every = 0",)),
     Case("rollout-batch-size-zero", "config", "`--rollout_batch_size 0`", "exit 2",
          lambda tmp: ppo(tmp, "--rollout_batch_size", "0"), ("rollout_batch_size = 0 is out of range",)),
     Case("rollout-chunk-size-zero", "config", "`--rollout_chunk_size 0`", "exit 2",
@@ -472,7 +480,7 @@ CASES = [
          patch=disk_full_on_model_save, check=untouched("out/model", "out/summary.json")),
     Case("disk-full-checkpoint", "training", "a full disk while torch writes a checkpoint (its RuntimeError)",
          "exit 2 naming the checkpoint and the cause; the last good checkpoint is kept and a rerun resumes",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--save_every", "1", "--max_steps", "3"),
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.save_every", "1", "--optim.max_steps", "3"),
          ("out/checkpoint: No space left on device",), patch=disk_full_on_second_checkpoint,
          check=resumes_after_disk_full),
     Case("permission-denied", "training", "an output folder without write permission", "exit 2 before training",
@@ -506,7 +514,6 @@ def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RLP_SKIP_INVALID", "0")  # --skip_invalid sets it for its run; restored afterwards
     if case.patch is not None:
         case.patch(monkeypatch)
     code, out, err = run_case(case, tmp_path, capsys)

@@ -126,8 +126,8 @@ def test_every_out_of_range_value_exits_2_naming_the_key(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["reward", "--max_steps", "-3"], "max_steps = -3 is out of range: max_steps must be >= 1"),
-    (["reward", "--epochs", "0"], "epochs = 0 is out of range"),
+    (["reward", "--optim.max_steps", "-3"], "optim.max_steps = -3 is out of range: optim.max_steps must be >= 1"),
+    (["reward", "--optim.epochs", "0"], "optim.epochs = 0 is out of range"),
     (["ppo", "--steps", "0"], "steps = 0 is out of range: steps must be >= 1"),
     (["ppo", "--ppo_epochs", "0"], "ppo_epochs = 0"),
     (["ppo", "--gamma", "2"], "gamma = 2.0 is out of range: gamma must be in [0, 1]"),
@@ -137,7 +137,7 @@ def test_every_out_of_range_value_exits_2_naming_the_key(capsys):
     (["spg", "--similarity_threshold", "2"], "similarity_threshold must be in [-1, 1]"),
     (["refine", "--z_dim", "0"], "z_dim = 0"),
     (["refine", "--lam", "-0.5"], "lam = -0.5 is out of range: lam must be >= 0"),  # Eq. 1's weight
-    (["reward", "--learning_rate", "nan"], "learning_rate = nan is not a finite number"),
+    (["reward", "--optim.learning_rate", "nan"], "optim.learning_rate = nan is not a finite number"),
     (["run", "--data.n_eval", "0"], "data.n_eval = 0 is out of range"),
     (["run", "--ppo.temperature", "0"], "ppo.temperature = 0.0 is out of range: ppo.temperature must be > 0"),
     (["eval", "rm-accuracy", "--batch_size", "0"], "batch_size = 0"),
@@ -154,7 +154,8 @@ def test_in_range_values_and_one_name_two_meanings():
     assert build_config(RefineConfig, {"lam": 3.0}).lam == 3.0  # Eq. 1's weight may exceed 1
     with pytest.raises(UserError, match=r"lam = 3.0 is out of range"):
         build_config(PPOConfig, {"lam": 3.0})  # GAE's lambda may not
-    assert build_config(PPOConfig, {"max_grad_norm": -1.0, "micro_batch_size": None}).max_grad_norm == -1.0
+    cfg = build_config(PPOConfig, {"optim": {"max_grad_norm": -1.0}, "micro_batch_size": None})
+    assert cfg.optim.max_grad_norm == -1.0 and cfg.micro_batch_size is None  # <= 0: no clipping; None: unset
 
 
 def test_range_arithmetic():

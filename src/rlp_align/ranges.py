@@ -85,10 +85,10 @@ RANGES: dict[str, Range] = {
     "eval_every": Range(0, why="evaluate every n steps; 0: at the end only"),
     "eval_fraction": FRACTION,
     "seed": Range(0, 2**32 - 1, why="numpy takes seeds in [0, 2^32 - 1]"),
-    # LoRA
-    "lora_r": AT_LEAST_1,
-    "lora_alpha": POSITIVE,
-    "lora_dropout": Range(0, 1, hi_open=True),
+    # LoRA (the `lora:` section)
+    "LoraConfig.r": Range(1, why="the adapters' rank"),
+    "LoraConfig.alpha": POSITIVE,
+    "LoraConfig.dropout": Range(0, 1, hi_open=True),
     # sequence lengths and generation
     "max_length": AT_LEAST_1,
     "max_prompt_length": AT_LEAST_1,
@@ -115,6 +115,7 @@ RANGES: dict[str, Range] = {
     "uwo_lambda": NON_NEGATIVE,
     # RLP: UML and SPG
     "beta": NON_NEGATIVE,
+    "beta_anneal_steps": Range(0, why="steps over which beta rises from 0; 0 with beta_schedule constant"),
     "z_dim": AT_LEAST_1,
     "similarity_threshold": Range(-1, 1, why="a cosine similarity"),
     # annotators and evaluation
