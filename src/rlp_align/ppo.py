@@ -91,6 +91,7 @@ class PPOConfig:
     kl_horizon: int = 10000
     whiten_rewards: bool = True
     truncation_penalty: float | None = None  # score given to responses without EOS (AlpacaFarm: -1.0)
+    missing_eos_penalty: float | None = None  # subtracted from r(x, y) of a response without EOS (TRL's knob)
     max_new_tokens: int = 64  # AlpacaFarm: 300
     max_prompt_length: int = 256
     temperature: float = 1.0
