@@ -222,3 +222,42 @@ def test_bad_config_is_a_user_error(tmp_path):
         run_spg(SPGConfig(samples_file="x", reward_model="tiny", output_file="y", gamma=1.5))
     with pytest.raises(UserError, match="needs nli_model"):
         run_spg(SPGConfig(samples_file="x", reward_model="tiny", output_file="y", backend="nli"))
+
+
+# ---------------------------------------------------------------- empty samples never become pairs
+
+
+def test_without_empty_responses_filters_texts_and_flags():
+    from rlp_align.data.records import without_empty_responses
+
+    sets = [SampleSet(user_prompt("q"), ["", "a", " \n", "b"], {"truncated": [False, True, False, False], "id": 1}),
+            SampleSet(user_prompt("r"), ["  "], {})]
+    kept, removed = without_empty_responses(sets)
+    assert removed == 3
+    assert kept[0].responses == ["a", "b"] and kept[0].meta == {"truncated": [True, False], "id": 1}
+    assert kept[1].responses == [] and sets[0].responses == ["", "a", " \n", "b"]  # the input is not changed
+
+
+def test_empty_samples_never_become_spg_pairs(tmp_path, tiny_rm):
+    from rlp_align.data.readers import read_preferences
+
+    samples = tmp_path / "samples.jsonl"
+    # the three empty answers would be q1's largest "cluster": before the filter SPG chose "" and the refine
+    # stage's preference reader refused the file
+    write_jsonl(samples, [
+        {"prompt": "q1", "responses": ["", " ", "\n", "Paris is the capital of France", "Lyon."],
+         "meta": {"truncated": [False, False, False, True, False]}},
+        {"prompt": "q2", "responses": ["", "  "]},
+    ])
+    for selection in ("spg", "select_all", "rm_rank"):
+        out = tmp_path / f"{selection}.jsonl"
+        summary = run_spg(SPGConfig(samples_file=str(samples), reward_model=tiny_rm, output_file=str(out),
+                                    selection=selection))
+        assert summary["empty_samples_removed"] == 5
+        prefs = read_preferences(out)  # refuses a pair with an empty side
+        assert all(p.chosen.strip() and p.rejected.strip() for p in prefs)
+        if selection != "spg":  # gamma 0 / no clustering: the two real answers make the one pair
+            assert len(prefs) == 1
+            flags = {prefs[0].chosen: prefs[0].meta["truncated_chosen"],
+                     prefs[0].rejected: prefs[0].meta["truncated_rejected"]}
+            assert flags == {"Paris is the capital of France": True, "Lyon.": False}

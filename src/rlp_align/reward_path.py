@@ -58,6 +58,13 @@ def apply_missing_eos_penalty(scores: torch.Tensor, truncated: torch.Tensor | Se
     return scores - penalty * cut.to(scores.dtype)
 
 
+def pair_truncation(flags: Sequence[bool] | None, chosen: int, rejected: int) -> dict[str, bool]:
+    """A preference pair's meta entries ``truncated_chosen`` / ``truncated_rejected`` from per-sample flags."""
+    if not isinstance(flags, (list, tuple)) or max(chosen, rejected) >= len(flags):
+        return {}
+    return {"truncated_chosen": bool(flags[chosen]), "truncated_rejected": bool(flags[rejected])}
+
+
 def truncated_share(flags: Sequence[bool]) -> float:
     """Fraction of answers that were cut (no EOS); 0 for no answers."""
     flags = list(flags)

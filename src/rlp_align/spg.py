@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlp_align.clustering import DEFAULT_SIMILARITY_THRESHOLD, cluster_sizes, largest_cluster
-from rlp_align.data.records import Preference, SampleSet, prompt_text
+from rlp_align.data.records import Preference, SampleSet, prompt_text, without_empty_responses
 from rlp_align.errors import UserError
+from rlp_align.reward_path import pair_truncation
 
 Selection = Literal["spg", "rm_rank", "select_all"]
 DROP_REASONS = ("low_confidence", "no_rejected", "empty")
@@ -71,6 +72,7 @@ def synthesize_preferences(
         rejected = rng.choice(others)
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
+            **pair_truncation(s.meta.get("truncated"), chosen, rejected),
             "source": "spg",
             "confidence": confidence,
             "cluster_sizes": cluster_sizes(ids),
@@ -107,6 +109,7 @@ def rm_rank_preferences(
         chosen, rejected = (a, b) if scores[a] >= scores[b] else (b, a)
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
+            **pair_truncation(s.meta.get("truncated"), chosen, rejected),
             "source": "spg",
             "chosen_score": float(scores[chosen]),
             "rejected_score": float(scores[rejected]),
@@ -236,7 +239,7 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
     from rlp_align.io import write_json
 
     _validate(cfg)
-    sample_sets = read_sample_sets(cfg.samples_file)
+    sample_sets, empty = without_empty_responses(read_sample_sets(cfg.samples_file))
     if cfg.selection == "rm_rank":
         scores = _score(cfg, sample_sets, [True] * len(sample_sets))
         prefs, stats = rm_rank_preferences(sample_sets, scores, cfg.seed)
@@ -256,6 +259,7 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
         scores = _score(cfg, sample_sets, [needs_scores(ids, gamma) for ids in cluster_ids])
         prefs, stats = synthesize_preferences(sample_sets, cluster_ids, scores, gamma, cfg.seed)
     stats["selection"] = cfg.selection
+    stats["empty_samples_removed"] = empty
     stats["backend"] = None if cfg.selection == "rm_rank" else cfg.backend
     write_preferences(cfg.output_file, prefs)
     stats_file = f"{cfg.output_file}.stats.json"

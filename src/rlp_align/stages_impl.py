@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlp_align.data import read_instructions, read_preferences, read_sample_sets, write_preferences
-from rlp_align.data.records import Instruction, Preference
+from rlp_align.data.records import Instruction, Preference, without_empty_responses
 from rlp_align.io import write_json, write_jsonl
 from rlp_align.pipeline import PipelineConfig, split, write_instructions
 
@@ -24,11 +24,12 @@ def _annotator(cfg: PipelineConfig):
 
 
 def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instruction], temperature: float,
-                 max_new_tokens: int, seed: int) -> tuple[list[Instruction], list[list[str]], int]:
+                 max_new_tokens: int, seed: int) -> tuple[list[Instruction], list[list[str]], int, list[list[bool]]]:
     """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs).
 
-    Returns the instructions kept, their pairs, and how many were dropped because a sample was empty (the
-    policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it.
+    Returns the instructions kept, their pairs, how many were dropped because a sample was empty (the
+    policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it;
+    and each kept pair's truncated flags (cut at max_new_tokens), which D keeps in its meta.
     """
     from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
@@ -36,8 +37,9 @@ def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instructio
     gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
                     temperature=temperature, max_new_tokens=max_new_tokens, batch_size=cfg.generate.batch_size,
                     seed=seed)
-    kept = [(x, pair) for x, pair in zip(instructions, gens.grouped()) if all(t.strip() for t in pair)]
-    return [x for x, _ in kept], [pair for _, pair in kept], len(instructions) - len(kept)
+    cut = [gens.truncated[2 * i : 2 * i + 2] for i in range(len(instructions))]
+    kept = [(x, pair, c) for x, pair, c in zip(instructions, gens.grouped(), cut) if all(t.strip() for t in pair)]
+    return [x for x, _, _ in kept], [p for _, p, _ in kept], len(instructions) - len(kept), [c for _, _, c in kept]
 
 
 def build_pools(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
@@ -77,10 +79,12 @@ def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder
     if cfg.data.preference_file:
         prefs = read_preferences(cfg.data.preference_file)
     else:
-        instructions, pairs, empty = _two_samples(cfg, sft_model, read_instructions(pools["preference"]),
-                                                  cfg.pair_temperature, cfg.generate.max_new_tokens, seed=cfg.seed)
+        instructions, pairs, empty, cut = _two_samples(cfg, sft_model, read_instructions(pools["preference"]),
+                                                       cfg.pair_temperature, cfg.generate.max_new_tokens,
+                                                       seed=cfg.seed)
         prefs = label_pairs(_annotator(cfg), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
-                            noise=cfg.label_noise, temperature=cfg.annotator.temperature, seed=cfg.seed)
+                            noise=cfg.label_noise, temperature=cfg.annotator.temperature, seed=cfg.seed,
+                            truncated_a=[c[0] for c in cut], truncated_b=[c[1] for c in cut])
     heldout = max(1, int(len(prefs) * cfg.data.heldout_fraction))
     train, test = split(prefs, [len(prefs) - heldout, heldout], cfg.seed)
     write_preferences(folder / "train.jsonl", train)
@@ -154,16 +158,21 @@ def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path
     """
     from rlp_align.annotate import label_pairs
 
-    sets = read_sample_sets(samples["samples"])
+    sets, empty = without_empty_responses(read_sample_sets(samples["samples"]))
     usable = [s for s in sets if len(set(s.responses)) >= 2][:n_pairs]
     pool = {x.text: x for x in read_instructions(pools["unlabelled"])} if pools else {}
     instructions = [pool.get(s.prompt[-1]["content"], Instruction(s.prompt, meta=s.meta)) for s in usable]
     a = [s.responses[0] for s in usable]
-    b = [next(r for r in s.responses[1:] if r != s.responses[0]) for s in usable]
+    second = [next(j for j, r in enumerate(s.responses) if r != s.responses[0]) for s in usable]
+    b = [s.responses[j] for s, j in zip(usable, second)]
+    flags = [s.meta.get("truncated") if isinstance(s.meta.get("truncated"), list) else None for s in usable]
+    known = all(f is not None for f in flags)
     prefs = label_pairs(_annotator(cfg), instructions, a, b, noise=cfg.label_noise,
-                        temperature=cfg.annotator.temperature, seed=cfg.seed + 7)
+                        temperature=cfg.annotator.temperature, seed=cfg.seed + 7,
+                        truncated_a=[f[0] for f in flags] if known else None,
+                        truncated_b=[f[j] for f, j in zip(flags, second)] if known else None)
     write_preferences(folder / "oracle.jsonl", prefs)
-    return {"synthetic": str(folder / "oracle.jsonl"), "pairs": len(prefs)}
+    return {"synthetic": str(folder / "oracle.jsonl"), "pairs": len(prefs), "empty_samples_removed": empty}
 
 
 def refine_rm(cfg: PipelineConfig, method: str, sft_model: str, rm: dict, prefs: dict, samples: dict,
@@ -204,12 +213,14 @@ def answer_eval(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> 
 def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy."""
 
-    instructions, pairs, _ = _two_samples(cfg, policy, read_instructions(pools["eval"]), cfg.sample.temperature,
-                                          cfg.sample.max_new_tokens, seed=cfg.seed + 3)
+    instructions, pairs, _, cut = _two_samples(cfg, policy, read_instructions(pools["eval"]),
+                                               cfg.sample.temperature, cfg.sample.max_new_tokens, seed=cfg.seed + 3)
     annotator = _annotator(cfg)
     probs = annotator.compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
-    prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a, {"gold_p": p})
-             for x, (a, b), p in zip(instructions, pairs, probs) if p != 0.5 and a != b]
+    prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a,
+                        {"gold_p": p, "truncated_chosen": c[0] if p > 0.5 else c[1],
+                         "truncated_rejected": c[1] if p > 0.5 else c[0]})
+             for x, (a, b), p, c in zip(instructions, pairs, probs, cut) if p != 0.5 and a != b]
     write_preferences(folder / "pairs.jsonl", prefs)
     return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs)}
 
@@ -234,9 +245,11 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
         responses = [r["response"] for r in label_rows]
         prefs = annotator.compare(instructions, responses, baseline)
         gold = annotator.score(instructions, responses) if annotator.can_score else None
+        cut = [(r.get("meta") or {}).get("truncated") for r in label_rows]
         table[label] = {**win_rate(prefs, n_boot=2000, seed=cfg.seed),
                         "gold_reward": sum(gold) / len(gold) if gold else None,
-                        "mean_chars": sum(map(len, responses)) / max(1, len(responses))}
+                        "mean_chars": sum(map(len, responses)) / max(1, len(responses)),
+                        "truncated_share": sum(map(bool, cut)) / len(cut) if all(c is not None for c in cut) else None}
         per_label[label] = prefs
     pairs = read_preferences(on_policy["pairs_file"]) if on_policy["pairs"] else []
     accuracy = {}
