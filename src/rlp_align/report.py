@@ -116,11 +116,13 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
                      f"Win-rates are judged by the `{cfg.annotator.kind}` annotator against "
                      f"{'the reference answers' if evaluation.get('baseline') == 'reference' else 'the SFT answers'} "
                      f"on {evaluation.get('n_eval')} eval instructions; ties count ½; 95 % bootstrap CIs.\n"]
-    md += ["## Win-rate\n", "| method | win-rate % | 95 % CI | gold reward | mean chars |", "|---|---|---|---|---|"]
+    md += ["## Win-rate\n", "| method | win-rate % | 95 % CI | gold reward | mean chars | cut % |",
+           "|---|---|---|---|---|---|"]
     for label, row in table.items():
         gold = "–" if row.get("gold_reward") is None else f"{row['gold_reward']:.3f}"
+        cut = "–" if row.get("truncated_share") is None else f"{100 * row['truncated_share']:.0f}"  # no EOS
         md.append(f"| {label} | {100 * row['mean']:.1f} | [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] "
-                  f"| {gold} | {row['mean_chars']:.0f} |")
+                  f"| {gold} | {row['mean_chars']:.0f} | {cut} |")
     shares = recovered_shares(table)
     if shares:
         md.append("\nShare of the oracle's gain over PPO that each RLP variant recovers, (RLP − PPO) / (oracle − PPO): "
