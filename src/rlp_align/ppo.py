@@ -29,6 +29,7 @@ import torch
 from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
+from rlp_align.dropout import disable_dropout
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
@@ -104,7 +105,7 @@ class PPOConfig:
     lora: bool = False  # LoRA adapters on policy and value model instead of full fine-tuning
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.0  # PPO switches every dropout off (rlp_align.dropout); kept for the adapter config
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -230,6 +231,8 @@ def train_ppo(
     if cfg.lora:
         policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         value = apply_lora(value, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    for m in (policy, value):  # rollouts and updates must compute one function: the first ratio is 1 (TRL)
+        disable_dropout(m)
     actor_critic = ActorCritic(policy, value)
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.learning_rate},
               {"params": [p for p in value.parameters() if p.requires_grad],
