@@ -83,3 +83,22 @@ def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
     assert {pref.chosen, pref.rejected} == {"A full answer.", "Another answer"}
     cut = {pref.chosen: pref.meta["truncated_chosen"], pref.rejected: pref.meta["truncated_rejected"]}
     assert cut == {"A full answer.": False, "Another answer": True}
+
+
+def test_oracle_label_budget_takes_disjoint_pairs_round_by_round(tmp_path):
+    from rlp_align import stages_impl
+    from rlp_align.data import read_preferences
+    from rlp_align.io import write_jsonl
+    from rlp_align.pipeline import PipelineConfig
+
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, [
+        {"prompt": [{"role": "user", "content": "q1"}], "responses": ["a", "a", "b", "c", "d", "e"]},
+        {"prompt": [{"role": "user", "content": "q2"}], "responses": ["x", "y", "x"]},
+    ])
+    cfg = PipelineConfig(label_noise=0.0)
+    small = stages_impl.oracle_labels(cfg, {"samples": str(samples)}, n_pairs=2, folder=tmp_path / "s")
+    big = stages_impl.oracle_labels(cfg, {"samples": str(samples)}, n_pairs=100, folder=tmp_path / "b")
+    assert small["pairs"] == 2 and big["pairs"] == 3  # q1 has 5 distinct answers: 2 disjoint pairs; q2 one
+    pairs = [(p.prompt[-1]["content"], frozenset((p.chosen, p.rejected))) for p in read_preferences(big["synthetic"])]
+    assert pairs == [("q1", frozenset("ab")), ("q2", frozenset("xy")), ("q1", frozenset("cd"))]

@@ -70,6 +70,7 @@ class PipelineConfig:
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
     eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
+    oracle_labels: int | None = None  # fresh gold labels for the oracle RM; None: as many as SPG kept pairs
     data: DataConfig = field(default_factory=DataConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -125,8 +126,12 @@ def _validate(cfg: PipelineConfig) -> None:
         raise UserError("data.source 'files' needs data.train_file and data.eval_file")
     if cfg.eval_baseline == "reference" and cfg.data.source == "builtin":
         raise UserError("the built-in instruction pool has no reference answers: set eval_baseline: sft")
-    if "oracle" in cfg.refine_methods and "spg" not in cfg.refine_methods and "uml+spg" not in cfg.refine_methods:
-        raise UserError("refine 'oracle' labels as many pairs as SPG produced: include 'spg' in refine_methods")
+    if cfg.oracle_labels is not None and cfg.oracle_labels < 1:
+        raise UserError(f"oracle_labels must be >= 1 (or null: as many as SPG kept), got {cfg.oracle_labels}")
+    if ("oracle" in cfg.refine_methods and cfg.oracle_labels is None and "spg" not in cfg.refine_methods
+            and "uml+spg" not in cfg.refine_methods):
+        raise UserError("refine 'oracle' without oracle_labels labels as many pairs as SPG produced: include 'spg' "
+                        "in refine_methods, or set oracle_labels")
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -171,15 +176,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                 "sample": _slice(cfg.sample), "pools": pools["hash"]},
                                 lambda d, p=src_policy: S.sample_policy(cfg, p["model"], pools, d))
             synthetic = None
-            if method in ("spg", "uml+spg", "oracle"):
+            if method in ("spg", "uml+spg") or (method == "oracle" and cfg.oracle_labels is None):
                 synthetic = cache.run(f"06_spg{tag}_{samples['hash'][:6]}", {"samples": samples["hash"],
                                       "rm": src_rm["hash"], "spg": _slice(cfg.spg)},
                                       lambda d, s=samples, r=src_rm: S.synthesize(cfg, s, r["model"], d))
             if method == "oracle":
-                synthetic = cache.run(f"06_oracle{tag}", {"samples": samples["hash"], "spg": synthetic["hash"],
+                budget = cfg.oracle_labels or synthetic["pairs"]  # a fixed budget, or SPG's pair count
+                synthetic = cache.run(f"06_oracle{tag}", {"samples": samples["hash"], "budget": budget,
                                       "annotator": _slice(cfg.annotator), "noise": cfg.label_noise,
                                       "pools": pools["hash"]},
-                                      lambda d, s=samples, n=synthetic["pairs"]: S.oracle_labels(cfg, s, n, d, pools))
+                                      lambda d, s=samples, n=budget: S.oracle_labels(cfg, s, n, d, pools))
             name = method.replace("+", "_")
             refined = cache.run(f"07_refine_{name}{tag}", {"refine": _slice(cfg.refine), "reward": _slice(cfg.reward),
                                 "prefs": prefs["hash"], "samples": samples["hash"], "rm": src_rm["hash"],

@@ -152,25 +152,31 @@ def synthesize(cfg: PipelineConfig, samples: dict, rm: str, folder: Path) -> dic
 
 def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path,
                   pools: dict | None = None) -> dict[str, Any]:
-    """The upper bound RLP approximates: fresh (noisy) annotator labels on policy-sample pairs.
+    """The upper bound RLP approximates: fresh (noisy) annotator labels on up to ``n_pairs`` policy-sample pairs.
 
-    The annotator sees the unlabelled pool's full instructions (reference answer, constraints), as D's did.
+    Pairs are disjoint pairs of distinct answers, taken round by round over the instructions (first the first
+    two distinct answers of every instruction, then the next two, ...), so a budget larger than the number of
+    instructions is spent on independent pairs. The annotator sees the unlabelled pool's full instructions
+    (reference answer, constraints), as D's did.
     """
     from rlp_align.annotate import label_pairs
 
     sets, empty = without_empty_responses(read_sample_sets(samples["samples"]))
-    usable = [s for s in sets if len(set(s.responses)) >= 2][:n_pairs]
+    distinct = [[j for j, r in enumerate(s.responses) if s.responses.index(r) == j] for s in sets]  # first copies
+    picked = []  # (set index, answer index a, answer index b)
+    for rnd in range(max((len(d) // 2 for d in distinct), default=0)):
+        picked += [(i, d[2 * rnd], d[2 * rnd + 1]) for i, d in enumerate(distinct) if len(d) >= 2 * rnd + 2]
+    picked = picked[:n_pairs]
     pool = {x.text: x for x in read_instructions(pools["unlabelled"])} if pools else {}
-    instructions = [pool.get(s.prompt[-1]["content"], Instruction(s.prompt, meta=s.meta)) for s in usable]
-    a = [s.responses[0] for s in usable]
-    second = [next(j for j, r in enumerate(s.responses) if r != s.responses[0]) for s in usable]
-    b = [s.responses[j] for s, j in zip(usable, second)]
-    flags = [s.meta.get("truncated") if isinstance(s.meta.get("truncated"), list) else None for s in usable]
-    known = all(f is not None for f in flags)
-    prefs = label_pairs(_annotator(cfg), instructions, a, b, noise=cfg.label_noise,
+    instructions = [pool.get(sets[i].prompt[-1]["content"], Instruction(sets[i].prompt, meta=sets[i].meta))
+                    for i, _, _ in picked]
+    flags = [sets[i].meta.get("truncated") for i, _, _ in picked]
+    known = all(isinstance(f, list) for f in flags)
+    prefs = label_pairs(_annotator(cfg), instructions, [sets[i].responses[j] for i, j, _ in picked],
+                        [sets[i].responses[k] for i, _, k in picked], noise=cfg.label_noise,
                         temperature=cfg.annotator.temperature, seed=cfg.seed + 7,
-                        truncated_a=[f[0] for f in flags] if known else None,
-                        truncated_b=[f[j] for f, j in zip(flags, second)] if known else None)
+                        truncated_a=[f[j] for f, (_, j, _) in zip(flags, picked)] if known else None,
+                        truncated_b=[f[k] for f, (_, _, k) in zip(flags, picked)] if known else None)
     write_preferences(folder / "oracle.jsonl", prefs)
     return {"synthetic": str(folder / "oracle.jsonl"), "pairs": len(prefs), "empty_samples_removed": empty}
 
