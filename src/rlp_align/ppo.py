@@ -34,6 +34,7 @@ from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
+from rlp_align.ppo_eval import evaluation_point
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
     SumOverRanks,
@@ -93,6 +94,7 @@ class PPOConfig:
     whiten_rewards: bool = True
     truncation_penalty: float | None = None  # score given to responses without EOS (AlpacaFarm: -1.0)
     missing_eos_penalty: float | None = None  # subtracted from r(x, y) of a response without EOS (TRL's knob)
+    eval_every: int = 0  # evaluation points (proxy, gold, KL on held-out prompts) every N steps; 0: off
     max_new_tokens: int = 64  # AlpacaFarm: 300
     max_prompt_length: int = 256
     temperature: float = 1.0
@@ -208,8 +210,13 @@ def ppo_update(
 def train_ppo(
     cfg: PPOConfig, prompts: list[Messages], reward_fn: RewardFn,
     gold_fn: Callable[[list[Messages], list[str]], Any] | None = None,
+    eval_prompts: list[Messages] | None = None,
 ) -> dict[str, Any]:
-    """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
+    """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint.
+
+    With ``cfg.eval_every`` and ``eval_prompts``, an evaluation point (`rlp_align.ppo_eval`) is logged before
+    the first step and after every ``eval_every`` steps and the last, as ``eval/*`` metrics.
+    """
     if not prompts:
         raise UserError("PPO needs at least one prompt")
     accelerator = make_accelerator(cfg.seed)
@@ -255,6 +262,14 @@ def train_ppo(
     sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
+    def eval_point(step: int) -> dict[str, Any]:
+        if not (cfg.eval_every and eval_prompts) or (step % cfg.eval_every and step != cfg.steps):
+            return {}
+        return evaluation_point(unwrapped, ref, tokenizer, reward_fn, gold_fn, eval_prompts, cfg, score_tokens,
+                                accelerator)
+
+    if start == 0 and (first := eval_point(0)):
+        logger.log(0, first)  # the initial policy: KL 0
     for step in range(start, cfg.steps):
         # ---- 1-2. rollout and scoring
         timings: dict[str, float] = {}
@@ -296,7 +311,7 @@ def train_ppo(
         metrics["kl_coef"] = kl_ctl.value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
-        logger.log(step + 1, metrics)
+        logger.log(step + 1, {**metrics, **eval_point(step + 1)})
         if accelerator.is_main_process:
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
         if checkpoint_due(step + 1, cfg.steps, cfg.save_every, cfg.keep_checkpoint):

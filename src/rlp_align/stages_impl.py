@@ -120,14 +120,15 @@ def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], poo
                                ppo_cfg.uwo_lambda, device=PartialState().device,
                                batch_size=ppo_cfg.reward_batch_size,
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
-    by_prompt = {x.text: x for x in instructions}
+    evaluation = read_instructions(pools["eval"]) if cfg.ppo.eval_every else []  # evaluation points along PPO
+    by_prompt = {x.text: x for x in instructions + evaluation}
     annotator = _annotator(cfg)
 
     def gold_fn(prompts: list, responses: list[str]) -> list[float]:
         return annotator.score([by_prompt[p[-1]["content"]] for p in prompts], responses)
 
     summary = ppo(ppo_cfg, [x.prompt for x in instructions], reward_fn,
-                  gold_fn=gold_fn if annotator.can_score else None)
+                  gold_fn=gold_fn if annotator.can_score else None, eval_prompts=[x.prompt for x in evaluation])
     final = summary.get("final", {})
     return {"model": str(folder / "model"), "final_reward": final.get("reward"), "final_kl": final.get("kl"),
             "final_gold": final.get("gold_reward")}
