@@ -9,6 +9,7 @@ from rlp_align.stats import (
     hierarchical_bootstrap,
     hierarchical_draws,
     mcnemar_exact,
+    paired_comparisons,
     paired_diff,
     recovered_share,
     rm_accuracy_vs,
@@ -148,3 +149,14 @@ def test_recovered_share_only_when_the_oracle_gain_is_significant():
     assert absent["oracle_gain"]["ci_low"] <= 0
     with pytest.raises(UserError):
         recovered_share({0: [0.1]}, {1: [0.1]})
+
+
+def test_paired_comparisons_against_each_baseline():
+    gold = {"SFT": [0.1, 0.2, 0.3, 0.4], "PPO": [0.2, 0.2, 0.5, 0.4], "RLP": [0.3, 0.1, 0.5, 0.6]}
+    out = paired_comparisons(gold, n_boot=200)
+    assert set(out) == {"PPO", "SFT"} and set(out["PPO"]) == {"SFT", "RLP"} and set(out["SFT"]) == {"PPO", "RLP"}
+    rlp = out["PPO"]["RLP"]
+    assert rlp["per_prompt_diff"] == pytest.approx([0.1, -0.1, 0.0, 0.2])
+    assert rlp["gold_diff"]["diff"] == pytest.approx(0.05)
+    assert (rlp["head_to_head"]["wins"], rlp["head_to_head"]["ties"], rlp["head_to_head"]["losses"]) == (2, 1, 1)
+    assert paired_comparisons({"SFT": [1.0]}, baselines=("PPO",)) == {}

@@ -232,6 +232,21 @@ def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path)
     return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs)}
 
 
+def paired_evaluation(gold_by_label: dict[str, list[float]], correct: dict[str, list[bool]], seed: int) -> dict:
+    """Paired comparisons within this seed (`rlp_align.stats`): every method's per-prompt gold difference and
+    head-to-head win-rate against PPO and SFT; every refined RM's on-policy accuracy against RM0's on the same
+    pairs (paired bootstrap and exact McNemar), with the per-item differences that pool across seeds."""
+    from rlp_align.stats import paired_comparisons, rm_accuracy_vs
+
+    vs_rm0 = {}
+    for label, ok in correct.items():
+        if label != "RM0" and "RM0" in correct:
+            vs_rm0[label] = {**rm_accuracy_vs(ok, correct["RM0"], seed=seed),
+                             "per_pair_diff": [float(a) - float(b) for a, b in zip(ok, correct["RM0"])]}
+    return {"paired": paired_comparisons(gold_by_label, seed=seed) if gold_by_label else {},
+            "rm_accuracy_vs_rm0": vs_rm0}
+
+
 def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
              folder: Path) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy."""
@@ -247,7 +262,7 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
         baseline = [x.reference or "" for x in instructions]
     else:
         baseline = [r["response"] for r in rows["SFT"]]
-    table, per_label = {}, {}
+    table, per_label, gold_by_label = {}, {}, {}
     for label, label_rows in rows.items():
         responses = [r["response"] for r in label_rows]
         prefs = annotator.compare(instructions, responses, baseline)
@@ -258,15 +273,19 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
                         "mean_chars": sum(map(len, responses)) / max(1, len(responses)),
                         "truncated_share": sum(map(bool, cut)) / len(cut) if all(c is not None for c in cut) else None}
         per_label[label] = prefs
+        if gold:
+            gold_by_label[label] = gold
     pairs = read_preferences(on_policy["pairs_file"]) if on_policy["pairs"] else []
-    accuracy = {}
+    accuracy, correct = {}, {}
     for label, path in rms.items():
         if pairs:
             model, tok = load_reward_model(path), load_tokenizer(path)
             accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=cfg.reward.batch_size,
-                                          max_length=cfg.reward.max_length)
+                                          max_length=cfg.reward.max_length, per_pair=True)
+            correct[label] = accuracy[label].pop("correct")
     result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": cfg.eval_baseline,
-              "n_eval": len(instructions), "on_policy_pairs": len(pairs)}
+              "n_eval": len(instructions), "on_policy_pairs": len(pairs),
+              **paired_evaluation(gold_by_label, correct, cfg.seed)}
     write_json(folder / "evaluation.json", result)
     write_jsonl(folder / "preferences.jsonl", [{"label": k, "prefs": v} for k, v in per_label.items()])
     return result

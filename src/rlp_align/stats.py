@@ -213,3 +213,27 @@ def recovered_share(method_vs_ppo: Mapping[int, object], oracle_vs_ppo: Mapping[
     low, high = _interval(draws[ok, 0] / draws[ok, 1], level)
     return {"share": method_point / oracle["diff"], "ci_low": low, "ci_high": high, "oracle_gain": oracle,
             "reason": None}
+
+
+def paired_comparisons(gold_by_method: Mapping[str, Sequence[float]], baselines: Sequence[str] = ("PPO", "SFT"),
+                       n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Within one seed: every method against each baseline on the same prompts.
+
+    ``gold_by_method`` maps a method to its per-prompt gold scores, in one prompt order. For each baseline
+    present: ``{baseline: {method: {gold_diff: paired_diff, head_to_head: head_to_head, per_prompt_diff}}}``
+    where ``per_prompt_diff`` (method - baseline, per prompt) is what `seed_summary` pools across seeds.
+    """
+    out: dict[str, dict] = {}
+    for base in baselines:
+        if base not in gold_by_method:
+            continue
+        b = np.asarray(gold_by_method[base], dtype=np.float64)
+        out[base] = {}
+        for method, scores in gold_by_method.items():
+            if method == base:
+                continue
+            a = np.asarray(scores, dtype=np.float64)
+            out[base][method] = {"gold_diff": paired_diff(a, b, n_boot, seed, level),
+                                 "head_to_head": head_to_head(a, b, n_boot, seed, level),
+                                 "per_prompt_diff": (a - b).tolist()}
+    return out
