@@ -185,3 +185,33 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| RLP-SPG above PPO | CI low 55.0 % vs PPO's CI high 50.0 %; every method's mean win-rate lies in " \
            "60.0 – 60.0 % | **pass** |" in text
     assert "| refined RMs better | RM0 55.0 %; RLP-UML 60.0 % (above RM0 in 1 of 2 seeds) | **pass** |" in text and "against the reference answers" in text
+
+
+def test_quality_paired_aggregate_on_synthetic_records():
+    import numpy as np
+
+    from rlp_align.stages_impl import paired_evaluation
+
+    quality = _module("quality")
+    records = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        base = rng.uniform(0, 1, size=64)
+        gold = {"SFT": base, "PPO": base + 0.1 + rng.normal(0, 0.01, 64), "Oracle": base + 0.2,
+                "RLP-SPG": base + 0.15 + rng.normal(0, 0.01, 64)}
+        ev = paired_evaluation({k: list(v) for k, v in gold.items()},
+                               {"RM0": [True] * 40 + [False] * 24, "Oracle": [True] * 56 + [False] * 8}, seed)
+        ev.update(n_eval=64, on_policy_pairs=64,
+                  win_rates={m: {"truncated_share": 0.25} for m in gold})
+        records.append({"seed": seed, "evaluation": ev, "run": {"spg_pairs": 70 + seed}})
+    out = quality.paired_aggregate(records)
+    ppo_sft = out["controls"]["ppo_vs_sft_gold"]
+    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1, 2] and all(s["ci_low"] > 0 for s in ppo_sft["per_seed"])
+    assert abs(ppo_sft["pooled"]["diff"] - 0.1) < 0.01 and ppo_sft["pooled"]["ci_low"] > 0
+    assert abs(out["controls"]["oracle_rm_vs_rm0_accuracy"]["pooled"]["diff"] - 16 / 64) < 1e-9
+    assert out["controls"]["oracle_vs_ppo_gold"]["pooled"]["ci_low"] > 0
+    assert "refined_fit_d" in out["controls_missing"]
+    assert set(out["vs_ppo"]) == {"SFT", "Oracle", "RLP-SPG"}
+    assert abs(out["recovered_share_paired"]["RLP-SPG"]["share"] - 0.5) < 0.05
+    assert out["sizes"] == {"n_eval": 64, "n_onpolicy_pairs": 64, "spg_pairs_per_seed": [70, 71, 72]}
+    assert out["truncated_share"]["PPO"] == 0.25
