@@ -204,8 +204,8 @@ def recovered_share(method_vs_ppo: Mapping[int, object], oracle_vs_ppo: Mapping[
     if not significant(oracle):
         return {"share": None, "ci_low": None, "ci_high": None, "oracle_gain": oracle,
                 "reason": (f"the oracle's gain over PPO is not significant (pooled diff {oracle['diff']:.4g}, "
-                           f"{level:.0%} CI [{oracle['ci_low']:.4g}, {oracle['ci_high']:.4g}] does not exclude 0), "
-                           "so there is no room to recover a share of")}
+                           f"{level:.0%} CI [{oracle['ci_low']:.4g}, {oracle['ci_high']:.4g}] is not above 0), "
+                           "so there is no gain to recover a share of")}
     draws = hierarchical_draws(joint, n_boot, seed)
     method_point = float(np.mean([j[:, 0].mean() for j in joint]))
     # Replicates with a non-positive oracle gain have no share; at a significant gain they are < (1 - level) / 2.
