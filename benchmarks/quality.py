@@ -224,15 +224,15 @@ def paired_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     def vs(base: str, label: str):
         return lambda ev: ((ev.get("paired") or {}).get(base, {}).get(label) or {}).get("per_prompt_diff")
 
-    def acc(label: str):
-        return lambda ev: ((ev.get("rm_accuracy_vs_rm0") or {}).get(label) or {}).get("per_pair_diff")
+    def acc(label: str, key: str = "rm_accuracy_vs_rm0"):
+        return lambda ev: ((ev.get(key) or {}).get(label) or {}).get("per_pair_diff")
 
     vs_ppo = {m: s for m in METHODS if m != "PPO" and (s := pooled(vs("PPO", m)))}
     rm_vs_rm0 = {m: s for m in REFINED_RMS if (s := pooled(acc(m)))}
     controls = {"ppo_vs_sft_gold": pooled(vs("SFT", "PPO")), "oracle_rm_vs_rm0_accuracy": rm_vs_rm0.get("Oracle"),
                 "oracle_vs_ppo_gold": vs_ppo.get("Oracle")}
+    controls["refined_fit_d"] = {m: s for m in REFINED_RMS if (s := pooled(acc(m, "refined_fit_d")))} or None
     missing = {k: "no seed has this comparison" for k, v in controls.items() if v is None}
-    missing["refined_fit_d"] = "held-out D accuracy per pair is not yet recorded by the evaluation stage"
     recovered = {}
     oracle = {r["seed"]: d for r in records if (d := vs("PPO", "Oracle")(r["evaluation"])) is not None}
     for label in RLP_VARIANTS:
@@ -244,6 +244,8 @@ def paired_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"controls": {k: v for k, v in controls.items() if v is not None}, "controls_missing": missing,
             "vs_ppo": vs_ppo, "rm_accuracy_vs_rm0": rm_vs_rm0, "recovered_share_paired": recovered,
             "sizes": {"n_eval": min((r["evaluation"].get("n_eval") or 0 for r in records), default=0),
+                      "n_heldout_d_pairs": min((r["evaluation"].get("heldout_d_pairs") or 0 for r in records),
+                                               default=0),
                       "n_onpolicy_pairs": min((r["evaluation"].get("on_policy_pairs") or 0 for r in records),
                                               default=0),
                       "spg_pairs_per_seed": [(r.get("run") or {}).get("spg_pairs") for r in records]},

@@ -200,8 +200,9 @@ def test_quality_paired_aggregate_on_synthetic_records():
         gold = {"SFT": base, "PPO": base + 0.1 + rng.normal(0, 0.01, 64), "Oracle": base + 0.2,
                 "RLP-SPG": base + 0.15 + rng.normal(0, 0.01, 64)}
         ev = paired_evaluation({k: list(v) for k, v in gold.items()},
-                               {"RM0": [True] * 40 + [False] * 24, "Oracle": [True] * 56 + [False] * 8}, seed)
-        ev.update(n_eval=64, on_policy_pairs=64,
+                               {"RM0": [True] * 40 + [False] * 24, "Oracle": [True] * 56 + [False] * 8}, seed,
+                               {"RM0": [True] * 60 + [False] * 4, "Oracle": [True] * 60 + [False] * 4})
+        ev.update(n_eval=64, on_policy_pairs=64, heldout_d_pairs=64,
                   win_rates={m: {"truncated_share": 0.25} for m in gold})
         records.append({"seed": seed, "evaluation": ev, "run": {"spg_pairs": 70 + seed}})
     out = quality.paired_aggregate(records)
@@ -210,8 +211,10 @@ def test_quality_paired_aggregate_on_synthetic_records():
     assert abs(ppo_sft["pooled"]["diff"] - 0.1) < 0.01 and ppo_sft["pooled"]["ci_low"] > 0
     assert abs(out["controls"]["oracle_rm_vs_rm0_accuracy"]["pooled"]["diff"] - 16 / 64) < 1e-9
     assert out["controls"]["oracle_vs_ppo_gold"]["pooled"]["ci_low"] > 0
-    assert "refined_fit_d" in out["controls_missing"]
+    fit = out["controls"]["refined_fit_d"]["Oracle"]["pooled"]
+    assert fit == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0} and not out["controls_missing"]
     assert set(out["vs_ppo"]) == {"SFT", "Oracle", "RLP-SPG"}
     assert abs(out["recovered_share_paired"]["RLP-SPG"]["share"] - 0.5) < 0.05
-    assert out["sizes"] == {"n_eval": 64, "n_onpolicy_pairs": 64, "spg_pairs_per_seed": [70, 71, 72]}
+    assert out["sizes"] == {"n_eval": 64, "n_heldout_d_pairs": 64, "n_onpolicy_pairs": 64,
+                            "spg_pairs_per_seed": [70, 71, 72]}
     assert out["truncated_share"]["PPO"] == 0.25

@@ -15,7 +15,8 @@ def synthetic(oracle_gain: float, seed: int = 0) -> dict:
             "RLP-SPG": (base + 0.05 + 0.5 * oracle_gain + rng.normal(0, 0.01, 120)).tolist()}
     rm0 = [True] * 60 + [False] * 60
     refined = [True] * 80 + [False] * 40
-    return paired_evaluation(gold, {"RM0": rm0, "RLP-SPG": refined}, seed=0)
+    return paired_evaluation(gold, {"RM0": rm0, "RLP-SPG": refined}, seed=0,
+                             heldout_correct={"RM0": [True] * 50 + [False] * 14, "RLP-SPG": [True] * 48 + [False] * 16})
 
 
 def test_paired_evaluation_and_report_section():
@@ -30,6 +31,9 @@ def test_paired_evaluation_and_report_section():
     share = re.search(r"RLP-SPG (\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]", md)  # significant oracle gain: shown
     assert share and abs(float(share[1]) - 0.5) < 0.03 and float(share[2]) < float(share[1]) < float(share[3])
     assert "| RLP-SPG | +16.7 pts |" in md
+    fit = ev["refined_fit_d"]["RLP-SPG"]  # held-out D: 2 pairs lost, none gained
+    assert (fit["only_new"], fit["only_ref"]) == (0, 2) and abs(fit["diff"] + 2 / 64) < 1e-12
+    assert "Held-out D accuracy against RM0" in md and "| RLP-SPG | -3.1 pts |" in md
 
     flat = "\n".join(paired_section(synthetic(oracle_gain=0.0)))
     assert "not reported: the oracle's gain over PPO is not significant" in flat

@@ -230,8 +230,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     evaluation = cache.run("14_evaluate", {"answers": {k: _stamp(cache, v) for k, v in answers.items()},
                                            "rms": {k: _stamp(cache, v) for k, v in rms.items()},
                                            "annotator": _slice(cfg.annotator), "baseline": cfg.eval_baseline,
-                                           "pairs": on_policy["hash"]},
-                           lambda d: S.evaluate(cfg, answers, rms, on_policy, d))
+                                           "pairs": on_policy["hash"], "heldout": prefs["hash"]},
+                           lambda d: S.evaluate(cfg, answers, rms, on_policy, d, heldout=prefs["heldout"]))
     report = write_report(cfg, cache, evaluation, costs)
     print(f"report: {report}")
     return {"report": str(report), "run_dir": str(run_dir), "win_rates": evaluation.get("win_rates")}

@@ -119,12 +119,16 @@ def paired_section(evaluation: dict[str, Any]) -> list[str]:
         if parts:
             md.append("\nShare of the oracle's gold gain over PPO that each RLP variant recovers, "
                       "(RLP − PPO) / (oracle − PPO): " + ", ".join(parts) + ".")
-    if vs_rm0:
-        md += ["\n### On-policy RM accuracy against RM0 (same pairs)\n",
+    for title, rows in (("On-policy RM accuracy against RM0 (same pairs)", vs_rm0),
+                        ("Held-out D accuracy against RM0 (does the refined RM still fit D?)",
+                         evaluation.get("refined_fit_d") or {})):
+        if not rows:
+            continue
+        md += [f"\n### {title}\n",
                "| reward model | accuracy − RM0's | 95 % CI | only it right | only RM0 right | McNemar p |",
                "|---|---|---|---|---|---|"]
         md += [f"| {label} | {100 * r['diff']:+.1f} pts | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
-               f"| {r['only_new']} | {r['only_ref']} | {r['mcnemar_p']:.3g} |" for label, r in vs_rm0.items()]
+               f"| {r['only_new']} | {r['only_ref']} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
     return md
 
 

@@ -232,23 +232,28 @@ def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path)
     return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs)}
 
 
-def paired_evaluation(gold_by_label: dict[str, list[float]], correct: dict[str, list[bool]], seed: int) -> dict:
+def paired_evaluation(gold_by_label: dict[str, list[float]], correct: dict[str, list[bool]], seed: int,
+                      heldout_correct: dict[str, list[bool]] | None = None) -> dict:
     """Paired comparisons within this seed (`rlp_align.stats`): every method's per-prompt gold difference and
-    head-to-head win-rate against PPO and SFT; every refined RM's on-policy accuracy against RM0's on the same
-    pairs (paired bootstrap and exact McNemar), with the per-item differences that pool across seeds."""
+    head-to-head win-rate against PPO and SFT; every refined RM's accuracy against RM0's on the same pairs
+    (on-policy pairs, and held-out D pairs: does it still fit D?), by paired bootstrap and exact McNemar, with
+    the per-item differences that pool across seeds."""
     from rlp_align.stats import paired_comparisons, rm_accuracy_vs
 
-    vs_rm0 = {}
-    for label, ok in correct.items():
-        if label != "RM0" and "RM0" in correct:
-            vs_rm0[label] = {**rm_accuracy_vs(ok, correct["RM0"], seed=seed),
-                             "per_pair_diff": [float(a) - float(b) for a, b in zip(ok, correct["RM0"])]}
+    def vs_rm0(by_label: dict[str, list[bool]]) -> dict[str, dict]:
+        if "RM0" not in by_label:
+            return {}
+        ref = by_label["RM0"]
+        return {label: {**rm_accuracy_vs(ok, ref, seed=seed),
+                        "per_pair_diff": [float(a) - float(b) for a, b in zip(ok, ref)]}
+                for label, ok in by_label.items() if label != "RM0"}
+
     return {"paired": paired_comparisons(gold_by_label, seed=seed) if gold_by_label else {},
-            "rm_accuracy_vs_rm0": vs_rm0}
+            "rm_accuracy_vs_rm0": vs_rm0(correct), "refined_fit_d": vs_rm0(heldout_correct or {})}
 
 
 def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
-             folder: Path) -> dict[str, Any]:
+             folder: Path, heldout: str | None = None) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy."""
     from rlp_align.evaluate import rm_accuracy, win_rate
     from rlp_align.io import read_rows
@@ -276,16 +281,21 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
         if gold:
             gold_by_label[label] = gold
     pairs = read_preferences(on_policy["pairs_file"]) if on_policy["pairs"] else []
-    accuracy, correct = {}, {}
+    d_pairs = read_preferences(heldout) if heldout else []  # held-out D: refined RMs must still fit it
+    accuracy, correct, d_correct = {}, {}, {}
     for label, path in rms.items():
-        if pairs:
+        if pairs or d_pairs:
             model, tok = load_reward_model(path), load_tokenizer(path)
+        if pairs:
             accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=cfg.reward.batch_size,
                                           max_length=cfg.reward.max_length, per_pair=True)
             correct[label] = accuracy[label].pop("correct")
+        if d_pairs:
+            d_correct[label] = rm_accuracy(model, tok, d_pairs, batch_size=cfg.reward.batch_size,
+                                           max_length=cfg.reward.max_length, per_pair=True)["correct"]
     result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": cfg.eval_baseline,
-              "n_eval": len(instructions), "on_policy_pairs": len(pairs),
-              **paired_evaluation(gold_by_label, correct, cfg.seed)}
+              "n_eval": len(instructions), "on_policy_pairs": len(pairs), "heldout_d_pairs": len(d_pairs),
+              **paired_evaluation(gold_by_label, correct, cfg.seed, d_correct)}
     write_json(folder / "evaluation.json", result)
     write_jsonl(folder / "preferences.jsonl", [{"label": k, "prefs": v} for k, v in per_label.items()])
     return result
