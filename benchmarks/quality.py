@@ -39,7 +39,8 @@ METHODS = ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Orac
 RLP_VARIANTS = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG"]
 REFINED_RMS = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"]
 UNIT = (0.0, 1.0)  # win-rates and accuracies are fractions: their intervals are clipped to [0, 1]
-TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", "spg": "SPG (gamma = 0.5)"}
+TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", "spg": "SPG (gamma = 0.5)",
+          "west_of_n": "West-of-N (RM0's best vs worst)"}
 # two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy in the venv)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         15: 2.131, 20: 2.086, 30: 2.042}

@@ -117,7 +117,7 @@ def test_quality_smoke_and_resume(tmp_path):
         assert all(0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1 for s in row["per_seed"])
     assert set(d["rm_accuracy_on_policy"]) == {"RM0", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"}
     assert set(d["recovered_share"]) == set(quality.RLP_VARIANTS)
-    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg"}
+    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
     for r in d["spg_label_accuracy"].values():
         assert r["mean"] is None or 0 <= r["mean"] <= 1
     assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}

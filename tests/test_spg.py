@@ -14,6 +14,7 @@ from rlp_align.spg import (
     rm_rank_preferences,
     run_spg,
     synthesize_preferences,
+    west_of_n_preferences,
 )
 
 
@@ -130,6 +131,18 @@ def test_rm_rank_orders_a_random_distinct_pair_by_score():
         order = {"lo": 0.0, "hi": 2.0, "mid": 1.0}
         assert order[p.chosen] > order[p.rejected]
         assert stats["dropped"]["no_rejected"] == 1
+
+
+def test_west_of_n_pairs_the_best_and_worst_distinct_samples():
+    sets = [sset("q", ["mid", "hi", "lo", "hi", "lo2"]), sset("dup", ["same", "same"]), sset("none", [])]
+    sets[0].meta["truncated"] = [False, True, False, True, False]
+    scores = [[1.0, 3.0, -1.0, 3.0, -1.0], [0.0, 1.0], []]
+    prefs, stats = west_of_n_preferences(sets, scores)
+    (p,) = prefs
+    assert (p.chosen, p.rejected) == ("hi", "lo")  # equal lowest scores: the earlier sample
+    assert p.meta["chosen_score"] == 3.0 and p.meta["rejected_score"] == -1.0
+    assert (p.meta["truncated_chosen"], p.meta["truncated_rejected"]) == (True, False)
+    assert stats["dropped"] == {"low_confidence": 0, "no_rejected": 1, "empty": 1}
 
 
 def test_misaligned_inputs_fail_loudly():
@@ -249,7 +262,7 @@ def test_empty_samples_never_become_spg_pairs(tmp_path, tiny_rm):
          "meta": {"truncated": [False, False, False, True, False]}},
         {"prompt": "q2", "responses": ["", "  "]},
     ])
-    for selection in ("spg", "select_all", "rm_rank"):
+    for selection in ("spg", "select_all", "rm_rank", "west_of_n"):
         out = tmp_path / f"{selection}.jsonl"
         summary = run_spg(SPGConfig(samples_file=str(samples), reward_model=tiny_rm, output_file=str(out),
                                     selection=selection))
