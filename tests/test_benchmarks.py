@@ -122,6 +122,14 @@ def test_quality_smoke_and_resume(tmp_path):
         assert r["mean"] is None or 0 <= r["mean"] <= 1
     assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}
     assert Path(d["png"]).stat().st_size > 1000
+    # the paired keys (issue 17): per-seed paired CIs and the hierarchical bootstrap pooled over seeds
+    assert set(d["controls"]) == {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "refined_fit_d"}
+    ppo_sft = d["controls"]["ppo_vs_sft_gold"]
+    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1]
+    assert ppo_sft["pooled"]["ci_low"] <= ppo_sft["pooled"]["diff"] <= ppo_sft["pooled"]["ci_high"]
+    assert set(d["vs_ppo"]) == set(quality.METHODS) - {"PPO"}
+    assert set(d["truncated_share"]) == set(quality.METHODS)
+    assert d["sizes"]["n_eval"] > 0 and len(d["sizes"]["spg_pairs_per_seed"]) == 2
     for run in d["per_seed_run"].values():  # read from each seed's stage manifests
         assert run["total_minutes"] > 0 and run["spg_pairs"] >= 0
     # a later call with no seed budget aggregates the finished seeds without running anything
