@@ -9,6 +9,7 @@ from rlp_align.data.records import user_prompt
 from rlp_align.dropout import disable_dropout
 from rlp_align.models import load_policy, load_tokenizer, save_model
 from rlp_align.ppo import PPOConfig, train_ppo
+from rlp_align.training import OptimConfig
 
 
 def test_disable_dropout_zeroes_modules_and_attention_attributes():
@@ -40,14 +41,15 @@ def first_log_ratio(monkeypatch, tmp_path, policy: str) -> float:
     original = ppo.policy_loss
 
     def spy(logprobs, old_logprobs, advantages, mask, clip_range):
-        seen.append(float(((logprobs - old_logprobs).abs() * mask).max()))
+        seen.append(float(((logprobs - old_logprobs).detach().abs() * mask).max()))
         return original(logprobs, old_logprobs, advantages, mask, clip_range)
 
     monkeypatch.setattr(ppo, "policy_loss", spy)
     prompts = [user_prompt(f"Write about topic {i}") for i in range(8)]
     reward = lambda p, r: torch.tensor([x.count("e") / 4.0 for x in r])  # noqa: E731
     train_ppo(PPOConfig(policy=policy, output_dir=str(tmp_path), steps=1, ppo_epochs=1, rollout_batch_size=8,
-                        step_batch_size=8, max_new_tokens=8, learning_rate=1e-3, save_every=100, seed=0),
+                        step_batch_size=8, max_new_tokens=8, seed=0,
+                        optim=OptimConfig(learning_rate=1e-3, save_every=100)),
               prompts, reward)
     return seen[0]
 

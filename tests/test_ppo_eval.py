@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from rlp_align.data.records import user_prompt
 from rlp_align.ppo import PPOConfig, train_ppo
-from rlp_align.training import read_metrics
+from rlp_align.training import OptimConfig, read_metrics
 
 PROMPTS = [user_prompt(f"Write about topic {i}") for i in range(16)]
 EVAL = [user_prompt(f"Describe item {i}") for i in range(6)]
@@ -19,7 +19,8 @@ def count_e(prompts, responses):
 
 def cfg(out, **kw) -> PPOConfig:
     return PPOConfig(**{**dict(policy="tiny", output_dir=str(out), steps=4, rollout_batch_size=8, step_batch_size=8,
-                               max_new_tokens=12, learning_rate=1e-2, kl_coef=0.0, save_every=100, seed=0), **kw})
+                               max_new_tokens=12, kl_coef=0.0, seed=0,
+                               optim=OptimConfig(learning_rate=1e-2, save_every=100)), **kw})
 
 
 def test_evaluation_points_along_ppo(tmp_path):

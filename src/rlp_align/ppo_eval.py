@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -24,19 +24,16 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import seeded_generator
-from rlp_align.ppo_rollout import ActorCritic, make_rollout
+from rlp_align.ppo_rollout import ActorCritic, RolloutSettings, make_rollout
 from rlp_align.training import shard
-
-if TYPE_CHECKING:
-    from rlp_align.ppo import PPOConfig
 
 EVAL_STREAM = 7_777_777  # the eval points' own random stream, apart from the rollouts' (seed, step, rank)
 
 
 def evaluation_point(
     actor_critic: ActorCritic, ref: nn.Module, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn,
-    gold_fn: Callable[[list[Messages], list[str]], Any] | None, prompts: list[Messages], cfg: PPOConfig,
-    score_tokens: bool, accelerator: Accelerator,
+    gold_fn: Callable[[list[Messages], list[str]], Any] | None, prompts: list[Messages], cfg: RolloutSettings,
+    seed: int, score_tokens: bool, accelerator: Accelerator,
 ) -> dict[str, Any]:
     """Means ``eval/proxy``, ``eval/gold``, ``eval/kl``, ``eval/sqrt_kl``, ``eval/truncated`` over ``prompts``,
     and ``eval/per_prompt`` (the per-prompt lists, in prompt order, gathered from every rank)."""
@@ -44,7 +41,7 @@ def evaluation_point(
     local = [prompts[i] for i in indices]
     per_prompt: dict[str, list[float]] = {"proxy": [], "kl": [], "truncated": [], "gold": []}
     if local:
-        generator = seeded_generator(cfg.seed, EVAL_STREAM, accelerator.process_index, device=accelerator.device)
+        generator = seeded_generator(seed, EVAL_STREAM, accelerator.process_index, device=accelerator.device)
         rollout, texts = make_rollout(actor_critic, ref, tokenizer, reward_fn, local, cfg, generator, score_tokens, {})
         per_prompt["proxy"] = rollout.raw_scores.float().cpu().tolist()
         per_prompt["kl"] = ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(-1).cpu().tolist()
