@@ -29,9 +29,10 @@ import torch
 from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
-from rlp_align.generation import default_device, seeded_generator
+from rlp_align.generation import seeded_generator
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -96,6 +97,7 @@ class PPOConfig:
     temperature: float = 1.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     save_every: int = 10
     keep_checkpoint: bool = False  # keep checkpoint/ (3 GB for SmolLM2) after the run instead of removing it
     reward_batch_size: int = 8
@@ -210,7 +212,7 @@ def train_ppo(
     """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
     if not prompts:
         raise UserError("PPO needs at least one prompt")
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.mixed_precision)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
     if (done := finished_summary(out_dir, cfg.overwrite, accelerator)) is not None:
@@ -257,8 +259,9 @@ def train_ppo(
         indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size, step, cfg.seed), accelerator)
         batch_prompts = [prompts[i] for i in indices]
         generator = seeded_generator(cfg.seed, step, accelerator.process_index, device=device)
-        rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
-                                      score_tokens, timings)
+        with accelerator.autocast():  # the rollout's forwards bypass the prepared (autocast) forward
+            rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
+                                          score_tokens, timings)
         check_finite("reward", rollout.raw_scores, step + 1, out_dir)
 
         # ---- 3. KL-shaped rewards, GAE, whitened advantages

@@ -72,6 +72,7 @@ class RefineConfig:
     logging_every: int = 1
     save_every: int = 0
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32

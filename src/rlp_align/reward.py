@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ class RewardConfig:
     logging_every: int = 1
     save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -221,7 +223,7 @@ def train_reward_model(
     summary_extra: dict | None = None,
 ) -> dict:
     """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
-    acc = make_accelerator(cfg.seed)
+    acc = make_accelerator(cfg.seed, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.output_dir)
     if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
         return done

@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ class SFTConfig:
     logging_every: int = 1
     save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -133,7 +135,7 @@ def evaluate_sft(model, examples: list[Example], pad_id: int, batch_size: int, a
 
 def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Instruction] | None = None) -> dict:
     """Fine-tune ``cfg.model`` on the reference answers of ``records``; write ``cfg.output_dir``."""
-    acc = make_accelerator(cfg.seed)
+    acc = make_accelerator(cfg.seed, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.output_dir)
     if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
         return done

@@ -101,8 +101,7 @@ def train_rm(cfg: PipelineConfig, sft_model: str, prefs: dict, folder: Path, see
 def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], pools: dict, folder: Path,
               aggregate: str | None = None) -> dict[str, Any]:
     """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves)."""
-    from accelerate import PartialState
-
+    from rlp_align.device import default_device
     from rlp_align.ensemble import make_reward_fn
     from rlp_align.ppo import train_ppo as ppo
 
@@ -113,7 +112,7 @@ def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], poo
                                   **ensemble)
     instructions = read_instructions(pools["unlabelled"])
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
-                               ppo_cfg.uwo_lambda, device=PartialState().device,
+                               ppo_cfg.uwo_lambda, device=default_device(),
                                batch_size=ppo_cfg.reward_batch_size,
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
     by_prompt = {x.text: x for x in instructions}

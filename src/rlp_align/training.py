@@ -29,18 +29,34 @@ from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
 from rlp_align.models import merge_lora, save_model
 
 
-def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed."""
+def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_precision: str = "no") -> Accelerator:
+    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed.
+
+    ``mixed_precision`` ("no", "bf16", "fp16"): parameters and optimiser state stay fp32; the forward of every
+    prepared model runs under autocast in that type, and trainers wrap the forwards they make through an
+    unwrapped model (rollouts, reference, reward) in ``accelerator.autocast()``.
+    """
+    from accelerate.state import AcceleratorState
+
+    from rlp_align.device import autocast, requested_device
+
+    autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
     torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
-    # otherwise every rank silently runs as an independent single process.
-    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # otherwise every rank silently runs as an independent single process. RLP_DEVICE=cpu does the same on a GPU.
+    cpu = requested_device().type == "cpu"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # Accelerate refuses to change the precision of a live state; stages of one process (a pipeline,
+        # a test session) may differ. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        cpu=cpu_ranks,
+        cpu=cpu,
+        mixed_precision=mixed_precision,
     )
     set_seed(seed)
     return accelerator
