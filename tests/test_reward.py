@@ -23,6 +23,8 @@ from rlp_align.reward import (
 from rlp_align.templates import encode_pair
 from rlp_align.training import make_accelerator, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def small_cfg(out, **kw) -> RewardConfig:
     base = dict(model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=8, max_steps=6, max_length=64)
