@@ -253,10 +253,11 @@ def train_reward_model(
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.head.parameters()),
                        "lr": extra_loss.learning_rate or cfg.learning_rate})
-    params = [p for g in groups for p in g["params"]]
     optimizer = adamw(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
+    # after prepare: FSDP replaces the parameters by sharded ones (the optimiser's groups are updated)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     scorer, head = modules[0], (modules[1] if extra_loss else None)
 
     checkpointer = Checkpointer(out, acc)

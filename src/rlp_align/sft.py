@@ -155,10 +155,12 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     pad_id = tokenizer.pad_token_id
     total_steps = cfg.max_steps or cfg.epochs * max(1, len(examples) // cfg.batch_size)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                      weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    # after prepare: FSDP replaces the parameters by sharded ones (the optimiser's groups are updated)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     checkpointer = Checkpointer(out, acc)
     state = checkpointer.load()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -246,11 +246,16 @@ def save_final_outputs(
     out = Path(out_dir)
     accelerator.wait_for_everyone()
     final_model = merge_lora(model)
+    # Sharded parameters (FSDP, ZeRO-3) are gathered to full tensors by every rank together; rank 0 writes them.
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    full = accelerator.get_state_dict(final_model) if sharded else None
+    extras = {name: accelerator.get_state_dict(m) if sharded else m.state_dict()
+              for name, m in (extra_modules or {}).items()}
     if accelerator.is_main_process:
-        save_model(final_model, tokenizer, out / "model")
-        for name, module in (extra_modules or {}).items():
+        save_model(final_model, tokenizer, out / "model", state_dict=full)
+        for name, state in extras.items():
             with atomic_path(out / name) as tmp:
-                save_file({k: t.detach().cpu().contiguous() for k, t in module.state_dict().items()}, str(tmp))
+                save_file({k: t.detach().cpu().contiguous() for k, t in state.items()}, str(tmp))
         write_json(out / "summary.json", summary)
         if not keep_checkpoint:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
