@@ -30,12 +30,15 @@ def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instructio
     Returns the instructions kept, their pairs, and how many were dropped because a sample was empty (the
     policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it.
     """
+    from rlp_align.device import autocast, default_device
     from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
 
-    gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
-                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=cfg.generate.batch_size,
-                    seed=seed)
+    device = default_device()
+    with autocast(cfg.generate.mixed_precision, device):
+        gens = generate(load_policy(policy).to(device), load_tokenizer(policy), [x.prompt for x in instructions],
+                        n=2, temperature=temperature, max_new_tokens=max_new_tokens,
+                        batch_size=cfg.generate.batch_size, seed=seed)
     kept = [(x, pair) for x, pair in zip(instructions, gens.grouped()) if all(t.strip() for t in pair)]
     return [x for x, _ in kept], [pair for _, pair in kept], len(instructions) - len(kept)
 
@@ -216,6 +219,7 @@ def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path)
 def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
              folder: Path) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy."""
+    from rlp_align.device import default_device
     from rlp_align.evaluate import rm_accuracy, win_rate
     from rlp_align.io import read_rows
     from rlp_align.models import load_reward_model, load_tokenizer
@@ -241,7 +245,7 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
     accuracy = {}
     for label, path in rms.items():
         if pairs:
-            model, tok = load_reward_model(path), load_tokenizer(path)
+            model, tok = load_reward_model(path).to(default_device()), load_tokenizer(path)
             accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=cfg.reward.batch_size,
                                           max_length=cfg.reward.max_length)
     result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": cfg.eval_baseline,
