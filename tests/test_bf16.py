@@ -139,3 +139,12 @@ def test_precision_can_change_within_one_process_and_bad_values_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="fp16.*GPU"):
             make_accelerator(0, mixed_precision="fp16")
+
+
+def test_the_launcher_may_ask_for_bf16(monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (configs/accelerate/*.yaml) sets ACCELERATE_MIXED_PRECISION:
+    a config that says "no" follows it; a config that asks for a precision wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert make_accelerator(0).mixed_precision == "bf16"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert make_accelerator(0).mixed_precision == "no"

@@ -34,12 +34,15 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_prec
 
     ``mixed_precision`` ("no", "bf16", "fp16"): parameters and optimiser state stay fp32; the forward of every
     prepared model runs under autocast in that type, and trainers wrap the forwards they make through an
-    unwrapped model (rollouts, reference, reward) in ``accelerator.autocast()``.
+    unwrapped model (rollouts, reference, reward) in ``accelerator.autocast()``. With "no" the launcher may
+    still ask for it (``accelerate launch --mixed_precision bf16`` or an Accelerate config file's setting).
     """
     from accelerate.state import AcceleratorState
 
     from rlp_align.device import autocast, requested_device
 
+    if mixed_precision == "no":
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
     torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
