@@ -283,23 +283,26 @@ def count_params(model: Any) -> dict[str, int]:
 
 
 def phase_trainer(spec: dict[str, Any], kind: str) -> dict[str, Any]:
-    """Two steps of PPO (full or LoRA) or RLOO in bf16; step 2 timed from the metrics rows' wall times."""
+    """Two steps of PPO (full or LoRA) or RLOO in bf16; step 2 timed from the metrics rows' wall times.
+
+    RLOO is PPO's trainer with ``RLOOConfig`` (estimator rloo, no critic) where `rlp_align.rloo` exists.
+    """
     import dataclasses
     import importlib
 
     import torch
 
+    from rlp_align import ppo as module
     from rlp_align.device import default_device
     from rlp_align.ensemble import make_reward_fn
     from rlp_align.training import read_metrics
 
     folder, out_dir = models_dir(spec), Path(spec["work"]) / f"{kind}-{spec['arch']}-{spec['tag']}"
     try:
-        module = importlib.import_module("rlp_align.rloo" if kind == "rloo" else "rlp_align.ppo")
-        config_cls = getattr(module, "RLOOConfig" if kind == "rloo" else "PPOConfig")
-        train = getattr(module, "train_rloo" if kind == "rloo" else "train_ppo")
+        config_cls = importlib.import_module("rlp_align.rloo").RLOOConfig if kind == "rloo" else module.PPOConfig
     except (ImportError, AttributeError) as e:
         return {"available": False, "reason": f"not available on this commit: {e}"}
+    train = module.train_ppo
     lora = spec["tag"] == "lora"
     names = {f.name for f in dataclasses.fields(config_cls)}
     if lora and "lora" not in names:
@@ -325,25 +328,28 @@ def phase_trainer(spec: dict[str, Any], kind: str) -> dict[str, Any]:
     if torch.cuda.is_available():
         result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     params = json.loads((folder / "params.json").read_text())
-    result["mfu"] = mfu(step, result["step_seconds"], params["policy"], params["rm"] if kind != "rloo" else None,
-                        spec, lora)
+    has_critic = kind != "rloo" and getattr(cfg, "estimator", "gae") != "rloo"
+    # a LoRA run trains the critic fully where it is a separate model (issue15's `critic: separate`)
+    full_critic = not lora or getattr(cfg, "critic", None) == "separate"
+    result["mfu"] = mfu(step, result["step_seconds"], params["policy"], params["rm"], has_critic, spec, lora,
+                        full_critic)
     return result
 
 
-def mfu(step: dict[str, Any], step_seconds: float | None, policy: dict[str, int], value: dict[str, int] | None,
-        spec: dict[str, Any], lora: bool) -> dict[str, Any]:
+def mfu(step: dict[str, Any], step_seconds: float | None, policy: dict[str, int], rm: dict[str, int],
+        has_critic: bool, spec: dict[str, Any], lora: bool, full_critic: bool) -> dict[str, Any]:
     """Model FLOPs of the timed step and of its update phase over the measured peak (see FLOPS)."""
     peak, epochs = spec.get("peak"), spec["ppo_epochs"]
     if not peak or not step_seconds or not step.get("update_tokens_per_second") or not step.get("time_update"):
         return {"step": None, "update": None, "reason": "missing peak or per-phase timings"}
     tokens = step["update_tokens_per_second"] * step["time_update"] / epochs  # prompt + response, one pass
     response = step["response_length"] * spec["batch"]
-    n_pol, n_val = policy["non_embedding"], (value or {}).get("non_embedding", 0)
-    forward = 2 * n_pol * tokens + 2 * policy["head"] * response  # one policy forward over the rollout
-    train_mult = 2 if lora else 3
-    update = epochs * train_mult * (forward + 2 * n_val * tokens)
-    # sampling (prefill + generated tokens: one forward), reference, value and reward model forwards
-    step_flops = forward + forward + 2 * n_val * tokens + 2 * n_val * tokens + update
+    forward = 2 * policy["non_embedding"] * tokens + 2 * policy["head"] * response  # one policy pass over the rollout
+    rm_forward = 2 * rm["non_embedding"] * tokens  # the reward model; the critic (value model) has its size
+    critic = rm_forward if has_critic else 0
+    update = epochs * ((2 if lora else 3) * forward + (3 if full_critic else 2) * critic)
+    # sampling (prefill + generated tokens: one forward), reference, critic and reward model forwards
+    step_flops = forward + forward + critic + rm_forward + update
     return {"step": step_flops / step_seconds / peak, "update": update / step["time_update"] / peak,
             "step_flops": step_flops, "update_flops": update}
 
