@@ -4,7 +4,8 @@
     benchmarks/gpu_check.sh --dry-run    # the same phases on the CPU, tiny model and sizes, under 2 minutes
 
 Phases, each in its own subprocess (a CUDA error or a hang in one does not take the others with it; peak
-memory is per phase), each with a time limit cut from one overall budget, results written after every phase:
+memory is per phase), each with a time limit cut from one overall budget, results written after every phase
+(the dry run runs them in its own process, except ``tests`` and ``peak``: tiny phases cost less than imports):
 1. ``tests``: the device-marked tiny-model tests (``pytest -m device``) with ``RLP_TEST_DEVICE=cuda``;
 2. ``peak``: the bf16 matmul rate of this GPU (best of repeated 8192^3 GEMMs), the denominator of every MFU;
 3. ``build``: random-weight models from configs (speed does not depend on the weights): SmolLM2-135M's
@@ -81,10 +82,18 @@ class Budget:
         return self.end - time.monotonic()
 
 
-def run_phase(name: str, spec: dict[str, Any], timeout: float, work: Path) -> dict[str, Any]:
-    """``python gpu_check.py --phase name`` in a subprocess; its JSON result, or why there is none."""
+def run_phase(name: str, spec: dict[str, Any], timeout: float, work: Path, inline: bool = False) -> dict[str, Any]:
+    """``python gpu_check.py --phase name`` in a subprocess; its JSON result, or why there is none.
+
+    ``inline``: in this process instead (the dry run: a subprocess's imports cost more than its tiny phase).
+    """
     if timeout < 5:
         return {"status": "skipped", "reason": "time budget spent"}
+    if inline:
+        try:
+            return {"status": "ok", **PHASES[name](spec)}
+        except Exception as e:  # noqa: BLE001  (recorded like a failed subprocess)
+            return {"status": "error", "stderr_tail": f"{type(e).__name__}: {e}"}
     result_file = work / f"{name}-{spec.get('arch', '')}-{spec.get('tag', '')}.json"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__)), "--phase", name, "--spec", json.dumps(spec),
@@ -163,7 +172,7 @@ def driver(args: argparse.Namespace) -> dict[str, Any]:
     peak = report["peak"].get("flops_per_second")
     for arch in sizes["archs"]:
         report.setdefault("build", {})[arch] = run_phase("build", {**base, "arch": arch}, min(120, budget.left()),
-                                                         work)
+                                                         work, inline=dry)
         save()
     runs = [("ppo", arch, "full") for arch in sizes["archs"]] + [("trl", sizes["archs"][0], "full")]
     runs += [("sampling", arch, "") for arch in sizes["archs"]]
@@ -173,7 +182,7 @@ def driver(args: argparse.Namespace) -> dict[str, Any]:
             result = {"status": "skipped", "reason": f"no {arch} models (build failed)"}
         else:
             spec = {**base, "arch": arch, "tag": tag, "peak": peak, "sample_batches": sizes["sample_batches"]}
-            result = run_phase(kind, spec, min(180, budget.left()), work)
+            result = run_phase(kind, spec, min(180, budget.left()), work, inline=dry)
         report.setdefault(kind, {})[f"{arch}/{tag}" if tag else arch] = result
         save()
     ours = report["ppo"].get(f"{sizes['archs'][0]}/full", {}).get("step_seconds")
