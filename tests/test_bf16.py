@@ -105,12 +105,13 @@ def count_e(prompts, responses):
     return torch.tensor([r.count("e") / 4.0 for r in responses])
 
 
-def test_ppo_bf16(tmp_path, linear_dtypes, tiny_weights):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_ppo_bf16(tmp_path, linear_dtypes, tiny_weights, lora):
     from rlp_align.ppo import PPOConfig, train_ppo
 
     prompts = [user_prompt(f"Write about topic {i}") for i in range(8)]
     cfg = PPOConfig(policy="tiny", output_dir=str(tmp_path), rollout_batch_size=8, step_batch_size=4,
-                    max_new_tokens=8, learning_rate=1e-2, steps=2, save_every=100, mixed_precision="bf16")
+                    max_new_tokens=8, learning_rate=1e-2, steps=2, save_every=100, mixed_precision="bf16", lora=lora)
     train_ppo(cfg, prompts, count_e)
     assert_bf16_compute_fp32_weights(linear_dtypes)
     rows = assert_finite_metrics(tmp_path, "policy_loss")
