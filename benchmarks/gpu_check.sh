@@ -7,7 +7,10 @@
 #
 # Runs from the source tree on the machine's own torch. Missing small wheels (gguf; trl==1.12.0 and its
 # missing dependencies, for the TRL comparison) are installed from a carried .whl/ folder into /tmp/site;
-# benchmarks/gpu_wheels.sh fills .whl/ and copies the SmolLM2 tokenizer files to benchmarks/.gpu/.
+# benchmarks/gpu_wheels.sh fills .whl/ and copies the SmolLM2 tokenizer files to benchmarks/.gpu/. On a lent
+# machine without git metadata, name the commit: RLP_COMMIT=$(git rev-parse HEAD) benchmarks/gpu_check.sh, with
+# carry [".whl", "benchmarks/.gpu"] and a time limit of ~540 s (the check budgets 450 s for its phases); then
+# copy the returned gpu.json to benchmarks/results/ and run benchmarks/readme_tables.py.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
