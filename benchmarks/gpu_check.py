@@ -304,7 +304,7 @@ def phase_trainer(spec: dict[str, Any], kind: str) -> dict[str, Any]:
     from rlp_align import ppo as module
     from rlp_align.device import default_device
     from rlp_align.ensemble import make_reward_fn
-    from rlp_align.training import read_metrics
+    from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
     folder, out_dir = models_dir(spec), Path(spec["work"]) / f"{kind}-{spec['arch']}-{spec['tag']}"
     try:
@@ -321,8 +321,9 @@ def phase_trainer(spec: dict[str, Any], kind: str) -> dict[str, Any]:
                   value_model=str(folder / "rm"), output_dir=str(out_dir), steps=2, rollout_batch_size=b,
                   step_batch_size=b, micro_batch_size=16 if big else None, rollout_chunk_size=b,
                   reward_batch_size=b, ppo_epochs=spec["ppo_epochs"], max_new_tokens=spec["new_tokens"],
-                  max_prompt_length=spec["prompt_tokens"], temperature=1.0, mixed_precision="bf16", lora=lora,
-                  save_every=10**9, overwrite=True, seed=0)
+                  max_prompt_length=spec["prompt_tokens"], temperature=1.0, lora=LoraConfig(enabled=lora),
+                  optim=OptimConfig(learning_rate=1e-6, save_every=10**9, mixed_precision="bf16"), overwrite=True,
+                  seed=0)
     cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
     reward_fn = make_reward_fn(str(folder / "rm"), device=default_device(), batch_size=b,
                                max_length=spec["prompt_tokens"] + spec["new_tokens"] + 1)
@@ -330,7 +331,7 @@ def phase_trainer(spec: dict[str, Any], kind: str) -> dict[str, Any]:
     train(cfg, prompts_for(spec), reward_fn)
     rows = read_metrics(out_dir)
     step = rows[-1]
-    result: dict[str, Any] = {"available": True, "config": {k: v for k, v in wanted.items() if k in names},
+    result: dict[str, Any] = {"available": True, "config": dataclasses.asdict(cfg),
                               "step_seconds": rows[-1]["time"] - rows[-2]["time"] if len(rows) >= 2 else None,
                               "phases": {k: step.get(k) for k in ("time_rollout", "time_score", "time_update",
                                                                   "update_tokens_per_second", "response_length")}}

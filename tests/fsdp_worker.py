@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from helpers import marker_prefs  # this script's folder is sys.path[0]
 
 from rlp_align.reward import RewardConfig, train_reward_model
-from rlp_align.training import make_accelerator
+from rlp_align.training import OptimConfig, make_accelerator
 
 
 def main(out: Path) -> None:
@@ -41,8 +41,8 @@ def main(out: Path) -> None:
         return prepared
 
     Accelerator.prepare = spy
-    cfg = RewardConfig(model="tiny", output_dir=str(out / "run"), learning_rate=1e-3, batch_size=8, max_steps=3,
-                       max_length=64, seed=0, overwrite=True)
+    cfg = RewardConfig(model="tiny", output_dir=str(out / "run"), max_length=64, seed=0, overwrite=True,
+                       optim=OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=3))
     summary = train_reward_model(cfg, marker_prefs(32))
     accelerator = make_accelerator(0)
     record = {"num_processes": accelerator.num_processes, "process_index": accelerator.process_index,

@@ -200,7 +200,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert d["peak"]["flops_per_second"] > 0 and d["build"]["tiny"]["status"] == "ok"
     for tag in ("full", "lora"):
         run = d["ppo"][f"tiny/{tag}"]
-        assert run["status"] == "ok" and run["config"]["mixed_precision"] == "bf16", run
+        assert run["status"] == "ok" and run["config"]["optim"]["mixed_precision"] == "bf16", run
         assert run["step_seconds"] > 0 and 0 < run["mfu"]["step"] < 1 and 0 < run["mfu"]["update"] < 1
         assert run["phases"]["response_length"] > 0
     rloo = d["rloo"]["tiny/full"]

@@ -16,7 +16,7 @@ from rlp_align.data.records import Instruction, SampleSet, user_prompt
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
 from rlp_align.models import resolve_model
-from rlp_align.training import make_accelerator, read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
 pytestmark = pytest.mark.device
 
@@ -69,8 +69,8 @@ def test_sft_bf16(tmp_path, linear_dtypes, tiny_weights):
 
     records = [Instruction(user_prompt(f"Question {i}: say something."), reference=f"Answer {i} is true.")
                for i in range(8)]
-    train_sft(SFTConfig(model="tiny", output_dir=str(tmp_path), learning_rate=1e-3, batch_size=4, max_steps=2,
-                        max_length=64, mixed_precision="bf16"), records)
+    optim = OptimConfig(learning_rate=1e-3, batch_size=4, max_steps=2, mixed_precision="bf16")
+    train_sft(SFTConfig(model="tiny", output_dir=str(tmp_path), max_length=64, optim=optim), records)
     assert_bf16_compute_fp32_weights(linear_dtypes)
     assert_finite_metrics(tmp_path, "loss")
     assert_saved_fp32_and_changed(tmp_path / "model", tiny_weights)
@@ -79,8 +79,9 @@ def test_sft_bf16(tmp_path, linear_dtypes, tiny_weights):
 def test_reward_bf16(tmp_path, linear_dtypes, tiny_weights):
     from rlp_align.reward import RewardConfig, train_reward_model
 
-    train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path), learning_rate=1e-3, batch_size=8,
-                                    max_steps=2, max_length=64, mixed_precision="bf16"), marker_prefs(16))
+    optim = OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=2, mixed_precision="bf16")
+    train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path), max_length=64, optim=optim),
+                       marker_prefs(16))
     assert_bf16_compute_fp32_weights(linear_dtypes)
     assert_finite_metrics(tmp_path, "loss")
     assert_saved_fp32_and_changed(tmp_path / "model", tiny_weights)
@@ -92,8 +93,8 @@ def test_refine_uml_bf16(tmp_path, linear_dtypes, tiny_weights):
     rng = random.Random(0)
     samples = [SampleSet(user_prompt(f"Task {i}: {words(rng, 3)}."), [words(rng, rng.randint(3, 7)) for _ in range(4)])
                for i in range(6)]
-    cfg = RefineConfig(method="uml", base_model="tiny", output_dir=str(tmp_path), learning_rate=1e-3, batch_size=8,
-                       max_steps=2, max_length=64, uml_batch_size=4, mixed_precision="bf16")
+    cfg = RefineConfig(method="uml", base_model="tiny", output_dir=str(tmp_path), max_length=64, uml_batch_size=4,
+                       optim={"learning_rate": 1e-3, "batch_size": 8, "max_steps": 2, "mixed_precision": "bf16"})
     refine_reward_model(cfg, marker_prefs(16), samples=samples)
     assert_bf16_compute_fp32_weights(linear_dtypes)
     rows = assert_finite_metrics(tmp_path, "loss")
@@ -111,7 +112,8 @@ def test_ppo_bf16(tmp_path, linear_dtypes, tiny_weights, lora):
 
     prompts = [user_prompt(f"Write about topic {i}") for i in range(8)]
     cfg = PPOConfig(policy="tiny", output_dir=str(tmp_path), rollout_batch_size=8, step_batch_size=4,
-                    max_new_tokens=8, learning_rate=1e-2, steps=2, save_every=100, mixed_precision="bf16", lora=lora)
+                    max_new_tokens=8, steps=2, lora=LoraConfig(enabled=lora),
+                    optim=OptimConfig(learning_rate=1e-2, save_every=100, mixed_precision="bf16"))
     train_ppo(cfg, prompts, count_e)
     assert_bf16_compute_fp32_weights(linear_dtypes)
     rows = assert_finite_metrics(tmp_path, "policy_loss")
