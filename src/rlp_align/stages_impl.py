@@ -43,10 +43,12 @@ def _two_samples(policy: str, instructions: list[Instruction], temperature: floa
     policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it;
     and each kept pair's truncated flags (cut at max_new_tokens), which D keeps in its meta.
     """
+    from rlp_align.device import default_device
     from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
 
-    gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
+    device = default_device()
+    gens = generate(load_policy(policy).to(device), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
                     temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     cut = [gens.truncated[2 * i : 2 * i + 2] for i in range(len(instructions))]
     kept = [(x, pair, c) for x, pair, c in zip(instructions, gens.grouped(), cut) if all(t.strip() for t in pair)]
@@ -119,8 +121,7 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
     """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves).
 
     One reward model, or an ensemble of them combined by ``aggregate`` (with ``uwo_lambda`` for "uwo")."""
-    from accelerate import PartialState
-
+    from rlp_align.device import default_device
     from rlp_align.ensemble import make_reward_fn
     from rlp_align.ppo import train_ppo as ppo_train
 
@@ -130,7 +131,7 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
                                   output_dir=str(folder), seed=seed, **ensemble)
     instructions = read_instructions(pools["unlabelled"])
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
-                               ppo_cfg.uwo_lambda, device=PartialState().device,
+                               ppo_cfg.uwo_lambda, device=default_device(),
                                batch_size=ppo_cfg.reward_batch_size,
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
     evaluation = read_instructions(pools["eval"]) if ppo.eval_every else []  # evaluation points along PPO
@@ -269,6 +270,7 @@ def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str,
              heldout: str | None = None) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy, and the paired
     comparisons (`paired_evaluation`); ``heldout`` (held-out D) adds every RM's fit of D against RM0's."""
+    from rlp_align.device import default_device
     from rlp_align.evaluate import rm_accuracy, win_rate
     from rlp_align.io import read_rows
     from rlp_align.models import load_reward_model, load_tokenizer
@@ -299,7 +301,7 @@ def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str,
     accuracy, correct, d_correct = {}, {}, {}
     for label, path in rms.items():
         if pairs or d_pairs:
-            model, tok = load_reward_model(path), load_tokenizer(path)
+            model, tok = load_reward_model(path).to(default_device()), load_tokenizer(path)
         if pairs:
             accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=rm_batch_size, max_length=rm_max_length,
                                           per_pair=True)
