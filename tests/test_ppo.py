@@ -36,6 +36,8 @@ from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
 from rlp_align.templates import collate, encode_prompt
 from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions, by hand
 
@@ -178,9 +180,10 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     rollout, texts = make_rollout(ac, ref, tokenizer, reward_fn, prompts, cfg, gen, True, {})
     assert len(texts) == 2 and rollout.truncated.all()  # a random model never says EOS within 6 tokens
     assert rollout.scores.tolist() == [-3.0, -3.0]
-    for i, prompt in enumerate(prompts):  # the same sequence, unpadded, scored alone
+    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.reward_path), alone
         n = int(rollout.mask[i].sum())
-        ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()])
+        ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()
+                            + [tokenizer.eos_token_id]])
         alone, _ = reward_scores(rm, ids, torch.ones_like(ids))
         assert rollout.raw_scores[i].item() == pytest.approx(alone.item(), abs=1e-5)
     # the log-probs and entropies kept from sampling are those a full forward pass gives

@@ -24,6 +24,8 @@ from rlp_align.reward import (
 from rlp_align.templates import encode_pair
 from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def small_cfg(out, lora: LoraConfig | None = None, eval_every: int = 0, **optim) -> RewardConfig:
     """A tiny RM run; other keyword arguments are `optim` settings."""
@@ -54,7 +56,7 @@ def test_centering_loss_hand_computed():
 def test_micro_batches_cover_rows_and_views():
     chunks = micro_batches([5, 6, 7, 8, 9], 3, 2)
     assert [r for c in chunks for r in c[0]] == [5, 6, 7, 8, 9]
-    assert [v for c in chunks for v in c[1]] == [0, 1, 2]
+    assert [c[1] for c in chunks] == [[], [0, 1, 2]]  # every view in the last chunk: L_M once per step
     assert len(micro_batches([1], 0, 4)) == 1  # never an empty chunk of pairs
 
 

@@ -112,6 +112,7 @@ RANGES: dict[str, Range] = {
     "kl_target": POSITIVE,
     "kl_horizon": AT_LEAST_1,
     "truncation_penalty": ANY,
+    "missing_eos_penalty": Range(0, why="subtracted from the reward of a response without EOS"),
     "uwo_lambda": NON_NEGATIVE,
     # RLP: UML and SPG
     "beta": NON_NEGATIVE,
@@ -134,6 +135,7 @@ RANGES: dict[str, Range] = {
     "n_eval": AT_LEAST_1,
     "heldout_fraction": FRACTION,
     "k": Range(0, why="ensemble members; 0: no ensemble"),
+    "oracle_labels": Range(1, why="fresh gold labels; unset: as many as SPG kept"),
     # one name, another meaning
     "RefineConfig.lam": Range(0, why="the weight of L_M in Eq. 1"),
     "PPOConfig.temperature": Range(0, lo_open=True, why="PPO needs sampling log-probabilities"),
