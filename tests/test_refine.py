@@ -155,7 +155,7 @@ def test_single_instruction_view_batches(tmp_path):
     # are counted in the metrics; the Bradley-Terry part still trains, nothing is NaN
     tokenizer = load_tokenizer("tiny")
     one = make_view_batches(tokenizer, sample_sets(1), 2, 64, seed=0)
-    head = MultiViewHead(load_reward_model("tiny").config.hidden_size, z_dim=8)
+    head = MultiViewHead(load_reward_model("tiny", new_head=True).config.hidden_size, z_dim=8)
     out = tmp_path / "b"
     with pytest.warns(RuntimeWarning, match="single instruction"):
         summary = train_reward_model(

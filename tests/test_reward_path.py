@@ -35,7 +35,7 @@ def word_policy(tokenizer, seed: int, eos_bias: float = 1.0):
 def tiny_rm():
     tokenizer = load_tokenizer("tiny")
     torch.manual_seed(1)
-    rm = load_reward_model("tiny")
+    rm = load_reward_model("tiny", new_head=True)
     with torch.no_grad():
         for p in rm.parameters():
             p.normal_(0, 0.2)
