@@ -4,7 +4,7 @@ labels at the configured noise rate."""
 import math
 
 import torch
-from helpers import marker_prefs
+from helpers import marker_prefs, tiny_reward_model
 from safetensors.torch import load_file
 
 from rlp_align.data import read_preferences
@@ -57,7 +57,7 @@ def test_spg_refinement_with_no_synthetic_pairs_warns_and_trains_on_d(tmp_path):
     cfg = PipelineConfig(model="tiny")
     cfg.reward.optim = OptimConfig(learning_rate=1e-3, max_steps=2, batch_size=8)
     with pytest.warns(RuntimeWarning, match="synthetic set D̂ is empty"):
-        out = refine_rm(refine_section(cfg), "spg", "tiny", {"model": "tiny"},
+        out = refine_rm(refine_section(cfg), "spg", "tiny", {"model": str(tiny_reward_model(tmp_path / "step2-rm"))},
                         {"train": str(tmp_path / "d.jsonl"), "heldout": None}, {"samples": None},
                         {"synthetic": str(tmp_path / "empty.jsonl"), "pairs": 0}, seed=0, folder=tmp_path / "rm")
     assert (tmp_path / "rm" / "model" / "model.safetensors").exists() and out["model"].endswith("model")
