@@ -70,6 +70,7 @@ class PipelineConfig:
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
     eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
+    policy_optimizer: Literal["ppo", "rloo"] = "ppo"  # for PPO1, every PPO2 and the ensembles (settings: ppo.*)
     data: DataConfig = field(default_factory=DataConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -117,6 +118,8 @@ def _validate(cfg: PipelineConfig) -> None:
     bad = [m for m in cfg.refine_methods if m not in ("uml", "spg", "uml+spg", "oracle")]
     if bad:
         raise UserError(f"unknown refine method(s) {bad}: choose from uml, spg, uml+spg, oracle")
+    if cfg.ppo.estimator != "gae":
+        raise UserError("choose the pipeline's optimiser with policy_optimizer: rloo, not ppo.estimator")
     if cfg.rounds < 1:
         raise UserError("rounds must be >= 1 (1 reproduces the paper)")
     if not 0 <= cfg.label_noise <= 0.5:
@@ -154,7 +157,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                       lambda d: S.collect_preferences(cfg, sft_model, pools, d))
     rm0 = cache.run("03_rm0", {**base, "reward": _slice(cfg.reward), "prefs": prefs["hash"]},
                     lambda d: S.train_rm(cfg, sft_model, prefs, d, seed=cfg.seed))
-    ppo_key = {**base, "ppo": _slice(cfg.ppo), "annotator": _slice(cfg.annotator), "pools": pools["hash"]}
+    ppo_key = {**base, "ppo": _slice(cfg.ppo), "optimizer": cfg.policy_optimizer, "annotator": _slice(cfg.annotator), "pools": pools["hash"]}
     ppo1 = cache.run("04_ppo1", {**ppo_key, "rm": rm0["hash"]},
                      lambda d: S.train_ppo(cfg, sft_model, [rm0["model"]], pools, d))
 

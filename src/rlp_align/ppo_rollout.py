@@ -91,22 +91,32 @@ class ActorCritic(nn.Module):
 
 
 @contextlib.contextmanager
-def use_adapter(peft_model: nn.Module, name: str) -> Iterator[None]:
-    """Run the peft model's LoRA adapter ``name`` for the duration, then switch back.
+def keep_trainable(model: nn.Module) -> Iterator[None]:
+    """Undo, on exit, peft's freezing of inactive adapters.
 
-    peft's ``set_adapter`` also freezes every inactive adapter (requires_grad=False), which would stop the
-    other adapter's training; which parameters train is decided once, by the optimiser, so it is undone here.
+    peft's ``set_adapter`` (also called when ``disable_adapter`` ends) sets requires_grad=False on every
+    adapter but the active one, which would stop a second adapter (the LoRA critic) from training. Which
+    parameters train is decided once, by the optimiser's groups.
     """
-    model = getattr(peft_model, "module", peft_model)
-    previous = model.active_adapter
     trainable = [p for p in model.parameters() if p.requires_grad]
-    model.base_model.set_adapter(name)
     try:
         yield
     finally:
-        model.base_model.set_adapter(previous)
         for p in trainable:
             p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def use_adapter(peft_model: nn.Module, name: str) -> Iterator[None]:
+    """Run the peft model's LoRA adapter ``name`` for the duration, then switch back."""
+    model = getattr(peft_model, "module", peft_model)
+    previous = model.active_adapter
+    with keep_trainable(model):
+        model.base_model.set_adapter(name)
+        try:
+            yield
+        finally:
+            model.base_model.set_adapter(previous)
 
 
 class AdaptersOff:
@@ -119,7 +129,7 @@ class AdaptersOff:
         self.model = peft_model
 
     def __call__(self, **kwargs: Any) -> Any:
-        with self.model.disable_adapter():
+        with keep_trainable(self.model), self.model.disable_adapter():
             return self.model(**kwargs)
 
 

@@ -110,7 +110,7 @@ def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], poo
         {"reward_model": reward_models[0], "reward_ensemble": []}
     ppo_cfg = dataclasses.replace(cfg.ppo, policy=sft_model, reference=sft_model, prompts_file=pools["unlabelled"],
                                   output_dir=str(folder), seed=cfg.seed, uwo_lambda=cfg.ensemble.uwo_lambda,
-                                  **ensemble)
+                                  estimator="rloo" if cfg.policy_optimizer == "rloo" else "gae", **ensemble)
     instructions = read_instructions(pools["unlabelled"])
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
                                ppo_cfg.uwo_lambda, device=PartialState().device,
