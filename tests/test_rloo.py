@@ -82,3 +82,30 @@ def test_rloo_rejects_groups_that_do_not_fit_the_batch(tmp_path):
         train_ppo(rloo_cfg(tmp_path, rollout_batch_size=6, step_batch_size=3, rloo_k=4), PROMPTS, count_e)
     with pytest.raises(UserError, match="rloo_k"):
         train_ppo(rloo_cfg(tmp_path, rloo_k=1), PROMPTS, count_e)
+
+
+@pytest.mark.parametrize("optimizer,ppo", [("rloo", {"rloo_k": 2}), ("ppo", {"lora": True, "critic": "lora"})])
+def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, ppo):
+    """The pipeline's PPO stage (PPO1, PPO2 and the ensembles all call it) runs RLOO or LoRA PPO on request."""
+    import json
+
+    from rlp_align import stages_impl
+    from rlp_align.config import load_config
+    from rlp_align.models import load_reward_model, load_tokenizer, save_model
+    from rlp_align.pipeline import PipelineConfig, _validate, preset_path
+
+    overrides = {"policy_optimizer": optimizer, "data": {"n_unlabelled": 8},
+                 "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}
+    cfg = load_config(PipelineConfig, preset_path("tiny"), overrides)
+    _validate(cfg)
+    pools = stages_impl.build_pools(cfg, tmp_path / "pools")
+    save_model(load_reward_model("tiny"), load_tokenizer("tiny"), tmp_path / "rm")
+    out = stages_impl.train_ppo(cfg, "tiny", [str(tmp_path / "rm")], pools, tmp_path / "ppo")
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["config"]["estimator"] == ("rloo" if optimizer == "rloo" else "gae")
+    assert math.isfinite(out["final_reward"])
+    load_policy(out["model"])
+    cfg.ppo.estimator = "rloo"  # the pipeline's one knob is policy_optimizer
+    cfg.policy_optimizer = "ppo"
+    with pytest.raises(UserError, match="policy_optimizer"):
+        _validate(cfg)
