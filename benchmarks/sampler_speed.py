@@ -186,27 +186,34 @@ def main() -> None:
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kw = {"max_new_tokens": args.new_tokens, "eos_token_id": eos, "pad_token_id": pad, "temperature": 1.0,
           "with_logprobs": args.with_logprobs}
+    def batch(rows: int | None) -> dict[str, torch.Tensor]:
+        return {"input_ids": ids[:rows], "attention_mask": mask[:rows]}
+
     samplers = {
-        "old": lambda seed, n=args.new_tokens: old_sample_tokens(
-            model, ids, mask, generator=torch.Generator().manual_seed(seed), **{**kw, "max_new_tokens": n})[1],
-        "new": lambda seed, n=args.new_tokens: sample_tokens(
-            model, ids, mask, generator=torch.Generator().manual_seed(seed), **{**kw, "max_new_tokens": n})[1],
-        "hf_generate": lambda seed, n=args.new_tokens: hf_sample(model, ids, mask, n, eos, pad, seed),
+        "old": lambda seed, n=args.new_tokens, rows=None: old_sample_tokens(
+            model, **batch(rows), generator=torch.Generator().manual_seed(seed), **{**kw, "max_new_tokens": n})[1],
+        "new": lambda seed, n=args.new_tokens, rows=None: sample_tokens(
+            model, **batch(rows), generator=torch.Generator().manual_seed(seed), **{**kw, "max_new_tokens": n})[1],
+        "hf_generate": lambda seed, n=args.new_tokens, rows=None: hf_sample(
+            model, *batch(rows).values(), n, eos, pad, seed),
     }
-    for run in samplers.values():  # warm-up (allocator, kernels, lazy imports): prefill and a few tokens
-        run(0, 4)
+    for run in samplers.values():  # warm-up (allocator, kernels, lazy imports): two rows, a few tokens
+        run(0, 4, 2)
     load_before = os.getloadavg()
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for name, run in samplers.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             new = int(run(r + 1).sum())
-            seconds = time.perf_counter() - t0
-            rounds.append({"round": r, "sampler": name, "seconds": seconds, "new_tokens": new,
-                           "tokens_per_second": new / seconds})
-            print(f"round {r} {name:12s} {seconds:7.2f} s  {new / seconds:7.1f} new tokens/s", flush=True)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            rounds.append({"round": r, "sampler": name, "seconds": seconds, "cpu_seconds": cpu, "new_tokens": new,
+                           "tokens_per_second": new / seconds, "tokens_per_cpu_second": new / cpu})
+            print(f"round {r} {name:12s} {seconds:7.2f} s (CPU {cpu:7.2f} s)  {new / seconds:7.1f} new tokens/s",
+                  flush=True)
     median = {name: statistics.median(x["tokens_per_second"] for x in rounds if x["sampler"] == name)
               for name in samplers}
+    median_cpu = {name: statistics.median(x["tokens_per_cpu_second"] for x in rounds if x["sampler"] == name)
+                  for name in samplers}
     per_round = {f"new_over_{other}": [n["tokens_per_second"] / o["tokens_per_second"]
                                        for n, o in zip([x for x in rounds if x["sampler"] == "new"],
                                                        [x for x in rounds if x["sampler"] == other])]
@@ -222,6 +229,8 @@ def main() -> None:
                      "prompt_tokens": int(mask.sum()), "torch": torch.__version__},
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "median_tokens_per_second": median,
+        # on a shared machine wall time also counts waiting for a core; CPU time does not (but counts spinning)
+        "median_tokens_per_cpu_second": median_cpu,
         "ratio_per_round": per_round,
         "speedup_new_over_old": statistics.median(per_round["new_over_old"]),
         "speedup_new_over_hf_generate": statistics.median(per_round["new_over_hf_generate"]),

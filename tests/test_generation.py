@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from rlp_align import generation
 from rlp_align.data.records import user_prompt
 from rlp_align.errors import UserError
 from rlp_align.generation import (
@@ -158,8 +159,11 @@ def test_two_level_inverse_cdf_matches_one_cumulative_sum():
         assert (probs.gather(1, got[:, None]) > 0).all()
 
 
-def test_rows_leaving_the_batch_keep_log_probs_exact(tiny):
-    """Rows that said EOS leave the batch (the cache shrinks); the rest still sample what a full forward gives."""
+@pytest.mark.parametrize("group_rows", [16, 5])
+def test_rows_leaving_the_batch_keep_log_probs_exact(tiny, monkeypatch, group_rows):
+    """Rows that said EOS leave the batch (the cache shrinks); the rest still sample what a full forward gives.
+    With 5 rows per prefill group the 12 prompts are prefilled in 3 groups of similar length."""
+    monkeypatch.setattr(generation, "PREFILL_GROUP_ROWS", group_rows)
     tokenizer, model = tiny
     prompts = [user_prompt(f"prompt {i} " + "more words " * i) for i in range(12)]
     ids, mask = collate([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id, side="left")

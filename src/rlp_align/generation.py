@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.errors import UserError
@@ -125,6 +126,45 @@ def _drop_rows(cache: StaticCache, keep: torch.Tensor) -> None:
                 layer.batch_size = int(keep.shape[0])
 
 
+PREFILL_GROUP_ROWS = 16  # rows per prefill group (larger: better matmul shapes; smaller: less padding)
+
+
+def _prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+             cache: StaticCache, cache_arg: str) -> torch.Tensor:
+    """Run the prompts into ``cache``; returns the logits after each prompt's last token [B, V].
+
+    Left padding makes every row as wide as the longest prompt, and pads cost as much as tokens. Rows are
+    prefilled in groups of similar length instead (sorted, ``PREFILL_GROUP_ROWS`` at a time), each group only as wide
+    as its own longest prompt, and its keys and values are copied into the right-aligned columns of the
+    preallocated cache: keys carry their positions (RoPE from ``positions``), not their columns, so the
+    result is the one-batch prefill's. Caches of another layout (e.g. sliding-window layers) get that.
+    """
+    batch, width = input_ids.shape
+    group_rows = PREFILL_GROUP_ROWS
+    if batch <= group_rows or any(type(layer) is not StaticLayer for layer in cache.layers):
+        full = torch.nn.functional.pad(attention_mask, (0, cache.layers[0].max_cache_len - width))
+        return model(input_ids=input_ids, attention_mask=full, position_ids=positions, use_cache=True,
+                     logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+    logits = None
+    for rows in attention_mask.sum(-1).argsort().split(group_rows):
+        w = max(1, int(attention_mask[rows].sum(-1).max()))
+        part = DynamicCache()
+        out = model(input_ids=input_ids[rows, width - w :], attention_mask=attention_mask[rows, width - w :],
+                    position_ids=positions[rows, width - w :], use_cache=True, logits_to_keep=1,
+                    **{cache_arg: part}).logits[:, -1]
+        logits = out.new_empty(batch, out.shape[-1]) if logits is None else logits
+        logits[rows] = out
+        for layer, new in zip(cache.layers, part.layers):
+            if not layer.is_initialized:  # allocated once, for every row, prompt and new tokens
+                layer.lazy_initialization(new.keys[:1].expand(batch, -1, -1, -1),
+                                          new.values[:1].expand(batch, -1, -1, -1))
+            layer.keys[rows, :, width - w : width] = new.keys
+            layer.values[rows, :, width - w : width] = new.values
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(width)
+    return logits
+
+
 @torch.inference_mode()
 def sample_tokens(
     model: PreTrainedModel,
@@ -148,7 +188,8 @@ def sample_tokens(
     already computed: PPO then needs no separate forward pass of the policy to score its rollout.
 
     Speed: the KV cache and the attention mask are allocated once for prompt + max_new_tokens (a
-    ``StaticCache``: no per-token concatenation of every layer's keys and values); rows that have said EOS
+    ``StaticCache``: no per-token concatenation of every layer's keys and values); prompts are prefilled in
+    groups of similar length (`_prefill`: fewer pad positions computed); rows that have said EOS
     leave the batch once a quarter of it has finished; one log-softmax per token serves the draw, the
     log-prob and the entropy. One uniform number is drawn per *original* row and token whatever the rows
     left, so a seeded call draws the same tokens however the batch shrinks.
@@ -168,8 +209,7 @@ def sample_tokens(
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = StaticCache(config=model.config, max_cache_len=prompt_length + max_new_tokens)
     cache_arg = {_cache_argument(model): cache}
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **cache_arg).logits[:, -1]
+    logits = _prefill(model, input_ids, attention_mask.long(), positions, cache, _cache_argument(model))
     next_position = positions[:, -1:] + 1
     rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
     live = torch.ones(batch, dtype=torch.bool, device=device)  # False: said EOS, waiting to be dropped
