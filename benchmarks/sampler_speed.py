@@ -154,6 +154,29 @@ def hf_sample(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, new
     return ((ended - (out == eos).long()) == 0).long()  # tokens before the first EOS, and the EOS itself
 
 
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per round, the new sampler's new tokens per wall second and per CPU second over each other sampler's."""
+    out = {}
+    for other in ("old", "hf_generate"):
+        for unit, key in (("", "tokens_per_second"), ("_cpu", "tokens_per_cpu_second")):
+            out[f"new_over_{other}{unit}"] = [
+                n[key] / o[key] for n, o in zip([x for x in rounds if x["sampler"] == "new"],
+                                                [x for x in rounds if x["sampler"] == other])]
+    return out
+
+
+def speedups(per_round: dict[str, list[float]], goal: float = 2.0) -> dict[str, Any]:
+    """Median ratios; the 2x target is judged on the smaller of the wall-time and CPU-time ratios, since on a
+    shared machine the load can change between the samplers (wall) and threads spin while waiting (CPU)."""
+    med = {k: statistics.median(v) for k, v in per_round.items()}
+    judged = min(med["new_over_old"], med["new_over_old_cpu"])
+    return {"speedup_new_over_old": med["new_over_old"], "speedup_new_over_old_cpu": med["new_over_old_cpu"],
+            "speedup_new_over_hf_generate": med["new_over_hf_generate"],
+            "speedup_new_over_hf_generate_cpu": med["new_over_hf_generate_cpu"],
+            "target": {"new_over_old": goal, "judged_on": "min(wall ratio, CPU-time ratio)", "value": judged,
+                       "met": judged >= goal}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -162,6 +185,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with_logprobs", action="store_true", help="ours also return log-probs (PPO's rollout)")
+    parser.add_argument("--order", default="old,new,hf_generate", help="the samplers' order within a round")
     parser.add_argument("--smoke", action="store_true", help="tiny model, batch 4 x 8 tokens, 1 round")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sampler.json"))
     args = parser.parse_args()
@@ -199,6 +223,7 @@ def main() -> None:
     }
     for run in samplers.values():  # warm-up (allocator, kernels, lazy imports): two rows, a few tokens
         run(0, 4, 2)
+    samplers = {name: samplers[name] for name in args.order.split(",")}
     load_before = os.getloadavg()
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
@@ -214,10 +239,7 @@ def main() -> None:
               for name in samplers}
     median_cpu = {name: statistics.median(x["tokens_per_cpu_second"] for x in rounds if x["sampler"] == name)
                   for name in samplers}
-    per_round = {f"new_over_{other}": [n["tokens_per_second"] / o["tokens_per_second"]
-                                       for n, o in zip([x for x in rounds if x["sampler"] == "new"],
-                                                       [x for x in rounds if x["sampler"] == other])]
-                 for other in ("old", "hf_generate")}
+    per_round = summarise(rounds)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
     result = {
@@ -232,10 +254,7 @@ def main() -> None:
         # on a shared machine wall time also counts waiting for a core; CPU time does not (but counts spinning)
         "median_tokens_per_cpu_second": median_cpu,
         "ratio_per_round": per_round,
-        "speedup_new_over_old": statistics.median(per_round["new_over_old"]),
-        "speedup_new_over_hf_generate": statistics.median(per_round["new_over_hf_generate"]),
-        "target": {"new_over_old": 2.0,
-                   "met": statistics.median(per_round["new_over_old"]) >= 2.0},
+        **speedups(per_round),
         "rounds": rounds,
     }
     if not args.smoke or args.out != parser.get_default("out"):
