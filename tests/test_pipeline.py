@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,12 @@ from rlp_align.report import SECTIONS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(out_dir: Path, *extra: str, **kwargs) -> subprocess.Popen:
+def _run(out_dir: Path, *extra: str, prefix: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "2"}
-    return subprocess.Popen([sys.executable, "-m", "rlp_align.cli", "run", "--config", str(ROOT / "configs/tiny.yaml"),
+    command = prefix or ["-m", "rlp_align.cli"]
+    return subprocess.Popen([sys.executable, *command, "run", "--config", str(ROOT / "configs/tiny.yaml"),
                              "--output_dir", str(out_dir), *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _manifests(out_dir: Path) -> dict[str, dict]:
@@ -30,15 +30,12 @@ def _manifests(out_dir: Path) -> dict[str, dict]:
 def killed_then_resumed(tmp_path_factory):
     """Run tiny, SIGKILL it once PPO₁ has written a checkpoint, rerun the same command to the end."""
     out_dir = tmp_path_factory.mktemp("tiny_run")
-    proc = _run(out_dir)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out_dir / "04_ppo1" / "checkpoint" / "trainer_state.json").exists():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "run ended before PPO₁ checkpointed:\n" + proc.stdout.read()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # The run SIGKILLs itself in PPO₁'s second step, once its first checkpoint exists (tests/kill_point.py):
+    # the same point however loaded the machine is, where a kill from a polling loop could come too late.
+    killed = _run(out_dir, prefix=[str(Path(__file__).with_name("kill_point.py")), f"checkpoint:{out_dir / '04_ppo1'}:1",
+                                   "--"])
+    output, _ = killed.communicate(timeout=600)
+    assert killed.returncode == -signal.SIGKILL, "run was not killed in PPO₁:\n" + output
     before = _manifests(out_dir)
     resumed = _run(out_dir)
     output, _ = resumed.communicate(timeout=600)

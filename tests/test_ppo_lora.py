@@ -11,11 +11,11 @@ from rlp_align.models import load_policy, load_reward_model, load_tokenizer, res
 from rlp_align.ppo import ppo_update, shape_rewards, train_ppo
 from rlp_align.ppo_models import build_models
 from rlp_align.ppo_rollout import AdaptersOff, make_rollout, reference_logprobs
-from rlp_align.training import adamw, make_accelerator, read_metrics
+from rlp_align.training import LoraConfig, adamw, make_accelerator, read_metrics
 
 
 def lora_cfg(out, **kw):
-    return small_cfg(out, lora=True, lora_r=4, **kw)
+    return small_cfg(out, lora=LoraConfig(enabled=True, r=4), **kw)
 
 
 def perturb_adapters(model, seed=0):
@@ -52,8 +52,8 @@ MODES = [(True, "separate"), (True, "lora"), (True, "head"), (False, "head")]
 
 @pytest.mark.parametrize("lora,critic", MODES)
 def test_each_critic_mode_trains_one_step(tmp_path, lora, critic):
-    cfg = small_cfg(tmp_path, lora=lora, lora_r=4, critic=critic, rollout_batch_size=4, step_batch_size=4,
-                    max_new_tokens=6, ppo_epochs=1, learning_rate=1e-2)
+    cfg = small_cfg(tmp_path, lora=LoraConfig(enabled=lora, r=4), critic=critic, rollout_batch_size=4,
+                    step_batch_size=4, max_new_tokens=6, ppo_epochs=1)
     rm = load_reward_model("tiny")
     ac, ref, groups = build_models(cfg, torch.device("cpu"))
     assert len(groups) == 2 and all(g["params"] for g in groups)
@@ -66,7 +66,7 @@ def test_each_critic_mode_trains_one_step(tmp_path, lora, critic):
     rollout.returns = rollout.returns + 1.0  # a value target away from V, so the critic must move
     b = rollout.rows(torch.arange(4))
     with torch.no_grad():  # the joint forward and the two separate ones agree (head: one trunk pass)
-        logits, values = ac(b["input_ids"], b["attention_mask"], b["response"].shape[1])
+        logits, values = ac(b["input_ids"], b["attention_mask"], b["response"].shape[1], 1.0)
         torch.testing.assert_close(values, ac.values(b["input_ids"], b["attention_mask"], b["response"].shape[1]))
     before = {k: v.clone() for k, v in ac.state_dict().items()}
     optimizer = adamw(groups, weight_decay=0.0)
@@ -85,8 +85,8 @@ def test_each_critic_mode_trains_one_step(tmp_path, lora, critic):
 
 @pytest.mark.parametrize("lora,critic", MODES)
 def test_each_critic_mode_resumes_exactly(tmp_path, lora, critic):
-    cfg = dict(steps=3, save_every=1, rollout_batch_size=4, step_batch_size=4, max_new_tokens=6, lora=lora,
-               lora_r=4, critic=critic, kl_coef=0.05)
+    cfg = dict(steps=3, save_every=1, rollout_batch_size=4, step_batch_size=4, max_new_tokens=6,
+               lora=LoraConfig(enabled=lora, r=4), critic=critic, kl_coef=0.05)
     train_ppo(small_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
 
     def crash_at_step_2(prompts, responses, calls=[]):  # noqa: B006 - counts calls across this test only
@@ -112,5 +112,5 @@ def test_each_critic_mode_resumes_exactly(tmp_path, lora, critic):
 
 
 def test_lora_critic_needs_a_lora_policy(tmp_path):
-    with pytest.raises(UserError, match="lora: true"):
+    with pytest.raises(UserError, match="lora.enabled: true"):
         build_models(small_cfg(tmp_path, critic="lora"), torch.device("cpu"))

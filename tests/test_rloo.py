@@ -12,7 +12,7 @@ from rlp_align.models import load_policy
 from rlp_align.ppo import train_ppo
 from rlp_align.ppo_losses import rloo_advantages
 from rlp_align.rloo import RLOOConfig
-from rlp_align.training import read_metrics
+from rlp_align.training import OptimConfig, read_metrics
 
 
 def test_rloo_advantages_by_hand():
@@ -35,8 +35,9 @@ def test_rloo_advantages_by_hand():
 
 def rloo_cfg(out, **kw) -> RLOOConfig:
     base = dict(policy="tiny", output_dir=str(out), rollout_batch_size=16, step_batch_size=8, rloo_k=4,
-                max_new_tokens=16, learning_rate=1e-2, kl_coef=0.0, save_every=100, seed=0)
-    return RLOOConfig(**{**base, **kw})
+                max_new_tokens=16, kl_coef=0.0, seed=0)
+    optim = OptimConfig(learning_rate=1e-2, save_every=kw.pop("save_every", 100))
+    return RLOOConfig(**{**base, "optim": optim, **kw})
 
 
 def test_rloo_raises_a_learnable_reward_without_a_critic(tmp_path):
@@ -84,7 +85,7 @@ def test_rloo_rejects_groups_that_do_not_fit_the_batch(tmp_path):
         train_ppo(rloo_cfg(tmp_path, rloo_k=1), PROMPTS, count_e)
 
 
-@pytest.mark.parametrize("optimizer,ppo", [("rloo", {"rloo_k": 2}), ("ppo", {"lora": True, "critic": "lora"})])
+@pytest.mark.parametrize("optimizer,ppo", [("rloo", {"rloo_k": 2}), ("ppo", {"lora": {"enabled": True}, "critic": "lora"})])
 def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, ppo):
     """The pipeline's PPO stage (PPO1, PPO2 and the ensembles all call it) runs RLOO or LoRA PPO on request."""
     import json
@@ -92,15 +93,16 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
     from rlp_align import stages_impl
     from rlp_align.config import load_config
     from rlp_align.models import load_reward_model, load_tokenizer, save_model
-    from rlp_align.pipeline import PipelineConfig, _validate, preset_path
+    from rlp_align.pipeline import PipelineConfig, _validate, ppo_section, preset_path
 
     overrides = {"policy_optimizer": optimizer, "data": {"n_unlabelled": 8},
                  "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}
     cfg = load_config(PipelineConfig, preset_path("tiny"), overrides)
     _validate(cfg)
-    pools = stages_impl.build_pools(cfg, tmp_path / "pools")
+    pools = stages_impl.build_pools(cfg.data, cfg.seed, tmp_path / "pools")
     save_model(load_reward_model("tiny"), load_tokenizer("tiny"), tmp_path / "rm")
-    out = stages_impl.train_ppo(cfg, "tiny", [str(tmp_path / "rm")], pools, tmp_path / "ppo")
+    out = stages_impl.train_ppo(ppo_section(cfg), cfg.annotator, "tiny", [str(tmp_path / "rm")], pools, cfg.seed,
+                                tmp_path / "ppo")
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert summary["config"]["estimator"] == ("rloo" if optimizer == "rloo" else "gae")
     assert math.isfinite(out["final_reward"])

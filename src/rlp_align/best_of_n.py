@@ -13,9 +13,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.ensemble import RewardFn, make_reward_fn
 from rlp_align.errors import UserError
-from rlp_align.generation import answer_rows, default_device, generate
+from rlp_align.generation import answer_rows, generate
 from rlp_align.io import write_jsonl
 
 
@@ -37,6 +38,7 @@ class BestOfNConfig:
     reward_batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 class BestOfN(NamedTuple):
@@ -77,7 +79,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
 
     if not cfg.instructions_file:
         raise UserError("best-of-n needs --instructions_file (an instruction or AlpacaFarm eval file)")
-    instructions = read_instructions(cfg.instructions_file)[: cfg.limit]
+    instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)[: cfg.limit]
     device = default_device()
     tokenizer, policy = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,

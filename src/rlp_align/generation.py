@@ -11,11 +11,9 @@ deterministic given its arguments and does not disturb (or depend on) the global
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -23,21 +21,13 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase,
 from transformers.cache_utils import StaticLayer
 
 from rlp_align.data.records import Instruction, Messages
+from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
+from rlp_align.logprobs import tempered
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    """Where a command's models go: this rank's GPU when there is one (``LOCAL_RANK``), else the CPU.
-
-    Deliberately not Accelerate's state, which must be first created by `training.make_accelerator`.
-    """
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def seeded_generator(*seeds: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -48,13 +38,12 @@ def seeded_generator(*seeds: int, device: torch.device | str = "cpu") -> torch.G
     return torch.Generator(device=device).manual_seed(mixed)
 
 
-def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """One token per row from logits [B, V]: greedy at temperature 0, else nucleus sampling (Holtzman et al. 2020)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p)
+def sample_next_token(logits: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by nucleus sampling (Holtzman et al. 2020) from the sampling distribution's logits [B, V].
+
+    ``logits`` are already `tempered`; greedy decoding (temperature 0) is the caller's argmax.
+    """
+    probs = nucleus(torch.softmax(logits.float(), dim=-1), top_p)
     return inverse_cdf_sample(probs, generator)
 
 
@@ -110,13 +99,6 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return index.squeeze(-1).clamp(max=vocab - 1)
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """The forward argument that takes the KV cache: ``cache`` from transformers 5.2x (``past_key_values`` is
-    deprecated there, to be removed in 5.40), ``past_key_values`` before."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
 def _drop_rows(cache: StaticCache, keep: torch.Tensor) -> None:
     """Keep only the ``keep`` rows of every layer's preallocated keys and values (finished rows leave)."""
     for layer in cache.layers:
@@ -130,7 +112,7 @@ PREFILL_GROUP_ROWS = 16  # rows per prefill group (larger: better matmul shapes;
 
 
 def _prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-             cache: StaticCache, cache_arg: str) -> torch.Tensor:
+             cache: StaticCache) -> torch.Tensor:
     """Run the prompts into ``cache``; returns the logits after each prompt's last token [B, V].
 
     Left padding makes every row as wide as the longest prompt, and pads cost as much as tokens. Rows are
@@ -144,14 +126,14 @@ def _prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: to
     if batch <= group_rows or any(type(layer) is not StaticLayer for layer in cache.layers):
         full = torch.nn.functional.pad(attention_mask, (0, cache.layers[0].max_cache_len - width))
         return model(input_ids=input_ids, attention_mask=full, position_ids=positions, use_cache=True,
-                     logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]
+                     logits_to_keep=1, cache=cache).logits[:, -1]
     logits = None
     for rows in attention_mask.sum(-1).argsort().split(group_rows):
         w = max(1, int(attention_mask[rows].sum(-1).max()))
         part = DynamicCache()
         out = model(input_ids=input_ids[rows, width - w :], attention_mask=attention_mask[rows, width - w :],
                     position_ids=positions[rows, width - w :], use_cache=True, logits_to_keep=1,
-                    **{cache_arg: part}).logits[:, -1]
+                    cache=part).logits[:, -1]
         logits = out.new_empty(batch, out.shape[-1]) if logits is None else logits
         logits[rows] = out
         for layer, new in zip(cache.layers, part.layers):
@@ -208,8 +190,7 @@ def sample_tokens(
     mask[:, :prompt_length] = attention_mask
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = StaticCache(config=model.config, max_cache_len=prompt_length + max_new_tokens)
-    cache_arg = {_cache_argument(model): cache}
-    logits = _prefill(model, input_ids, attention_mask.long(), positions, cache, _cache_argument(model))
+    logits = _prefill(model, input_ids, attention_mask.long(), positions, cache)
     next_position = positions[:, -1:] + 1
     rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
     live = torch.ones(batch, dtype=torch.bool, device=device)  # False: said EOS, waiting to be dropped
@@ -220,7 +201,7 @@ def sample_tokens(
             token = logits.argmax(-1)
         else:
             u = torch.rand(batch, 1, generator=generator, dtype=torch.float64, device=device)[rows]
-            logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # the sampled distribution
+            logp = torch.log_softmax(tempered(logits, temperature), dim=-1)  # the sampled distribution
             probs = logp.exp()
             token = inverse_cdf(nucleus(probs, top_p), u)
         out_rows = rows[live]
@@ -239,7 +220,7 @@ def sample_tokens(
             live = live[live]
         mask[:, prompt_length + t] = 1
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
-                       **cache_arg).logits[:, -1]
+                       cache=cache).logits[:, -1]
         next_position = next_position + 1
     sampled = (tokens[:, :steps], alive[:, :steps])
     return (*sampled, logprobs[:, :steps], entropy[:, :steps]) if with_logprobs else sampled
@@ -323,7 +304,9 @@ class GenerateConfig:
     max_prompt_length: int = 512
     batch_size: int = 8
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     limit: int | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def answer_rows(
@@ -375,13 +358,15 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     if not cfg.instructions_file:
         raise UserError("generate needs --instructions_file (an instruction or AlpacaFarm eval file)")
-    instructions = read_instructions(cfg.instructions_file)
+    instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)
     if cfg.limit is not None:
         instructions = instructions[: cfg.limit]
-    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(default_device())
-    rows = generate_answers(model, tokenizer, instructions, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
-                            batch_size=cfg.batch_size, seed=cfg.seed, meta={"generator": str(cfg.policy)})
+    device = default_device()
+    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
+    with autocast(cfg.mixed_precision, device):
+        rows = generate_answers(model, tokenizer, instructions, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
+                                batch_size=cfg.batch_size, seed=cfg.seed, meta={"generator": str(cfg.policy)})
     write_jsonl(cfg.output_file, rows)
     return {
         "output_file": str(cfg.output_file),

@@ -33,9 +33,11 @@ import torch
 from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
-from rlp_align.generation import default_device, seeded_generator
+from rlp_align.generation import seeded_generator
+from rlp_align.logprobs import token_logprobs
 from rlp_align.models import load_tokenizer
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -49,17 +51,15 @@ from rlp_align.ppo_losses import (
     whiten,
 )
 from rlp_align.ppo_models import build_models
-from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
+from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.training import (
-    Checkpointer,
-    MetricsLogger,
+    LoraConfig,
+    OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -88,11 +88,9 @@ class PPOConfig:
     estimator: Literal["gae", "rloo"] = "gae"
     rloo_k: int = 4
     # where V(s) comes from (ignored by RLOO): its own value model, a LoRA adapter on the policy's base
-    # (needs lora), or a head on the policy's trunk; memory costs in docs/decisions.md
+    # (needs lora.enabled), or a head on the policy's trunk; memory costs in docs/decisions.md
     critic: Literal["separate", "lora", "head"] = "separate"
-    learning_rate: float = 1e-5
-    value_learning_rate: float | None = None  # defaults to learning_rate
-    warmup_steps: int = 0  # optimiser updates of linear warm-up, then constant (independent of `steps`)
+    value_learning_rate: float | None = None  # defaults to optim.learning_rate
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
@@ -107,19 +105,18 @@ class PPOConfig:
     max_new_tokens: int = 64  # AlpacaFarm: 300
     max_prompt_length: int = 256
     temperature: float = 1.0
-    max_grad_norm: float = 1.0
     seed: int = 0
-    save_every: int = 10
-    keep_checkpoint: bool = False  # keep checkpoint/ (3 GB for SmolLM2) after the run instead of removing it
     reward_batch_size: int = 8
     gradient_checkpointing: bool = False
-    lora: bool = False  # LoRA adapters on the policy (its base doubles as the reference) instead of full fine-tuning
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    # warmup_steps counts optimiser updates (linear, then constant, independent of `steps`); keep_checkpoint
+    # keeps checkpoint/ (3 GB for SmolLM2) after the run
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5, save_every=10))
+    # adapters on the policy, whose base with adapters off is then the reference (one copy in memory)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def shape_rewards(
@@ -137,7 +134,21 @@ def shape_rewards(
     return kl
 
 
+# PPO's batches come from rollouts: the supervised data-loop keys of `optim` have PPO counterparts instead.
+PPO_REFUSES = {"epochs": "ppo_epochs", "max_steps": "steps", "batch_size": "step_batch_size",
+               "gradient_accumulation_steps": "micro_batch_size", "eval_batch_size": "reward_batch_size"}
+
+
+def check_optim(cfg: PPOConfig) -> None:
+    """Refuse the `optim` keys PPO does not read, rather than ignore them."""
+    default = OptimConfig()
+    for key, instead in PPO_REFUSES.items():
+        if getattr(cfg.optim, key) != getattr(default, key):
+            raise UserError(f"ppo does not use optim.{key} (its batches come from rollouts): set {instead} instead")
+
+
 def _check(cfg: PPOConfig, num_processes: int) -> None:
+    check_optim(cfg)
     if cfg.rollout_batch_size % num_processes or cfg.step_batch_size % num_processes:
         raise UserError(f"rollout_batch_size ({cfg.rollout_batch_size}) and step_batch_size ({cfg.step_batch_size}) "
                         f"must be multiples of the number of processes ({num_processes})")
@@ -200,7 +211,7 @@ def ppo_update(
             # token sum over this, and the update is the global minibatch's token mean whatever the lengths
             minibatch_tokens = accelerator.reduce(rollout.mask[minibatch].sum().float(), reduction="mean")
             minibatch_tokens = minibatch_tokens.clamp(min=1.0)
-            warmup = min(1.0, (update + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            warmup = min(1.0, (update + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * warmup
             chunks = minibatch.split(micro)
@@ -211,12 +222,12 @@ def ppo_update(
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
                     if not has_critic:  # RLOO: the policy loss alone
-                        logits = model(*inputs)[0]
+                        logits = model(*inputs, cfg.temperature)[0]
                     elif split:
-                        logits = actor_critic.logits(*inputs)
+                        logits = actor_critic.logits(*inputs, cfg.temperature)
                     else:
-                        logits, values = model(*inputs)
-                    logprobs = token_logprobs(logits, b["response"], cfg.temperature)
+                        logits, values = model(*inputs, cfg.temperature)
+                    logprobs = token_logprobs(logits, b["response"])
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     stats = {"policy_loss": pg_loss, "clip_fraction": clip_fraction, "approx_kl": approx_kl}
@@ -234,8 +245,8 @@ def ppo_update(
                 check_finite("loss", loss, step + 1, cfg.output_dir)
                 for key, v in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(v.detach()) * float(share) / updates_per_step
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if cfg.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             update += 1
@@ -249,32 +260,30 @@ def train_ppo(
     """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
     if not prompts:
         raise UserError("PPO needs at least one prompt")
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
-    if (done := finished_summary(out_dir, cfg.overwrite, accelerator)) is not None:
-        return done
+    run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim)
+    if run.finished is not None:
+        return run.finished
     device = accelerator.device
-    started = time.time()
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     actor_critic, ref, groups = build_models(cfg, device, **trust)
     base_lrs = [g["lr"] for g in groups]
-    optimizer = adamw(groups, weight_decay=0.0)
+    optimizer = adamw(groups, weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(actor_critic, optimizer)
     unwrapped: ActorCritic = accelerator.unwrap_model(model)
     score_tokens = (hasattr(reward_fn, "score_tokens") and getattr(reward_fn, "tokenizer", None) is not None
                     and same_vocabulary(reward_fn.tokenizer, tokenizer))
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
 
-    checkpointer = Checkpointer(out_dir, accelerator)
-    state = checkpointer.load()
-    start = 0
+    state = run.resume()
+    start = run.start_step
     if state is not None:
-        start, kl_ctl.value = int(state["step"]), float(state["kl_coef"])
+        kl_ctl.value = float(state["kl_coef"])
         log.info("resuming PPO from step %d", start)
-    logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_step=start)
     sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
@@ -285,8 +294,9 @@ def train_ppo(
         indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size // k, step, cfg.seed), accelerator)
         batch_prompts = [prompts[i] for i in indices for _ in range(k)]
         generator = seeded_generator(cfg.seed, step, accelerator.process_index, device=device)
-        rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
-                                      score_tokens, timings)
+        with accelerator.autocast():  # the rollout's forwards bypass the prepared (autocast) forward
+            rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
+                                          score_tokens, timings)
         check_finite("reward", rollout.raw_scores, step + 1, out_dir)
 
         # ---- 3. KL-shaped rewards, GAE, whitened advantages (PPO), or leave-one-out advantages (RLOO)
@@ -323,29 +333,28 @@ def train_ppo(
         metrics["kl_coef"] = kl_ctl.value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
-        logger.log(step + 1, metrics)
-        if accelerator.is_main_process:
+        run.log(step + 1, metrics)
+        if accelerator.is_main_process and ((step + 1) % cfg.optim.logging_every == 0 or step + 1 == cfg.steps):
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
-        if checkpoint_due(step + 1, cfg.steps, cfg.save_every, cfg.keep_checkpoint):
-            checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
+        run.checkpoint(step + 1, cfg.steps, {"kl_coef": kl_ctl.value})
 
     # ---- outputs: the policy as a plain HF folder, metrics, summary
-    logger.close()
+    run.close()
     accelerator.wait_for_everyone()
-    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": time.time() - started,
+    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": run.seconds,
                "model": str(out_dir / "model"), "final_kl_coef": kl_ctl.value, "final": metrics,
                "config": asdict(cfg)}
-    save_final_outputs(accelerator, out_dir, unwrapped.policy, tokenizer, summary, cfg.keep_checkpoint)
-    return summary
+    return run.save(unwrapped.policy, tokenizer, summary)
 
 
 def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """`rlp ppo`: prompts from ``prompts_file``, reward from ``reward_model`` or ``reward_ensemble``."""
     from rlp_align.data.readers import read_instructions
 
+    check_optim(cfg)
     if not cfg.prompts_file:
         raise UserError("ppo needs --prompts_file (unlabelled instructions)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)

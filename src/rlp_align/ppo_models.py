@@ -1,7 +1,7 @@
 """The models one PPO/RLOO run holds: policy, frozen reference, critic (`ppo.critic`), and their parameter groups.
 
 Full fine-tuning holds two copies of the policy (the trained one and the frozen reference) plus a value model.
-With LoRA (``lora: true``) the policy is the base model plus adapters, and the reference is the *same* base with
+With LoRA (``lora.enabled: true``) the policy is the base model plus adapters, and the reference is the *same* base with
 the adapters switched off (`AdaptersOff`), so only one copy of the base is in memory. The critic is a choice:
   separate  a value model of its own, initialised from the RM (AlpacaFarm; with LoRA it gets its own adapters);
   lora      a second LoRA adapter, "critic", on the policy's frozen base, plus a linear value head;
@@ -31,15 +31,15 @@ def critic_mode(cfg: PPOConfig) -> str:
     """``cfg.critic``, or "none" for RLOO; a LoRA critic needs a LoRA policy to share the base with."""
     if cfg.estimator == "rloo":
         return "none"
-    if cfg.critic == "lora" and not cfg.lora:
-        raise UserError("critic 'lora' puts a second adapter on the policy's frozen base: it needs lora: true "
+    if cfg.critic == "lora" and not cfg.lora.enabled:
+        raise UserError("critic 'lora' puts a second adapter on the policy's frozen base: it needs lora.enabled: true "
                         "(or choose critic 'separate' or 'head')")
     return cfg.critic
 
 
 def shares_base(cfg: PPOConfig) -> bool:
     """The reference is the LoRA policy's base with adapters off when it is the policy's own starting point."""
-    return cfg.lora and cfg.reference in (None, cfg.policy)
+    return cfg.lora.enabled and cfg.reference in (None, cfg.policy)
 
 
 def value_head(policy: nn.Module) -> nn.Linear:
@@ -58,8 +58,8 @@ def build_models(
     policy = load_policy(cfg.policy, **trust)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    if cfg.lora:
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.lora.enabled:
+        policy = apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     if shares_base(cfg):
         ref: nn.Module | AdaptersOff = AdaptersOff(policy)
     else:
@@ -71,8 +71,8 @@ def build_models(
                                  **trust)
         if cfg.gradient_checkpointing:
             value.gradient_checkpointing_enable()
-        if cfg.lora:
-            value = apply_lora(value, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        if cfg.lora.enabled:
+            value = apply_lora(value, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     elif critic in ("lora", "head"):
         value = value_head(policy)
     if critic == "lora":
@@ -87,7 +87,7 @@ def build_models(
     policy_params = [p for n, p in policy.named_parameters() if p.requires_grad and not is_critic(n)]
     critic_params = [p for n, p in policy.named_parameters() if p.requires_grad and is_critic(n)]
     critic_params += [p for p in value.parameters() if p.requires_grad] if value is not None else []
-    groups = [{"params": policy_params, "lr": cfg.learning_rate}]
+    groups = [{"params": policy_params, "lr": cfg.optim.learning_rate}]
     if critic_params:
-        groups.append({"params": critic_params, "lr": cfg.value_learning_rate or cfg.learning_rate})
+        groups.append({"params": critic_params, "lr": cfg.value_learning_rate or cfg.optim.learning_rate})
     return ActorCritic(policy, value, critic), ref, groups

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -25,12 +25,19 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
-from rlp_align.models import _unwrap, reward_head
-from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
+from rlp_align.logprobs import entropy_from_logits, response_logits, tempered, token_logprobs
+from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.templates import collate, encode_prompt
 
-if TYPE_CHECKING:
-    from rlp_align.ppo import PPOConfig
+
+class RolloutSettings(Protocol):
+    """The five settings `make_rollout` reads; `rlp_align.ppo.PPOConfig` has them (no import of ppo here)."""
+
+    max_prompt_length: int
+    max_new_tokens: int
+    temperature: float
+    rollout_chunk_size: int
+    truncation_penalty: float | None
 
 
 class ActorCritic(nn.Module):
@@ -49,30 +56,32 @@ class ActorCritic(nn.Module):
         self.policy, self.value, self.critic = policy, value, critic
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions."""
+        """Tempered logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T
+        positions."""
         if self.critic == "head":  # one pass of the shared trunk for both
-            logits, hidden = self._policy_forward(input_ids, attention_mask, response_length, hidden=True)
+            logits, hidden = self._policy_forward(input_ids, attention_mask, response_length, temperature,
+                                                  hidden=True)
             return logits, self.value(hidden[:, -response_length - 1 : -1]).squeeze(-1)
-        return self.logits(input_ids, attention_mask, response_length), \
+        return self.logits(input_ids, attention_mask, response_length, temperature), \
             self.values(input_ids, attention_mask, response_length)
 
     def _policy_forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, hidden: bool = False
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not hidden:
+            return response_logits(self.policy, input_ids, attention_mask, response_length, temperature), None
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          logits_to_keep=response_length + 1, use_cache=False, output_hidden_states=hidden)
-        return out.logits[:, :-1], (out.hidden_states[-1] if hidden else None)
+                          logits_to_keep=response_length + 1, use_cache=False, output_hidden_states=True)
+        return tempered(out.logits[:, :-1], temperature), out.hidden_states[-1]
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
-        """Logits predicting each of the last T tokens [B, T, V] (the policy alone).
-
-        Positions come from the attention mask, so left padding changes nothing; logits are computed only
-        for the response (``logits_to_keep``), not the prompt.
-        """
-        return self._policy_forward(input_ids, attention_mask, response_length)[0]
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+               temperature: float) -> torch.Tensor:
+        """Logits of the sampling distribution for each of the last T tokens [B, T, V] (the policy alone)."""
+        return self._policy_forward(input_ids, attention_mask, response_length, temperature)[0]
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
         """V(s_t) [B, T] for the last T positions (the critic alone)."""
@@ -80,10 +89,10 @@ class ActorCritic(nn.Module):
             return torch.zeros(input_ids.shape[0], response_length, device=input_ids.device)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if self.critic == "separate":
-            inner = _unwrap(self.value)
+            inner = unwrap_model(self.value)
             head = reward_head(inner)
         else:
-            inner, head = _unwrap(self.policy), self.value
+            inner, head = unwrap_model(self.policy), self.value
         with use_adapter(self.policy, "critic") if self.critic == "lora" else contextlib.nullcontext():
             hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                       position_ids=positions).last_hidden_state
@@ -135,10 +144,7 @@ class AdaptersOff:
 
 def reference_logprobs(ref: nn.Module | AdaptersOff, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                 logits_to_keep=tokens.shape[1] + 1, use_cache=False).logits[:, :-1]
-    return token_logprobs(logits, tokens, temperature)
+    return token_logprobs(response_logits(ref, input_ids, attention_mask, tokens.shape[1], temperature), tokens)
 
 
 @dataclass
@@ -192,8 +198,7 @@ def evaluate_responses(
         attn = torch.cat([query_mask[rows], mask[rows]], dim=1)
         m = mask[rows].float()
         if sampled is None:
-            logits, values = actor_critic(ids, attn, response.shape[1])
-            logits = logits.float() / temperature
+            logits, values = actor_critic(ids, attn, response.shape[1], temperature)
             out["logprobs"].append(token_logprobs(logits, response[rows]) * m)
             out["entropy"].append(entropy_from_logits(logits) * m)
         else:
@@ -206,8 +211,9 @@ def evaluate_responses(
 
 
 def make_rollout(
-    actor_critic: ActorCritic, ref: nn.Module | AdaptersOff, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, prompts: list[Messages],
-    cfg: PPOConfig, generator: torch.Generator, score_tokens: bool, timings: dict[str, float],
+    actor_critic: ActorCritic, ref: nn.Module | AdaptersOff, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn,
+    prompts: list[Messages], cfg: RolloutSettings, generator: torch.Generator, score_tokens: bool,
+    timings: dict[str, float],
 ) -> tuple[Rollout, list[str]]:
     """Steps 1-2 of a PPO step: sample, then score once (policy, reference, values, reward)."""
     device = next(actor_critic.parameters()).device

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages, SampleSet
+from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
-from rlp_align.generation import default_device, generate
+from rlp_align.generation import generate
 from rlp_align.io import write_jsonl
 
 
@@ -30,8 +31,10 @@ class SampleConfig:
     max_prompt_length: int = 512
     batch_size: int = 16  # sequences per generation batch
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     limit: int | None = None  # only the first `limit` prompts
     engine: Literal["torch", "vllm"] = "torch"  # vllm: optional extra, GPU only (`pip install rlp-align[vllm]`)
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def _check_sample_count(n: int) -> None:
@@ -109,7 +112,7 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
 
     if not cfg.prompts_file:
         raise UserError("sample needs --prompts_file (the unlabelled instructions to sample the policy on)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)][: cfg.limit]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)][: cfg.limit]
     tokenizer = load_tokenizer(cfg.policy)
     if cfg.engine == "vllm":
         from rlp_align.models import resolve_model
@@ -118,10 +121,12 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
                                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                 seed=cfg.seed, meta={"policy": str(cfg.policy)})
     else:
-        model = load_policy(cfg.policy).to(default_device())
-        sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
-                             batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})
+        device = default_device()
+        model = load_policy(cfg.policy).to(device)
+        with autocast(cfg.mixed_precision, device):
+            sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})
     write_sample_sets(cfg.output_file, sets)
     responses = [r for s in sets for r in s.responses]
     return {

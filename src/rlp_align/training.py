@@ -14,13 +14,14 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -29,18 +30,73 @@ from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
 from rlp_align.models import merge_lora, save_model
 
 
-def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed."""
+@dataclass
+class OptimConfig:
+    """How a trainer optimises and checkpoints: one section (``optim:``) shared by SFT, RM, refine and PPO.
+
+    Each trainer sets its own defaults (``SFTConfig.optim`` starts at learning_rate 2e-5, for instance).
+    PPO draws its batches from rollouts (``steps``, ``step_batch_size``, ``micro_batch_size``, ``ppo_epochs``),
+    so it refuses the data-loop keys ``epochs``, ``max_steps``, ``batch_size``, ``gradient_accumulation_steps``
+    and ``eval_batch_size`` when set.
+    """
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # optimiser steps of linear warm-up
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8  # examples (pairs) per optimiser step, over all ranks
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 16
+    logging_every: int = 1
+    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
+    keep_checkpoint: bool = False  # keep checkpoint/ after the run instead of removing it
+    # bf16/fp16: forwards under autocast, parameters, gradients and optimiser state fp32; "no": the launcher's
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters instead of full fine-tuning (``lora:``), merged into the saved model."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+
+
+def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_precision: str = "no") -> Accelerator:
+    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed.
+
+    ``mixed_precision`` ("no", "bf16", "fp16"): parameters and optimiser state stay fp32; the forward of every
+    prepared model runs under autocast in that type, and trainers wrap the forwards they make through an
+    unwrapped model (rollouts, reference, reward) in ``accelerator.autocast()``. With "no" the launcher may
+    still ask for it (``accelerate launch --mixed_precision bf16`` or an Accelerate config file's setting).
+    """
+    from accelerate.state import AcceleratorState
+
+    from rlp_align.device import autocast, requested_device
+
+    if mixed_precision == "no":
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
     torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
-    # otherwise every rank silently runs as an independent single process.
-    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # otherwise every rank silently runs as an independent single process. RLP_DEVICE=cpu does the same on a GPU.
+    cpu = requested_device().type == "cpu"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # Accelerate refuses to change the precision of a live state; stages of one process (a pipeline,
+        # a test session) may differ. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        cpu=cpu_ranks,
+        cpu=cpu,
+        mixed_precision=mixed_precision,
     )
     set_seed(seed)
     return accelerator
@@ -230,12 +286,81 @@ def save_final_outputs(
     out = Path(out_dir)
     accelerator.wait_for_everyone()
     final_model = merge_lora(model)
+    # Sharded parameters (FSDP, ZeRO-3) are gathered to full tensors by every rank together; rank 0 writes them.
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    full = accelerator.get_state_dict(final_model) if sharded else None
+    extras = {name: accelerator.get_state_dict(m) if sharded else m.state_dict()
+              for name, m in (extra_modules or {}).items()}
     if accelerator.is_main_process:
-        save_model(final_model, tokenizer, out / "model")
-        for name, module in (extra_modules or {}).items():
+        save_model(final_model, tokenizer, out / "model", state_dict=full)
+        for name, state in extras.items():
             with atomic_path(out / name) as tmp:
-                save_file({k: t.detach().cpu().contiguous() for k, t in module.state_dict().items()}, str(tmp))
+                save_file({k: t.detach().cpu().contiguous() for k, t in state.items()}, str(tmp))
         write_json(out / "summary.json", summary)
         if not keep_checkpoint:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+class TrainingRun:
+    """One training run in ``out_dir``: the single place where a trainer starts, resumes and ends a run.
+
+        run = TrainingRun(cfg.output_dir, accelerator, cfg.overwrite, cfg.optim)
+        if run.finished is not None:          # a finished run is a no-op (``overwrite`` starts afresh)
+            return run.finished
+        ...build models, optimiser, scheduler...
+        with run:                             # closes the metrics log however the loop ends
+            state = run.resume()              # the checkpoint's saved extras, or None; sets run.start_step
+            for step in range(run.start_step, total_steps):
+                ...one training step, inline...
+                run.log(step + 1, metrics)
+                run.checkpoint(step + 1, total_steps, {...})
+        run.save(model, tokenizer, summary)   # model/, extra files, summary.json last; checkpoint/ removed
+
+    ``resume`` must come after every module is built, so the restored RNG states are the ones step k saw.
+    """
+
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator, overwrite: bool, optim: Any):
+        self.out_dir, self.accelerator = Path(out_dir), accelerator
+        self.save_every, self.keep_checkpoint = optim.save_every, optim.keep_checkpoint
+        self.finished = finished_summary(self.out_dir, overwrite, accelerator)
+        self.started = time.time()
+        self.start_step = 0
+        self.checkpointer: Checkpointer | None = None
+        self.logger: MetricsLogger | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    def resume(self) -> dict[str, Any] | None:
+        self.checkpointer = Checkpointer(self.out_dir, self.accelerator)
+        state = self.checkpointer.load()
+        self.start_step = int(state["step"]) if state else 0
+        self.logger = MetricsLogger(self.out_dir, enabled=self.accelerator.is_main_process,
+                                    resume_step=self.start_step)
+        return state
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.logger.log(step, metrics)
+
+    def checkpoint(self, done_steps: int, total_steps: int, extra: dict[str, Any] | None = None) -> None:
+        """After optimiser step ``done_steps`` (1-based): save the resumable state when it is due."""
+        if checkpoint_due(done_steps, total_steps, self.save_every, self.keep_checkpoint):
+            self.checkpointer.save(done_steps, extra)
+
+    def save(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, summary: dict[str, Any],
+             extra_modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+        save_final_outputs(self.accelerator, self.out_dir, model, tokenizer, summary, self.keep_checkpoint,
+                           extra_modules)
+        return summary
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
