@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "truncation_penalty": ANY,
     "missing_eos_penalty": Range(0, why="subtracted from the reward of a response without EOS"),
     "uwo_lambda": NON_NEGATIVE,
+    "rloo_k": Range(2, why="samples per prompt; the leave-one-out baseline needs at least 2"),
     # RLP: UML and SPG
     "beta": NON_NEGATIVE,
     "beta_anneal_steps": Range(0, why="steps over which beta rises from 0; 0 with beta_schedule constant"),
