@@ -40,6 +40,7 @@ from rlp_align.models import (
     load_tokenizer,
     reward_scores,
 )
+from rlp_align.run_folder import HOW_NOT_WHAT
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     Checkpointer,
@@ -202,7 +203,7 @@ def micro_batches(rows: list[int], n_views: int, n: int) -> list[tuple[list[int]
 
 
 def _warn_changed(saved: dict | None, current: dict) -> None:
-    changed = sorted(k for k in (saved or {}) if k in current and saved[k] != current[k] and k != "overwrite")
+    changed = sorted(k for k in (saved or {}) if k in current and saved[k] != current[k] and k not in HOW_NOT_WHAT)
     if changed:
         warnings.warn(f"resuming with a changed configuration ({', '.join(changed)}); the run continues from "
                       "the checkpoint with the new values", RuntimeWarning, stacklevel=3)
