@@ -37,17 +37,34 @@ def killed_then_resumed(tmp_path_factory):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "run ended before PPO₁ checkpointed:\n" + proc.stdout.read()
+    # a second `rlp run` on the folder while the first is frozen holding its run lock (no timing involved)
+    os.kill(proc.pid, signal.SIGSTOP)
+    contender = _run(out_dir)
+    contender_output, _ = contender.communicate(timeout=300)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _manifests(out_dir)
+    status = subprocess.run([sys.executable, "-m", "rlp_align.cli", "run", "--status", str(out_dir)],
+                            capture_output=True, text=True)
     resumed = _run(out_dir)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
-    return out_dir, before, output
+    return out_dir, before, output, {"pid": proc.pid, "code": contender.returncode, "output": contender_output,
+                                     "status": status.stdout}
+
+
+def test_a_second_run_on_the_folder_exits_2_naming_the_first(killed_then_resumed):
+    out_dir, _, output, other = killed_then_resumed
+    assert other["code"] == 2 and f"in use by another rlp process (PID {other['pid']})" in other["output"]
+    assert "Traceback" not in other["output"]
+    # the killed holder's lock is taken over by the rerun; the crash showed in --status meanwhile
+    assert f"taking over a stale lock left by PID {other['pid']}" in output
+    assert "04_ppo1" in other["status"] and "interrupted/crashed" in other["status"]
+    assert [line.split()[1] for line in other["status"].splitlines() if "04_ppo1" in line] == ["crashed"]
 
 
 def test_sigkill_during_ppo1_resumes_and_skips_finished_stages(killed_then_resumed):
-    out_dir, before, output = killed_then_resumed
+    out_dir, before, output, _ = killed_then_resumed
     assert before["04_ppo1"]["status"] == "running"
     finished_before = [name for name, m in before.items() if m["status"] == "done"]
     assert {"00_instructions", "02_preferences", "03_rm0"} <= set(finished_before)
@@ -60,7 +77,7 @@ def test_sigkill_during_ppo1_resumes_and_skips_finished_stages(killed_then_resum
 
 
 def test_tiny_report_has_every_section_and_row(killed_then_resumed):
-    out_dir, _, output = killed_then_resumed
+    out_dir, _, output, _ = killed_then_resumed
     report = (out_dir / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in report
@@ -76,7 +93,7 @@ def test_tiny_report_has_every_section_and_row(killed_then_resumed):
 
 
 def test_rerun_is_all_cached_and_status_lists_stages(killed_then_resumed):
-    out_dir, _, _ = killed_then_resumed
+    out_dir, _, _, _ = killed_then_resumed
     # how often to checkpoint and whether to keep checkpoints change no result, so they rerun nothing
     proc = _run(out_dir, "--ppo.save_every", "3", "--ppo.keep_checkpoint", "true", "--reward.keep_checkpoint", "true")
     output, _ = proc.communicate(timeout=300)
@@ -84,3 +101,4 @@ def test_rerun_is_all_cached_and_status_lists_stages(killed_then_resumed):
     status = subprocess.run([sys.executable, "-m", "rlp_align.cli", "run", "--status", str(out_dir)],
                             capture_output=True, text=True)
     assert "04_ppo1" in status.stdout and "done" in status.stdout and "report.md" in status.stdout
+    assert status.stdout.splitlines()[0] == f"{out_dir}: finished" and "crashed" not in status.stdout

@@ -301,3 +301,15 @@ def test_status_tells_running_crashed_finished_and_not_a_run_folder(tmp_path, ca
     (run / "report.md").write_text("# report\n")
     code, text = _cli(["run", "--status", str(run)], capsys)
     assert code == 0 and text.splitlines()[0].endswith(": finished") and "crashed" not in text
+
+
+def test_pipeline_first_stage_key_follows_the_data_files_content(tmp_path):
+    from rlp_align.pipeline import DataConfig, PipelineConfig, pools_key
+
+    train = _jsonl(tmp_path / "train.jsonl", [{"instruction": "Name a fruit.", "output": "A banana."}])
+    cfg = PipelineConfig(data=DataConfig(source="files", train_file=str(train), eval_file=str(train)))
+    before = pools_key(cfg)
+    assert pools_key(cfg) == before
+    _jsonl(train, [{"instruction": "Name a stone.", "output": "Granite."}])
+    assert pools_key(cfg)["file_digests"] != before["file_digests"]
+    assert "file_digests" not in pools_key(PipelineConfig())  # built-in data: keys of existing runs unchanged

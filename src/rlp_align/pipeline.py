@@ -27,7 +27,7 @@ from rlp_align.io import check_writable, write_jsonl
 from rlp_align.ppo import PPOConfig
 from rlp_align.refine import RefineConfig
 from rlp_align.reward import RewardConfig
-from rlp_align.run_folder import folder_kind, lock_holder
+from rlp_align.run_folder import folder_kind, input_digest, lock_holder
 from rlp_align.sample import SampleConfig
 from rlp_align.sft import SFTConfig
 from rlp_align.spg import SPGConfig
@@ -123,6 +123,14 @@ def _slice(section: Any) -> dict[str, Any]:
     return {k: v for k, v in config_to_dict(section).items() if k not in NOT_IN_STAGE_KEYS}
 
 
+def pools_key(cfg: PipelineConfig) -> dict[str, Any]:
+    """The first stage's key, on which every other stage depends: the data settings and the data files'
+    contents (an edited file reruns every stage, as a changed knob would)."""
+    files = {k: input_digest(Path(v)) for k in ("train_file", "eval_file", "preference_file")
+             if (v := getattr(cfg.data, k)) and Path(v).is_file()}
+    return {"data": _slice(cfg.data), "seed": cfg.seed, **({"file_digests": files} if files else {})}
+
+
 def _validate(cfg: PipelineConfig) -> None:
     bad = [m for m in cfg.refine_methods if m not in ("uml", "spg", "uml+spg", "oracle")]
     if bad:
@@ -150,8 +158,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     cache = StageCache(run_dir)
     print(f"rlp run: {run_dir} (model {cfg.model}, refine {cfg.refine_methods}, rounds {cfg.rounds})")
 
-    pools = cache.run("00_instructions", {"data": _slice(cfg.data), "seed": cfg.seed},
-                      lambda d: S.build_pools(cfg, d))
+    pools = cache.run("00_instructions", pools_key(cfg), lambda d: S.build_pools(cfg, d))
     sft = pools
     if cfg.data.n_sft > 0:
         sft = cache.run("01_sft", {"sft": _slice(cfg.sft), "model": cfg.model, "pools": pools["hash"]},

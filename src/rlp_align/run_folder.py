@@ -341,8 +341,9 @@ def claim_output(command: str, cfg: Any) -> Iterator[dict[str, Any] | None]:
     folder = folders[0]
     overwrite = bool(getattr(cfg, "overwrite", False))
     new = fingerprint(command, cfg, inputs)
+    check_folder(command, folder, new, overwrite)  # before locking: a refused folder is left as it was
     with RunLock(folder) if _is_main_rank() else contextlib.nullcontext():
-        check_folder(command, folder, new, overwrite)
+        check_folder(command, folder, new, overwrite)  # again under the lock, which makes it final
         if _is_main_rank():
             legacy_finished = (folder / "summary.json").exists() and read_fingerprint(folder) is None
             if overwrite and command in TRAINERS:
