@@ -313,3 +313,15 @@ def test_pipeline_first_stage_key_follows_the_data_files_content(tmp_path):
     _jsonl(train, [{"instruction": "Name a stone.", "output": "Granite."}])
     assert pools_key(cfg)["file_digests"] != before["file_digests"]
     assert "file_digests" not in pools_key(PipelineConfig())  # built-in data: keys of existing runs unchanged
+
+
+def test_only_rank_0_of_a_multi_process_run_takes_the_lock(tmp_path, monkeypatch):
+    from rlp_align.run_folder import claim_output
+
+    cfg = RewardConfig(train_file=str(_jsonl(tmp_path / "d.jsonl", PAIRS)), output_dir=str(tmp_path / "out"))
+    with claim_output("reward", cfg):  # rank 0 (no RANK set) holds the lock ...
+        assert lock_holder(tmp_path / "out") == os.getpid()
+        monkeypatch.setenv("RANK", "1")
+        with claim_output("reward", cfg) as fp:  # ... and rank 1 checks the same folder without locking
+            assert fp["command"] == "reward"
+    assert lock_holder(tmp_path / "out") is None and (tmp_path / "out" / LOCK).read_text() == ""
