@@ -332,19 +332,23 @@ def finished_reward_run(tmp: Path, command: str = "reward", checkpoint: bool = F
     return args
 
 
-HELD: list = []  # the run lock `locked_output` holds until `released`
+HELD: list = []  # the process `locked_output` starts to hold a run lock, until `released` ends it
 
 
 def locked_output(tmp: Path) -> list[str]:
-    from rlp_align.run_folder import RunLock
-
-    HELD.append(RunLock(tmp / "out").acquire())  # a second open of the file conflicts even in this process
+    code = ("import sys, time; from rlp_align.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(300)")
+    HELD.append(subprocess.Popen([sys.executable, "-c", code, str(tmp / "out")], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}))
+    assert HELD[-1].stdout.readline().strip() == "locked"
     return reward(tmp, jsonl(tmp, [GOOD]))
 
 
 def released(tmp: Path, output: str) -> None:
-    HELD.pop().release()
-    assert f"(PID {os.getpid()})" in output and not (tmp / "out" / "metrics.jsonl").exists()
+    holder = HELD.pop()
+    holder.kill()
+    holder.wait()
+    assert f"(PID {holder.pid})" in output and not (tmp / "out" / "metrics.jsonl").exists()
 
 
 CASES += [

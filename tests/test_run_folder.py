@@ -325,3 +325,13 @@ def test_only_rank_0_of_a_multi_process_run_takes_the_lock(tmp_path, monkeypatch
         with claim_output("reward", cfg) as fp:  # ... and rank 1 checks the same folder without locking
             assert fp["command"] == "reward"
     assert lock_holder(tmp_path / "out") is None and (tmp_path / "out" / LOCK).read_text() == ""
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    """The CLI claims a trainer's folder and the trainer locks it again: one flock, released by the last."""
+    outer = RunLock(tmp_path).acquire()
+    inner = RunLock(tmp_path).acquire()
+    inner.release()
+    assert lock_holder(tmp_path) == os.getpid()
+    outer.release()
+    assert lock_holder(tmp_path) is None

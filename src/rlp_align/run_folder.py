@@ -196,20 +196,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_HELD: dict[str, list[int]] = {}  # lock file (real path) -> [fd, holders]: the run locks this process holds
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<folder>/.lock``, whose text names the holder's PID.
 
     The kernel releases a flock when its process dies, so a crash never leaves the folder locked; the PID
     only lets the message name the holder. The file stays (emptied) on release: deleting it would let two
-    processes lock two different files of the same name.
+    processes lock two different files of the same name. Within one process the lock is re-entrant (the CLI
+    claims a trainer's folder, then the trainer's `TrainingRun` locks it again).
     """
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / LOCK
-        self.fd: int | None = None
+        self.key: str | None = None
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self.key = key
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -228,16 +237,21 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
-        self.fd = fd
+        _HELD[key] = [fd, 1]
+        self.key = key
         return self
 
     def release(self) -> None:
-        if self.fd is None:
+        if self.key is None:
             return
-        os.ftruncate(self.fd, 0)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
+        entry = _HELD[self.key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _HELD[self.key]
+            os.ftruncate(entry[0], 0)
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+            os.close(entry[0])
+        self.key = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
