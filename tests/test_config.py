@@ -51,3 +51,60 @@ def test_bad_yaml_and_hash_stability(tmp_path):
     with pytest.raises(UserError, match="unexpected argument"):
         parse_overrides(["positional"])
     assert config_hash(Outer()) == config_hash(Outer()) != config_hash(Outer(model="x"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared `optim` / `lora` sections and the deprecated flat keys
+
+
+def test_flat_keys_move_to_their_section_with_one_message_per_key(tmp_path, capsys):
+    from rlp_align import config as config_module
+    from rlp_align.sft import SFTConfig
+
+    config_module._warned.clear()
+    path = tmp_path / "old.yaml"
+    path.write_text("learning_rate: 1.0e-3\nlora: true\nlora_r: 4\nsave_every: 2\n")
+    cfg = load_config(SFTConfig, path, parse_overrides(["--learning_rate", "5e-4", "--optim.batch_size", "2"]))
+    assert (cfg.optim.learning_rate, cfg.optim.batch_size, cfg.optim.save_every) == (5e-4, 2, 2)
+    assert (cfg.lora.enabled, cfg.lora.r) == (True, 4)
+    assert cfg.optim.epochs == 3  # a section given in part keeps SFT's own defaults for the rest
+    err = capsys.readouterr().err
+    assert "config key 'learning_rate' is deprecated; use 'optim.learning_rate'" in err
+    assert "config key 'lora' is deprecated; use 'lora.enabled'" in err
+    assert "config key 'lora_r' is deprecated; use 'lora.r'" in err
+    assert err.count("'learning_rate' is deprecated") == 1  # once per key, though given in YAML and CLI
+
+
+def test_command_line_wins_whichever_spelling_each_side_uses(tmp_path):
+    from rlp_align.reward import RewardConfig
+
+    path = tmp_path / "new.yaml"
+    path.write_text("optim: {learning_rate: 1.0e-3}\n")
+    assert load_config(RewardConfig, path, {"learning_rate": 2e-3}).optim.learning_rate == 2e-3
+    path.write_text("learning_rate: 1.0e-3\n")
+    assert load_config(RewardConfig, path, parse_overrides(["--optim.learning_rate", "3e-3"])).optim.learning_rate \
+        == 3e-3
+
+
+def test_a_misspelt_flat_key_suggests_the_dotted_one():
+    from rlp_align.reward import RewardConfig
+
+    with pytest.raises(UserError, match="did you mean 'optim.learning_rate'"):
+        build_config(RewardConfig, {"learnig_rate": 1.0})
+
+
+def test_refine_inherits_reward_training_settings_key_by_key():
+    from rlp_align.pipeline import PipelineConfig, refine_section
+
+    base = {"reward": {"max_length": 96, "optim": {"learning_rate": 1e-3, "batch_size": 4}}}
+    inherited = refine_section(build_config(PipelineConfig, base))
+    assert inherited.optim["learning_rate"] == 1e-3 and inherited.optim["batch_size"] == 4
+    assert inherited.max_length == 96
+    overridden = refine_section(build_config(PipelineConfig, {**base, "refine": {"optim": {"learning_rate": 5e-5},
+                                                                                   "max_length": 64}}))
+    assert overridden.optim["learning_rate"] == 5e-5 and overridden.optim["batch_size"] == 4  # per key
+    assert overridden.max_length == 64
+    old = refine_section(build_config(PipelineConfig, {**base, "refine": {"learning_rate": 7e-5}}))
+    assert old.optim["learning_rate"] == 7e-5 and old.optim["batch_size"] == 4
+    with pytest.raises(UserError, match="refine.optim.learnig_rate"):
+        refine_section(build_config(PipelineConfig, {"refine": {"optim": {"learnig_rate": 1.0}}}))

@@ -1,16 +1,17 @@
-"""SIGKILL at a random point of RM training, PPO and SPG, then the same command again: the resumed run
+"""SIGKILL in the middle of RM training, PPO and SPG, then the same command again: the resumed run
 ends with the same parameters, metrics and outputs as an uninterrupted run with the same seed."""
 
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_point import checkpoint_step
 from safetensors.torch import load_file
 
 from rlp_align.data.records import Preference, SampleSet, user_prompt
@@ -33,26 +34,13 @@ def _run(args: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _kill_when(args: list[str], ready, timeout: float = 120, must_be_killed: bool = True) -> bool:
-    """Start the command and SIGKILL it as soon as ``ready()`` holds; return whether it was killed before it
-    finished (with ``must_be_killed``, finishing first fails the test)."""
-    proc = subprocess.Popen(_cli(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.02)
-    finished = proc.poll() is not None
-    proc.kill()
-    proc.wait()
-    assert not (must_be_killed and finished), "the command finished before the kill point; lengthen the run"
-    return not finished
-
-
-def _checkpoint_step(out: Path) -> int:
-    state = out / "checkpoint" / "trainer_state.json"
-    try:
-        return json.loads(state.read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return 0
+def _killed_at(point: str, args: list[str]) -> None:
+    """Run the command, which SIGKILLs itself at ``point`` (see tests/kill_point.py: a point the command
+    reaches, not a time, so the kill lands at the same place however loaded the machine is)."""
+    killer = Path(__file__).with_name("kill_point.py")
+    result = subprocess.run([sys.executable, str(killer), point, "--", *args], env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, f"not killed at {point}:\n{result.stdout}{result.stderr}"
 
 
 def _same_weights(a: Path, b: Path) -> None:
@@ -78,16 +66,16 @@ def data(tmp_path_factory):
     sets = [SampleSet(user_prompt(f"T{i}"), [words(4) for _ in range(6)]) for i in range(40)]
     write_sample_sets(str(root / "samples.jsonl"), sets)
     _run(["reward", "--model", "tiny", "--train_file", str(root / "prefs.jsonl"), "--output_dir", str(root / "rm"),
-          "--max_steps", "3", "--batch_size", "8", "--learning_rate", "1e-3"])
+          "--optim.max_steps", "3", "--optim.batch_size", "8", "--optim.learning_rate", "1e-3"])
     return root
 
 
-def test_reward_training_killed_at_a_random_step_resumes_identically(data):
+def test_reward_training_killed_mid_step_resumes_identically(data):
     args = lambda out: ["reward", "--model", "tiny", "--train_file", str(data / "prefs.jsonl"), "--output_dir",  # noqa: E731
-                        str(out), "--max_steps", "12", "--batch_size", "8", "--learning_rate", "1e-3",
-                        "--save_every", "1"]
-    kill_at = random.Random(os.getpid()).randint(2, 8)
-    _kill_when(args(data / "rm_killed"), lambda: _checkpoint_step(data / "rm_killed") >= kill_at)
+                        str(out), "--optim.max_steps", "12", "--optim.batch_size", "8", "--optim.learning_rate",
+                        "1e-3", "--optim.save_every", "1"]
+    _killed_at(f"checkpoint:{data / 'rm_killed'}:5", args(data / "rm_killed"))  # in step 6 of 12
+    assert checkpoint_step(data / "rm_killed") == 5
     assert not (data / "rm_killed" / "model").exists()  # nothing half-written looks finished
     _run(args(data / "rm_killed"))
     _run(args(data / "rm_straight"))
@@ -98,13 +86,13 @@ def test_reward_training_killed_at_a_random_step_resumes_identically(data):
         assert a == pytest.approx(b, abs=1e-5)
 
 
-def test_ppo_killed_at_a_random_step_resumes_identically(data):
+def test_ppo_killed_mid_step_resumes_identically(data):
     args = lambda out: ["ppo", "--policy", "tiny", "--reward_model", str(data / "rm" / "model"), "--prompts_file",  # noqa: E731
                         str(data / "prompts.jsonl"), "--output_dir", str(out), "--steps", "8", "--rollout_batch_size",
-                        "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--save_every", "1",
-                        "--learning_rate", "1e-4"]
-    kill_at = random.Random(os.getpid() + 1).randint(1, 5)
-    _kill_when(args(data / "ppo_killed"), lambda: _checkpoint_step(data / "ppo_killed") >= kill_at)
+                        "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--optim.save_every", "1",
+                        "--optim.learning_rate", "1e-4"]
+    _killed_at(f"checkpoint:{data / 'ppo_killed'}:3", args(data / "ppo_killed"))  # in the update of step 4 of 8
+    assert checkpoint_step(data / "ppo_killed") == 3
     _run(args(data / "ppo_killed"))
     _run(args(data / "ppo_straight"))
     _same_weights(data / "ppo_killed", data / "ppo_straight")
@@ -118,21 +106,11 @@ def test_spg_killed_midway_leaves_no_partial_output_and_reruns_identically(data)
     out = data / "spg_killed.jsonl"
     args = lambda o: ["spg", "--samples_file", str(data / "samples.jsonl"), "--reward_model",  # noqa: E731
                       str(data / "rm" / "model"), "--output_file", str(o), "--gamma", "0.0", "--seed", "3"]
-    started = time.time()
     _run(args(data / "spg_straight.jsonl"))
-    duration = time.time() - started
-    # Kill at a random point of a run as long as the straight one (model loading, clustering or scoring). The
-    # point is relative, not absolute: a faster machine finished a fixed 2-5 s run before the kill. Under load a
-    # run can still end early; each retry kills twice as early.
-    fraction = random.Random(os.getpid() + 2).uniform(0.4, 0.8)
-    for attempt in range(4):
-        started = time.time()
-        delay = duration * fraction / 2**attempt
-        if _kill_when(args(out), lambda s=started, d=delay: time.time() - s > d, must_be_killed=False):
-            break
-        out.unlink()
-    else:
-        pytest.fail(f"spg finished before every kill point (straight run {duration:.1f} s)")
-    assert not out.exists()  # no partial file under the real name (temporaries are hidden .tmp folders)
+    # Killed after clustering, after RM scoring, and with the output complete but not yet renamed into place.
+    for point in ("after:rlp_align.clustering:cluster_many", "after:rlp_align.models:score_texts",
+                  f"rename:{out.name}"):
+        _killed_at(point, args(out))
+        assert not out.exists(), point  # no partial file under the real name (temporaries are hidden .tmp folders)
     _run(args(out))
     assert out.read_text() == (data / "spg_straight.jsonl").read_text()

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,12 @@ from rlp_align.report import SECTIONS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(out_dir: Path, *extra: str, **kwargs) -> subprocess.Popen:
+def _run(out_dir: Path, *extra: str, prefix: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "2"}
-    return subprocess.Popen([sys.executable, "-m", "rlp_align.cli", "run", "--config", str(ROOT / "configs/tiny.yaml"),
+    command = prefix or ["-m", "rlp_align.cli"]
+    return subprocess.Popen([sys.executable, *command, "run", "--config", str(ROOT / "configs/tiny.yaml"),
                              "--output_dir", str(out_dir), *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _manifests(out_dir: Path) -> dict[str, dict]:
@@ -30,26 +30,28 @@ def _manifests(out_dir: Path) -> dict[str, dict]:
 def killed_then_resumed(tmp_path_factory):
     """Run tiny, SIGKILL it once PPO₁ has written a checkpoint, rerun the same command to the end."""
     out_dir = tmp_path_factory.mktemp("tiny_run")
-    proc = _run(out_dir)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out_dir / "04_ppo1" / "checkpoint" / "trainer_state.json").exists():
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "run ended before PPO₁ checkpointed:\n" + proc.stdout.read()
-    # a second `rlp run` on the folder while the first is frozen holding its run lock (no timing involved)
-    os.kill(proc.pid, signal.SIGSTOP)
+    # The run stops itself (SIGSTOP) in PPO₁'s second step, once its first checkpoint exists
+    # (tests/kill_point.py): the same point however loaded the machine is. Frozen there it still holds the run
+    # lock, so a second `rlp run` on the folder must stop at once and name it. Then it is SIGKILLed.
+    with open(out_dir.parent / "first_run.log", "w") as log:  # a file, not a pipe nobody reads while it runs
+        first = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_point.py")),
+                                  f"stop@checkpoint:{out_dir / '04_ppo1'}:1", "--", "run", "--config",
+                                  str(ROOT / "configs/tiny.yaml"), "--output_dir", str(out_dir)],
+                                 env={**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "2"}, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    _, state = os.waitpid(first.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(state), "run was not stopped in PPO₁:\n" + (out_dir.parent / "first_run.log").read_text()
     contender = _run(out_dir)
     contender_output, _ = contender.communicate(timeout=300)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
     before = _manifests(out_dir)
     status = subprocess.run([sys.executable, "-m", "rlp_align.cli", "run", "--status", str(out_dir)],
                             capture_output=True, text=True)
     resumed = _run(out_dir)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
-    return out_dir, before, output, {"pid": proc.pid, "code": contender.returncode, "output": contender_output,
+    return out_dir, before, output, {"pid": first.pid, "code": contender.returncode, "output": contender_output,
                                      "status": status.stdout}
 
 

@@ -34,7 +34,7 @@ from rlp_align.ppo_losses import (
 )
 from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
 from rlp_align.templates import collate, encode_prompt
-from rlp_align.training import read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions, by hand
@@ -194,6 +194,34 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     assert masked_mean(rollout.advantages, rollout.mask).abs().item() < 1e-5
 
 
+def test_temperature_reaches_sampler_update_and_reference_alike(tiny):
+    """At T != 1 the sampler's log-probs, a full forward of the policy (as the PPO update computes them) and
+    the reference's log-probs are all of softmax(z / T): the policy ratio is 1 and the KL 0 before any update."""
+    from rlp_align.logprobs import token_logprobs
+
+    tokenizer, policy, ref, rm = tiny
+    temperature = 0.6
+    ac = ActorCritic(policy, rm)
+    cfg = PPOConfig(max_new_tokens=6, rollout_chunk_size=8, temperature=temperature)
+    prompts = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle")]
+    rollout, _ = make_rollout(ac, ref, tokenizer, RewardModelFn(rm, tokenizer), prompts, cfg,
+                              torch.Generator().manual_seed(0), True, {})
+    ids = torch.cat([rollout.query, rollout.response], 1)
+    attn = torch.cat([rollout.query_mask, rollout.mask], 1)
+    width = rollout.response.shape[1]
+    with torch.no_grad():  # by hand: one plain forward, divided by T here and nowhere else
+        z = policy(input_ids=ids, attention_mask=attn,
+                   position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).logits[:, -width - 1 : -1] / temperature
+        by_hand = torch.log_softmax(z, -1).gather(-1, rollout.response[..., None]).squeeze(-1) * rollout.mask
+        update = token_logprobs(ac.logits(ids, attn, width, temperature), rollout.response) * rollout.mask
+        untempered = torch.log_softmax(z * temperature, -1).gather(-1, rollout.response[..., None]).squeeze(-1)
+    torch.testing.assert_close(rollout.logprobs, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(update, by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rollout.ref_logprobs, by_hand, atol=1e-5, rtol=0)  # ref == policy here
+    # and temperature matters: at T = 1 the same tokens have other log-probs
+    assert (untempered * rollout.mask - by_hand).abs().max() > 1e-2
+
+
 def test_split_backward_gives_the_joint_update(tiny):
     """Backpropagating the policy loss before the value forward (one process) updates every parameter as
     the single backward of the summed loss does (DDP)."""
@@ -237,9 +265,10 @@ def count_e(prompts, responses):
 PROMPTS = [user_prompt(f"Write about topic {i}") for i in range(32)]
 
 
-def small_cfg(out, **kw) -> PPOConfig:
+def small_cfg(out, save_every: int = 100, lora: LoraConfig | None = None, **kw) -> PPOConfig:
     base = dict(policy="tiny", output_dir=str(out), rollout_batch_size=16, step_batch_size=8, max_new_tokens=16,
-                learning_rate=1e-2, kl_coef=0.0, save_every=100, seed=0)
+                kl_coef=0.0, seed=0, optim=OptimConfig(learning_rate=1e-2, save_every=save_every),
+                lora=lora or LoraConfig())
     return PPOConfig(**{**base, **kw})
 
 
@@ -303,11 +332,12 @@ def test_two_ranks_with_torchrun(tmp_path):
         from accelerate import PartialState
         from rlp_align.data.records import user_prompt
         from rlp_align.ppo import PPOConfig, train_ppo
+        from rlp_align.training import OptimConfig
         def reward(prompts, responses):
             return torch.tensor([r.count("e") / 4.0 for r in responses])
         prompts = [user_prompt(f"Write about topic {{i}}") for i in range(16)]
         cfg = PPOConfig(policy="tiny", output_dir={str(tmp_path / "out")!r}, steps=2, rollout_batch_size=8,
-                        step_batch_size=4, max_new_tokens=8, learning_rate=1e-3, save_every=1)
+                        step_batch_size=4, max_new_tokens=8, optim=OptimConfig(learning_rate=1e-3, save_every=1))
         seen = []
         train_ppo(cfg, prompts, reward, gold_fn=lambda p, r: seen.append(len(r)) or reward(p, r))
         state = PartialState()
@@ -339,7 +369,7 @@ def test_run_ppo_with_an_rm_ensemble_and_lora(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:8]))
     cfg = small_cfg(tmp_path / "out", steps=2, rollout_batch_size=4, step_batch_size=2, micro_batch_size=1,
                     max_new_tokens=6, prompts_file=str(prompts), reward_ensemble=members, ensemble_aggregate="wco",
-                    lora=True, lora_r=4, truncation_penalty=-1.0, adaptive_kl=True, kl_coef=0.05)
+                    lora=LoraConfig(enabled=True, r=4), truncation_penalty=-1.0, adaptive_kl=True, kl_coef=0.05)
     summary = run_ppo(cfg)
     rows = read_metrics(tmp_path / "out")
     assert len(rows) == 2 and rows[-1]["kl_coef"] != 0.05  # the adaptive controller moved beta

@@ -13,7 +13,6 @@ from rlp_align.models import load_reward_model, load_tokenizer
 from rlp_align.refine import (
     RefineConfig,
     make_view_batches,
-    refine_loss,
     refine_reward_model,
     run_refine,
     usable_sample_sets,
@@ -21,11 +20,10 @@ from rlp_align.refine import (
 from rlp_align.reward import (
     RewardConfig,
     RewardScorer,
-    bradley_terry_loss,
     score_sequences,
     train_reward_model,
 )
-from rlp_align.training import read_metrics
+from rlp_align.training import OptimConfig, read_metrics
 from rlp_align.uml import MultiViewHead
 
 
@@ -35,9 +33,9 @@ def sample_sets(n: int, k: int = 4, seed: int = 0) -> list[SampleSet]:
             for i in range(n)]
 
 
-def refine_cfg(out, **kw) -> RefineConfig:
-    base = dict(method="uml", base_model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=8, max_steps=4,
-                max_length=64, uml_batch_size=4)
+def refine_cfg(out, optim: dict | None = None, **kw) -> RefineConfig:
+    base = dict(method="uml", base_model="tiny", output_dir=str(out), max_length=64, uml_batch_size=4,
+                optim={"learning_rate": 1e-3, "batch_size": 8, "max_steps": 4, **(optim or {})})
     return RefineConfig(**{**base, **kw})
 
 
@@ -48,24 +46,18 @@ def previous_rm(tmp_path_factory):
     prefs = marker_prefs(200)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RLP_NUM_THREADS", "1")
-        summary = train_reward_model(RewardConfig(output_dir=str(out), learning_rate=1e-3, batch_size=16,
-                                                  max_steps=15, max_length=64), prefs[:160], prefs[160:])
+        summary = train_reward_model(RewardConfig(output_dir=str(out), max_length=64, optim=OptimConfig(
+            learning_rate=1e-3, batch_size=16, max_steps=15)), prefs[:160], prefs[160:])
     assert summary["eval"]["accuracy"] >= 0.9
     return out / "model", prefs[:160], prefs[160:], summary["eval"]["accuracy"]
-
-
-def test_refine_loss_with_lambda_zero_is_exactly_bradley_terry():
-    r_w, r_l, l_m = torch.tensor([1.5, -0.2, 0.3]), torch.tensor([0.5, 0.4, 0.3]), torch.tensor(2.75)
-    assert torch.equal(refine_loss(r_w, r_l, l_m, 0.0), bradley_terry_loss(r_w, r_l))
-    assert refine_loss(r_w, r_l, l_m, 0.5).item() == pytest.approx(bradley_terry_loss(r_w, r_l).item() + 1.375)
 
 
 def test_uml_with_lambda_zero_trains_exactly_like_plain_reward_training(tmp_path):
     prefs = marker_prefs(32)
     with pytest.warns(RuntimeWarning, match="lam = 0"):
         refine_reward_model(refine_cfg(tmp_path / "uml0", lam=0.0), prefs, samples=sample_sets(6))
-    train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path / "bt"), learning_rate=1e-3, batch_size=8,
-                                    max_steps=4, max_length=64), prefs)
+    train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path / "bt"), max_length=64,
+                                    optim=OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=4)), prefs)
     a, b = load_file(tmp_path / "uml0/model/model.safetensors"), load_file(tmp_path / "bt/model/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -100,7 +92,7 @@ def test_short_uml_refinement_lowers_l_m_and_keeps_accuracy(tmp_path, previous_r
     rm_dir, train, held_out, accuracy_before = previous_rm
     out = tmp_path / "uml"
     summary = refine_reward_model(
-        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), max_steps=20, z_dim=16, uml_batch_size=8,
+        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), optim={"max_steps": 20}, z_dim=16, uml_batch_size=8,
                    uml_method="contrastive", uml_learning_rate=1e-3),
         train, samples=sample_sets(24), eval_prefs=held_out)
     rows = [r for r in read_metrics(out) if "uml/loss" in r]
@@ -118,7 +110,7 @@ def test_mib_refinement_logs_i_jsd_and_d_skl_and_keeps_accuracy(tmp_path, previo
     rm_dir, train, held_out, accuracy_before = previous_rm
     out = tmp_path / "mib"
     summary = refine_reward_model(
-        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), max_steps=8, z_dim=16, uml_batch_size=8),
+        refine_cfg(out, init="previous_rm", previous_rm=str(rm_dir), optim={"max_steps": 8}, z_dim=16, uml_batch_size=8),
         train, samples=sample_sets(24), eval_prefs=held_out)
     rows = [r for r in read_metrics(out) if "uml/loss" in r]
     assert len(rows) == 8 and all("uml/i_jsd" in r and "uml/d_skl" in r for r in rows)
@@ -127,6 +119,22 @@ def test_mib_refinement_logs_i_jsd_and_d_skl_and_keeps_accuracy(tmp_path, previo
         assert r["loss"] == pytest.approx(r["bt_loss"] + 0.5 * r["uml/loss"], abs=1e-5)
     assert summary["eval"]["accuracy"] >= accuracy_before - 0.05
     assert set(k.split(".")[0] for k in load_file(out / "uml_head.safetensors")) == {"encoder", "critic"}
+
+
+def test_beta_schedule_changes_the_beta_the_uml_loss_uses(tmp_path):
+    """refine.beta_schedule 'linear' raises beta from 0 to refine.beta over beta_anneal_steps (Federici et al.);
+    the logged L_M is -I_JSD + beta_t * D_SKL with that beta_t. 'constant' keeps beta."""
+    prefs, samples = marker_prefs(32), sample_sets(8)
+    refine_reward_model(refine_cfg(tmp_path / "linear", optim={"max_steps": 5}, beta=2.0, beta_schedule="linear",
+                                   beta_anneal_steps=4), prefs, samples=samples)
+    refine_reward_model(refine_cfg(tmp_path / "constant", optim={"max_steps": 2}, beta=2.0), prefs, samples=samples)
+    linear = [r for r in read_metrics(tmp_path / "linear") if "uml/loss" in r]
+    assert [r["uml/beta"] for r in linear] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    for r in linear:
+        assert r["uml/loss"] == pytest.approx(-r["uml/i_jsd"] + r["uml/beta"] * r["uml/d_skl"], abs=1e-5)
+    assert [r["uml/beta"] for r in read_metrics(tmp_path / "constant") if "uml/loss" in r] == [2.0, 2.0]
+    with pytest.raises(UserError, match="beta_anneal_steps > 0"):
+        refine_reward_model(refine_cfg(tmp_path / "bad", beta_schedule="linear"), prefs, samples=samples)
 
 
 def test_degenerate_samples_warn_or_refuse():
@@ -144,7 +152,7 @@ def test_single_instruction_view_batches(tmp_path):
     # with a warning, the Bradley-Terry part still trains, nothing is NaN
     out = tmp_path / "b"
     with pytest.warns(RuntimeWarning, match="single instruction"):
-        summary = refine_reward_model(refine_cfg(out, uml_batch_size=2, gradient_accumulation_steps=2, max_steps=2),
+        summary = refine_reward_model(refine_cfg(out, uml_batch_size=2, optim={"gradient_accumulation_steps": 2, "max_steps": 2}),
                                       marker_prefs(8), samples=sample_sets(4))
     assert summary["train"]["uml/skipped"] == 1.0 and summary["train"]["loss"] == summary["train"]["bt_loss"]
 
@@ -157,33 +165,33 @@ def test_spg_trains_on_d_and_d_hat_from_files(tmp_path):
     with pytest.raises(UserError, match="synthetic_file"):
         run_refine(refine_cfg(tmp_path / "x", method="spg", preference_file=str(tmp_path / "d.jsonl")))
     summary = run_refine(refine_cfg(tmp_path / "spg", method="spg", preference_file=str(tmp_path / "d.jsonl"),
-                                    synthetic_file=str(tmp_path / "d_hat.jsonl"), max_steps=2))
+                                    synthetic_file=str(tmp_path / "d_hat.jsonl"), optim={"max_steps": 2}))
     assert summary["train_pairs"] == 24 and summary["refine"]["lambda"] == 0.0
     assert "uml/loss" not in summary["train"] and not (tmp_path / "spg/uml_head.safetensors").exists()
     both = run_refine(refine_cfg(tmp_path / "both", method="uml+spg", preference_file=str(tmp_path / "d.jsonl"),
                                  synthetic_file=str(tmp_path / "d_hat.jsonl"), samples_file=str(tmp_path / "p.jsonl"),
-                                 max_steps=2))
+                                 optim={"max_steps": 2}))
     assert both["train_pairs"] == 24 and both["refine"]["lambda"] == 0.5 and "uml/loss" in both["train"]
 
 
 def test_uml_refinement_resumes_exactly(tmp_path, monkeypatch):
     # the reparameterised z, the view choice and the head's optimiser state must all be restored
-    from rlp_align import reward as reward_module
+    from rlp_align import training
 
     prefs, samples = marker_prefs(32), sample_sets(8)
-    refine_reward_model(refine_cfg(tmp_path / "full", max_steps=5, save_every=2), prefs, samples=samples)
-    original_log = reward_module.MetricsLogger.log
+    refine_reward_model(refine_cfg(tmp_path / "full", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_3(self, step, metrics):
         if step == 3:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", crash_at_step_3)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        refine_reward_model(refine_cfg(tmp_path / "cut", max_steps=5, save_every=2), prefs, samples=samples)
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", original_log)
-    resumed = refine_reward_model(refine_cfg(tmp_path / "cut", max_steps=5, save_every=2), prefs, samples=samples)
+        refine_reward_model(refine_cfg(tmp_path / "cut", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
+    resumed = refine_reward_model(refine_cfg(tmp_path / "cut", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)
     assert resumed["resumed_from_step"] == 2
     for name in ("model/model.safetensors", "uml_head.safetensors"):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)

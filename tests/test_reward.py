@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rlp_align import reward as reward_module
+from rlp_align import training
 from rlp_align.errors import NonFiniteError, UserError
 from rlp_align.models import apply_lora, load_reward_model, load_tokenizer, resolve_model, reward_scores
 from rlp_align.reward import (
@@ -21,12 +22,14 @@ from rlp_align.reward import (
     train_reward_model,
 )
 from rlp_align.templates import encode_pair
-from rlp_align.training import make_accelerator, read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
 
-def small_cfg(out, **kw) -> RewardConfig:
-    base = dict(model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=8, max_steps=6, max_length=64)
-    return RewardConfig(**{**base, **kw})
+def small_cfg(out, lora: LoraConfig | None = None, eval_every: int = 0, **optim) -> RewardConfig:
+    """A tiny RM run; other keyword arguments are `optim` settings."""
+    optim = OptimConfig(**{"learning_rate": 1e-3, "batch_size": 8, "max_steps": 6, **optim})
+    return RewardConfig(model="tiny", output_dir=str(out), max_length=64, eval_every=eval_every, optim=optim,
+                        lora=lora or LoraConfig())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,18 +99,18 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     full = train_reward_model(small_cfg(tmp_path / "full", save_every=2), prefs)
     assert full["resumed_from_step"] == 0
 
-    original_log = reward_module.MetricsLogger.log
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_5(self, step, metrics):
         if step == 5:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", crash_at_step_5)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(small_cfg(tmp_path / "cut", save_every=2), prefs)
     assert json.loads((tmp_path / "cut/checkpoint/trainer_state.json").read_text())["step"] == 4
-    monkeypatch.setattr(reward_module.MetricsLogger, "log", original_log)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
 
     resumed = train_reward_model(small_cfg(tmp_path / "cut", save_every=2), prefs)
     assert resumed["resumed_from_step"] == 4
@@ -143,7 +146,7 @@ def test_lora_trains_only_adapters_and_head(tmp_path):
     assert any("score" in n for n in trainable)
 
     out = tmp_path / "lora"
-    train_reward_model(small_cfg(out, lora=True, lora_r=4, max_steps=4), marker_prefs(40))
+    train_reward_model(small_cfg(out, lora=LoraConfig(enabled=True, r=4), max_steps=4), marker_prefs(40))
     base = load_file(resolve_model("tiny") / "model.safetensors")
     tuned = load_file(out / "model/model.safetensors")
     assert torch.equal(base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"])

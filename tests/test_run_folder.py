@@ -29,6 +29,7 @@ from rlp_align.run_folder import (
     fingerprint,
     lock_holder,
 )
+from rlp_align.training import OptimConfig
 
 PAIRS = [{"prompt": f"Question {i}?", "chosen": f"banana {i}", "rejected": f"rock {i} " * (i % 3 + 1)}
          for i in range(8)]
@@ -51,8 +52,8 @@ def _tree(folder: Path) -> dict[str, str]:
 
 def _reward_args(tmp: Path, out: Path, *extra: str, data: Path | None = None) -> list[str]:
     data = data or _jsonl(tmp / "prefs.jsonl", PAIRS)
-    return ["reward", "--model", "tiny", "--train_file", str(data), "--output_dir", str(out), "--max_steps", "2",
-            "--batch_size", "2", "--max_length", "64", "--learning_rate", "1e-3", *extra]
+    return ["reward", "--model", "tiny", "--train_file", str(data), "--output_dir", str(out), "--optim.max_steps",
+            "2", "--optim.batch_size", "2", "--max_length", "64", "--optim.learning_rate", "1e-3", *extra]
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:
@@ -103,17 +104,19 @@ def test_check_paths_refuses_aliases_containment_and_unwritable_outputs(tmp_path
 
 def test_fingerprint_ignores_how_knobs_and_paths_but_not_settings_or_content(tmp_path):
     data = _jsonl(tmp_path / "a.jsonl", PAIRS)
-    base = RewardConfig(train_file=str(data), output_dir=str(tmp_path / "o1"), learning_rate=1e-3)
+    base = RewardConfig(train_file=str(data), output_dir=str(tmp_path / "o1"), optim=OptimConfig(learning_rate=1e-3))
     fp = fingerprint("reward", base)
     assert fp["inputs"].keys() == {"train_file"} and "output_dir" not in fp["settings"]
-    how = RewardConfig(train_file=str(data), output_dir=str(tmp_path / "o2"), learning_rate=1e-3, save_every=7,
-                       keep_checkpoint=True, logging_every=3, overwrite=True)
+    how = RewardConfig(train_file=str(data), output_dir=str(tmp_path / "o2"), overwrite=True,
+                       optim=OptimConfig(learning_rate=1e-3, save_every=7, keep_checkpoint=True, logging_every=3))
     assert fingerprint("reward", how)["hash"] == fp["hash"]
     moved = tmp_path / "b.jsonl"
     moved.write_bytes(data.read_bytes())
-    assert fingerprint("reward", RewardConfig(train_file=str(moved), output_dir="x", learning_rate=1e-3))["hash"] == fp["hash"]
-    changed = fingerprint("reward", RewardConfig(train_file=str(data), output_dir="x", learning_rate=0.5))
-    assert differences(fp, changed) == ["learning_rate (0.001 -> 0.5)"]
+    moved_cfg = RewardConfig(train_file=str(moved), output_dir="x", optim=OptimConfig(learning_rate=1e-3))
+    assert fingerprint("reward", moved_cfg)["hash"] == fp["hash"]
+    changed = fingerprint("reward", RewardConfig(train_file=str(data), output_dir="x",
+                                                 optim=OptimConfig(learning_rate=0.5)))
+    assert differences(fp, changed) == ["optim.learning_rate (0.001 -> 0.5)"]
     _jsonl(data, PAIRS[:3])
     assert differences(fp, fingerprint("reward", base)) == ["train_file (content changed)"]
 
@@ -151,8 +154,8 @@ def test_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_path, c
 def test_two_trainers_on_one_folder_one_exits_2_naming_the_other(tmp_path):
     """The second `rlp reward` on a folder stops at once; the first finishes with one row per step."""
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-m", "rlp_align.cli", *_reward_args(tmp_path, out, "--max_steps", "4",
-                              "--save_every", "1")], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    first = subprocess.Popen([sys.executable, "-m", "rlp_align.cli", *_reward_args(tmp_path, out, "--optim.max_steps", "4",
+                              "--optim.save_every", "1")], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     deadline = time.time() + 120
     while lock_holder(out) != first.pid and first.poll() is None and time.time() < deadline:
@@ -186,8 +189,8 @@ def finished(tmp_path_factory):
 
 
 @pytest.mark.parametrize("change, named", [
-    (["--learning_rate", "1e-4"], "learning_rate (0.001 -> 0.0001)"),
-    (["--max_steps", "3"], "max_steps (2 -> 3)"),
+    (["--optim.learning_rate", "1e-4"], "learning_rate (0.001 -> 0.0001)"),
+    (["--optim.max_steps", "3"], "max_steps (2 -> 3)"),
     (["--data"], "train_file (content changed)"),
 ])
 def test_rerun_with_other_settings_or_data_is_refused_naming_the_key(finished, change, named, capsys):
@@ -203,25 +206,25 @@ def test_rerun_with_other_settings_or_data_is_refused_naming_the_key(finished, c
 def test_rerun_with_the_same_settings_returns_the_finished_result(finished, capsys):
     tmp, out = finished
     summary = json.loads((out / "summary.json").read_text())
-    code, text = _cli(_reward_args(tmp, out, "--save_every", "5"), capsys)  # a how-knob: no change
+    code, text = _cli(_reward_args(tmp, out, "--optim.save_every", "5"), capsys)  # a how-knob: no change
     assert code == 0 and json.loads(text[text.index("{"):])["seconds"] == summary["seconds"]
 
 
 def test_overwrite_retrains_and_records_the_new_fingerprint(tmp_path, capsys):
     out = tmp_path / "rm"
     assert cli.main(_reward_args(tmp_path, out)) == 0
-    code, text = _cli(_reward_args(tmp_path, out, "--max_steps", "3", "--overwrite", "true"), capsys)
+    code, text = _cli(_reward_args(tmp_path, out, "--optim.max_steps", "3", "--overwrite", "true"), capsys)
     assert code == 0 and json.loads((out / "summary.json").read_text())["steps"] == 3
-    assert json.loads((out / FINGERPRINT).read_text())["settings"]["max_steps"] == 3
+    assert json.loads((out / FINGERPRINT).read_text())["settings"]["optim.max_steps"] == 3
 
 
 def test_resume_with_changed_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "rm"
-    assert cli.main(_reward_args(tmp_path, out, "--save_every", "1", "--keep_checkpoint", "true")) == 0
+    assert cli.main(_reward_args(tmp_path, out, "--optim.save_every", "1", "--optim.keep_checkpoint", "true")) == 0
     (out / "summary.json").unlink()  # as if killed after its last checkpoint
-    code, text = _cli(_reward_args(tmp_path, out, "--learning_rate", "0.5"), capsys)
+    code, text = _cli(_reward_args(tmp_path, out, "--optim.learning_rate", "0.5"), capsys)
     assert code == 2 and "holds a checkpoint" in text and "learning_rate" in text
-    code, text = _cli(_reward_args(tmp_path, out, "--save_every", "1"), capsys)  # same settings: resumes
+    code, text = _cli(_reward_args(tmp_path, out, "--optim.save_every", "1"), capsys)  # same settings: resumes
     assert code == 0 and json.loads((out / "summary.json").read_text())["resumed_from_step"] == 2
 
 
@@ -303,16 +306,35 @@ def test_status_tells_running_crashed_finished_and_not_a_run_folder(tmp_path, ca
     assert code == 0 and text.splitlines()[0].endswith(": finished") and "crashed" not in text
 
 
-def test_pipeline_first_stage_key_follows_the_data_files_content(tmp_path):
-    from rlp_align.pipeline import DataConfig, PipelineConfig, pools_key
+def test_stage_keys_follow_the_content_of_files_from_outside_the_run(tmp_path):
+    from rlp_align.pipeline_config import DataConfig
+    from rlp_align.stages import StageCache
 
+    cache = StageCache(tmp_path / "run", log=lambda _: None)
     train = _jsonl(tmp_path / "train.jsonl", [{"instruction": "Name a fruit.", "output": "A banana."}])
-    cfg = PipelineConfig(data=DataConfig(source="files", train_file=str(train), eval_file=str(train)))
-    before = pools_key(cfg)
-    assert pools_key(cfg) == before
+    data = DataConfig(source="files", train_file=str(train), eval_file=str(train))
+    before = cache.key_of(data)
+    assert cache.key_of(data) == before
     _jsonl(train, [{"instruction": "Name a stone.", "output": "Granite."}])
-    assert pools_key(cfg)["file_digests"] != before["file_digests"]
-    assert "file_digests" not in pools_key(PipelineConfig())  # built-in data: keys of existing runs unchanged
+    assert cache.key_of(data) != before  # an edited data file reruns the stages that read it
+    assert cache.key_of(DataConfig()) == cache.key_of(DataConfig())
+    assert cache.key_of("tiny") == "tiny" and cache.key_of("") == ""  # names stay names
+    done = cache.run("00_x", {"k": 1}, lambda folder: {"file": str(folder / "f")})
+    assert cache.key_of(str(tmp_path / "run" / "00_x" / "f")) == done["hash"]  # a stage's output: its hash
+
+
+def test_the_trainers_own_guard_refuses_an_output_holding_an_input(finished, tmp_path):
+    """Called from Python (no CLI claim), `TrainingRun` still refuses before `overwrite` deletes anything."""
+    from rlp_align.reward import run_reward
+
+    _, rm = finished
+    out = tmp_path / "out"
+    shutil.copytree(rm / "model", out / "model")
+    before = _tree(out)
+    with pytest.raises(UserError, match="contains the input model"):
+        run_reward(RewardConfig(model=str(out / "model"), train_file=str(_jsonl(tmp_path / "d.jsonl", PAIRS)),
+                                output_dir=str(out), overwrite=True, optim=OptimConfig(max_steps=1)))
+    assert _tree(out) == before
 
 
 def test_only_rank_0_of_a_multi_process_run_takes_the_lock(tmp_path, monkeypatch):

@@ -186,7 +186,7 @@ def test_reward_run_needs_no_network(tmp_path, monkeypatch, capsys):
     train.write_text("".join(json.dumps({"prompt": f"Name fruit {i}.", "chosen": "A banana.", "rejected": "A rock."})
                              + "\n" for i in range(4)))
     code = cli.main(["reward", "--model", "tiny", "--train_file", str(train), "--output_dir", str(tmp_path / "rm"),
-                     "--max_steps", "2", "--batch_size", "2", "--learning_rate", "1e-3", "--max_length", "64"])
+                     "--optim.max_steps", "2", "--optim.batch_size", "2", "--optim.learning_rate", "1e-3", "--max_length", "64"])
 
     assert code == 0, capsys.readouterr().err[-2000:]
     assert attempts == []

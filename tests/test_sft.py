@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from rlp_align import sft as sft_module
+from rlp_align import training
 from rlp_align.data.records import Instruction, user_prompt
 from rlp_align.errors import UserError
 from rlp_align.models import load_tokenizer, resolve_model
 from rlp_align.sft import SFTConfig, encode_examples, sft_batch, sft_loss, train_sft
-from rlp_align.training import read_metrics
+from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
 ANSWERS = ["Paris is the capital of France.", "Water boils at 100 degrees Celsius at sea level.",
            "1. First 2. Second 3. Third", "The quick brown fox jumps over the lazy dog."]
@@ -22,9 +22,10 @@ def records(n: int) -> list[Instruction]:
             for i in range(n)]
 
 
-def small_cfg(out, **kw) -> SFTConfig:
-    base = dict(model="tiny", output_dir=str(out), learning_rate=1e-3, batch_size=4, max_steps=8, max_length=64)
-    return SFTConfig(**{**base, **kw})
+def small_cfg(out, lora: LoraConfig | None = None, **optim) -> SFTConfig:
+    """A tiny SFT run; keyword arguments are `optim` settings."""
+    optim = OptimConfig(**{"learning_rate": 1e-3, "batch_size": 4, "max_steps": 8, **optim})
+    return SFTConfig(model="tiny", output_dir=str(out), max_length=64, optim=optim, lora=lora or LoraConfig())
 
 
 def test_sft_loss_is_cross_entropy_on_response_tokens_only():
@@ -72,17 +73,17 @@ def test_sft_loss_falls_and_parameters_change(tmp_path):
 
 def test_sft_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = train_sft(small_cfg(tmp_path / "full", max_steps=6, save_every=3), records(12))
-    original_log = sft_module.MetricsLogger.log
+    original_log = training.MetricsLogger.log
 
     def crash_at_step_5(self, step, metrics):
         if step == 5:
             raise KeyboardInterrupt("simulated kill")
         original_log(self, step, metrics)
 
-    monkeypatch.setattr(sft_module.MetricsLogger, "log", crash_at_step_5)
+    monkeypatch.setattr(training.MetricsLogger, "log", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_sft(small_cfg(tmp_path / "cut", max_steps=6, save_every=3), records(12))
-    monkeypatch.setattr(sft_module.MetricsLogger, "log", original_log)
+    monkeypatch.setattr(training.MetricsLogger, "log", original_log)
     assert json.loads((tmp_path / "cut/checkpoint/trainer_state.json").read_text())["step"] == 3
     resumed = train_sft(small_cfg(tmp_path / "cut", max_steps=6, save_every=3), records(12))
     assert resumed["resumed_from_step"] == 3 and full["resumed_from_step"] == 0
@@ -103,7 +104,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
 
 def test_lora_sft_saves_a_merged_causal_lm(tmp_path):
     out = tmp_path / "lora"
-    train_sft(small_cfg(out, max_steps=3, lora=True, lora_r=4), records(8))
+    train_sft(small_cfg(out, max_steps=3, lora=LoraConfig(enabled=True, r=4)), records(8))
     base = load_file(resolve_model("tiny") / "model.safetensors")
     tuned = load_file(out / "model/model.safetensors")
     assert set(tuned) == set(base)

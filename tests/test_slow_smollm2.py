@@ -39,8 +39,8 @@ def files(tmp_path_factory):
 def reward_model(files):
     out = files / "rm"
     assert main(["reward", "--model", BUILTIN_MODEL, "--train_file", str(files / "prefs.jsonl"), "--output_dir",
-                 str(out), "--max_steps", "2", "--batch_size", "4", "--max_length", "64",
-                 "--learning_rate", "1e-5"]) == 0
+                 str(out), "--optim.max_steps", "2", "--optim.batch_size", "4", "--max_length", "64",
+                 "--optim.learning_rate", "1e-5"]) == 0
     return out / "model"
 
 
@@ -54,7 +54,7 @@ def test_ppo_cli_writes_a_loadable_policy(files, reward_model):
     out = files / "ppo"
     assert main(["ppo", "--policy", BUILTIN_MODEL, "--reward_model", str(reward_model), "--prompts_file",
                  str(files / "prompts.jsonl"), "--output_dir", str(out), "--steps", "1", "--rollout_batch_size",
-                 "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--save_every", "1"]) == 0
+                 "4", "--step_batch_size", "4", "--max_new_tokens", "8", "--optim.save_every", "1"]) == 0
     policy = AutoModelForCausalLM.from_pretrained(out / "model")
     assert sum(p.numel() for p in policy.parameters()) == 134_515_008
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -65,8 +65,8 @@ def test_refine_uml_cli_writes_a_loadable_reward_model(files, reward_model):
     out = files / "refine"
     assert main(["refine", "--method", "uml", "--base_model", BUILTIN_MODEL, "--previous_rm", str(reward_model),
                  "--preference_file", str(files / "prefs.jsonl"), "--samples_file", str(files / "samples.jsonl"),
-                 "--output_dir", str(out), "--max_steps", "2", "--batch_size", "4", "--uml_batch_size", "4",
-                 "--max_length", "64", "--learning_rate", "1e-5"]) == 0
+                 "--output_dir", str(out), "--optim.max_steps", "2", "--optim.batch_size", "4", "--uml_batch_size", "4",
+                 "--max_length", "64", "--optim.learning_rate", "1e-5"]) == 0
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert model.config.num_labels == 1 and not (out / "model" / "uml_head.safetensors").exists()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

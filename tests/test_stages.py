@@ -51,12 +51,11 @@ def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
     """A policy that says EOS at once gives an empty answer; a preference row over it would be invalid."""
     from rlp_align import generation, stages_impl
     from rlp_align.data.records import Instruction, user_prompt
-    from rlp_align.pipeline import PipelineConfig
 
     def fake_generate(model, tokenizer, prompts, n, **kwargs):
         return generation.Generations(n=n, texts=["a", "b", "", "c", "d", "  ", "e", "f"])
 
     monkeypatch.setattr(generation, "generate", fake_generate)
     instructions = [Instruction(user_prompt(f"q{i}")) for i in range(4)]
-    kept, pairs, dropped = stages_impl._two_samples(PipelineConfig(), "tiny", instructions, 1.0, 4, seed=0)
+    kept, pairs, dropped = stages_impl._two_samples("tiny", instructions, 1.0, 4, batch_size=8, seed=0)
     assert [x.text for x in kept] == ["q0", "q3"] and pairs == [["a", "b"], ["e", "f"]] and dropped == 2

@@ -14,7 +14,7 @@ def test_reward_writes_only_inside_its_output_dir(tmp_path):
     before = set(os.listdir(tmp_path))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "rlp_align.cli", "reward", "--model", "tiny", "--train_file",
-                             "prefs.jsonl", "--output_dir", "out", "--max_steps", "2", "--batch_size", "8"],
+                             "prefs.jsonl", "--output_dir", "out", "--optim.max_steps", "2", "--optim.batch_size", "8"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert set(os.listdir(tmp_path)) - before == {"out"}  # no stray files in the working folder

@@ -9,18 +9,19 @@ from safetensors.torch import load_file
 
 from rlp_align.data import read_preferences
 from rlp_align.data.records import SampleSet, user_prompt
-from rlp_align.pipeline import PipelineConfig
+from rlp_align.pipeline import PipelineConfig, refine_section
 from rlp_align.reward import RewardConfig, train_reward_model
 from rlp_align.sample import write_sample_sets
 from rlp_align.stages_impl import oracle_labels
+from rlp_align.training import OptimConfig
 
 
 def test_ensemble_members_from_different_seeds_have_different_heads(tmp_path):
     prefs = marker_prefs(48)
     heads = []
     for seed in (1001, 2001):  # the pipeline's member seeds: seed + 1000 * (i + 1)
-        cfg = RewardConfig(model="tiny", output_dir=str(tmp_path / f"rm{seed}"), learning_rate=1e-3, max_steps=4,
-                           batch_size=8, seed=seed)
+        cfg = RewardConfig(model="tiny", output_dir=str(tmp_path / f"rm{seed}"), seed=seed,
+                           optim=OptimConfig(learning_rate=1e-3, max_steps=4, batch_size=8))
         train_reward_model(cfg, prefs)
         heads.append(load_file(tmp_path / f"rm{seed}" / "model" / "model.safetensors")["score.weight"])
     assert torch.count_nonzero(heads[0]) > 0 and not torch.allclose(heads[0], heads[1])
@@ -35,7 +36,8 @@ def test_oracle_labeller_flips_at_the_configured_noise(tmp_path):
             for i in range(n)]
     write_sample_sets(str(tmp_path / "samples.jsonl"), sets)
     cfg = PipelineConfig(label_noise=noise)
-    out = oracle_labels(cfg, {"samples": str(tmp_path / "samples.jsonl")}, n_pairs=n, folder=tmp_path)
+    out = oracle_labels(cfg.annotator, {"samples": str(tmp_path / "samples.jsonl")}, n_pairs=n,
+                        label_noise=cfg.label_noise, seed=cfg.seed, folder=tmp_path)
     labels = read_preferences(out["synthetic"])
     assert out["pairs"] == len(labels) == n
     flips = sum(p.chosen == "the the the the the" for p in labels) / n
@@ -53,8 +55,9 @@ def test_spg_refinement_with_no_synthetic_pairs_warns_and_trains_on_d(tmp_path):
     write_preferences(tmp_path / "d.jsonl", marker_prefs(24))
     (tmp_path / "empty.jsonl").write_text("")
     cfg = PipelineConfig(model="tiny")
-    cfg.reward.learning_rate, cfg.reward.max_steps, cfg.reward.batch_size = 1e-3, 2, 8
+    cfg.reward.optim = OptimConfig(learning_rate=1e-3, max_steps=2, batch_size=8)
     with pytest.warns(RuntimeWarning, match="synthetic set D̂ is empty"):
-        out = refine_rm(cfg, "spg", "tiny", {"model": "tiny"}, {"train": str(tmp_path / "d.jsonl"), "heldout": None},
-                        {"samples": None}, {"synthetic": str(tmp_path / "empty.jsonl"), "pairs": 0}, tmp_path / "rm")
+        out = refine_rm(refine_section(cfg), "spg", "tiny", {"model": "tiny"},
+                        {"train": str(tmp_path / "d.jsonl"), "heldout": None}, {"samples": None},
+                        {"synthetic": str(tmp_path / "empty.jsonl"), "pairs": 0}, seed=0, folder=tmp_path / "rm")
     assert (tmp_path / "rm" / "model" / "model.safetensors").exists() and out["model"].endswith("model")

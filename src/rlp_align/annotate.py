@@ -34,6 +34,7 @@ class AnnotateConfig:
     temperature: float = 0.0  # Bradley-Terry temperature; 0 = argmax
     pairs_per_prompt: int = 1
     seed: int = 0
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def label_pairs(
@@ -83,7 +84,7 @@ def _prompt(value: Any, path: str, row: int) -> list[dict[str, str]]:
     raise DataError(path, row, "prompt", "expected a non-empty string or a list of chat messages")
 
 
-def read_candidates(path: str) -> list[tuple[Instruction, list[str]]]:
+def read_candidates(path: str, skip_invalid: bool = False) -> list[tuple[Instruction, list[str]]]:
     """(instruction, candidate responses) per prompt from a SampleSet file or an answers file.
 
     Answers files (one response per row, as `rlp generate` writes them) are grouped by prompt; reference,
@@ -94,7 +95,7 @@ def read_candidates(path: str) -> list[tuple[Instruction, list[str]]]:
         return [
             (Instruction(s.prompt, s.meta.get("reference"), list(s.meta.get("constraints") or []), s.meta),
              s.responses)
-            for s in read_sample_sets(path)
+            for s in read_sample_sets(path, skip_invalid=skip_invalid)
         ]
     if not (isinstance(first, dict) and "response" in first):
         raise UserError(
@@ -146,7 +147,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict:
         raise UserError("annotate needs input=<sample-set or answers file>")
     if cfg.pairs_per_prompt < 1:
         raise UserError("pairs_per_prompt must be >= 1")
-    candidates = read_candidates(cfg.input)
+    candidates = read_candidates(cfg.input, cfg.skip_invalid)
     instructions, a, b, skipped = make_pairs(candidates, cfg.pairs_per_prompt, cfg.seed)
     if not instructions:
         raise UserError(f"{cfg.input}: no prompt has two distinct responses, so there is nothing to compare")

@@ -37,6 +37,7 @@ class BestOfNConfig:
     reward_batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 class BestOfN(NamedTuple):
@@ -77,7 +78,7 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
 
     if not cfg.instructions_file:
         raise UserError("best-of-n needs --instructions_file (an instruction or AlpacaFarm eval file)")
-    instructions = read_instructions(cfg.instructions_file)[: cfg.limit]
+    instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)[: cfg.limit]
     device = default_device()
     tokenizer, policy = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,

@@ -160,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlp-align {__version__}")
         return 0
     _quiet_libraries()
-    for flag in ("--skip_invalid", "--skip-invalid"):  # global: every reader reports and skips bad rows
-        if flag in argv:
-            argv.remove(flag)
-            os.environ["RLP_SKIP_INVALID"] = "1"
+    # --skip_invalid (anywhere) is the global spelling of each command's own `skip_invalid` setting, passed
+    # to its readers as an ordinary config override; `rlp run` reads user files only in its data section.
+    flags = [a for a in argv if a in ("--skip_invalid", "--skip-invalid")]
+    argv = [a for a in argv if a not in flags]
+    if flags and argv and argv[0] not in ("data", "prepare"):
+        argv.append("--data.skip_invalid" if argv[0] == "run" else "--skip_invalid")
     try:
         if argv[0] == "data":
             return _data_command(argv[1:])

@@ -222,11 +222,6 @@ def cluster_sizes(ids: list[int]) -> list[int]:
     return sizes
 
 
-def cluster_confidence(ids: list[int]) -> float:
-    """SPG confidence: |largest cluster| / n (semantic agreement of the samples)."""
-    return largest_cluster(ids)[1] / len(ids)
-
-
 def cluster_responses(
     responses: list[str],
     backend: Backend = "embedding",

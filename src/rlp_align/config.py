@@ -4,6 +4,9 @@
     rlp run --config configs/tiny.yaml --ppo.kl_coef 0.05   # a field of a nested section
 
 Unknown keys and wrong types fail with a message that names them (and suggests the closest key).
+The trainers' optimiser and LoRA settings live in the ``optim`` and ``lora`` sections
+(``--optim.learning_rate``, ``--refine.optim.learning_rate``); the flat keys they replace
+(``--learning_rate``, ``--lora_r``) still work and print a deprecation message naming the new key.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -84,29 +88,85 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Flat keys of the trainers that moved into the `optim` and `lora` sections: old key -> new key.
+MOVED_KEYS = {
+    **{k: f"optim.{k}" for k in ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "epochs",
+                                 "max_steps", "batch_size", "gradient_accumulation_steps", "eval_batch_size",
+                                 "logging_every", "save_every", "keep_checkpoint")},
+    "lora": "lora.enabled", "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+}
+_warned: set[str] = set()
+
+
+def upgrade_keys(cls: type, values: Any, where: str = "") -> Any:
+    """Move the deprecated flat keys of ``values`` (for ``cls`` and its nested sections) to their sections,
+    printing one deprecation message per key to stderr. A key given both ways keeps the new spelling's value."""
+    if not isinstance(values, dict) or not dataclasses.is_dataclass(cls):
+        return values
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for key, value in values.items():
+        new = MOVED_KEYS.get(key)
+        section = new.split(".")[0] if new else None
+        moved = new and section in names and (key not in names or (key == "lora" and not isinstance(value, (dict, type(None)))))
+        if moved:
+            if _join(where, key) not in _warned:
+                _warned.add(_join(where, key))
+                print(f"rlp: config key '{_join(where, key)}' is deprecated; use '{_join(where, new)}'", file=sys.stderr)
+            out.pop(key)
+            current = out.get(section) if isinstance(out.get(section), dict) else {}
+            out[section] = {new.split(".")[1]: value, **current}
+    for name in names & set(out):
+        section_cls = next((t for t in (hints[name], *typing.get_args(hints[name])) if dataclasses.is_dataclass(t)),
+                           None)
+        if section_cls is not None:
+            out[name] = upgrade_keys(section_cls, out[name], _join(where, name))
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build ``cls`` from an optional YAML file and overrides (overrides win)."""
-    values = read_yaml(path) if path else {}
-    return build_config(cls, merge(values, overrides or {}))
+    """Build ``cls`` from an optional YAML file and overrides (overrides win, whichever spelling each uses)."""
+    values = upgrade_keys(cls, read_yaml(path)) if path else {}
+    return build_config(cls, merge(values, upgrade_keys(cls, overrides or {})))
 
 
 def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     """Instantiate a (possibly nested) dataclass from a dict, checking keys and types."""
     if not isinstance(values, dict):
         raise UserError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    values = upgrade_keys(cls, values, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in values if k not in fields]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, fields, n=1)
-        hint = f" (did you mean '{_join(where, close[0])}'?)" if close else ""
+        # candidates: this level's keys and its sections' keys (a misspelt `learnig_rate` -> `optim.learning_rate`)
+        candidates = {name: name for name in fields}
+        for name in fields:
+            section = next((t for t in (hints[name], *typing.get_args(hints[name])) if dataclasses.is_dataclass(t)),
+                           None)
+            for sub in dataclasses.fields(section) if section else ():
+                candidates.setdefault(sub.name, f"{name}.{sub.name}")
+        close = difflib.get_close_matches(key, candidates, n=1)
+        hint = f" (did you mean '{_join(where, candidates[close[0]])}'?)" if close else ""
         raise UserError(f"unknown config key '{_join(where, key)}'{hint}. Known keys: {', '.join(fields)}")
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in values.items()}
+    kwargs = {name: _coerce(hints[name], _over_default(fields[name], value), _join(where, name))
+              for name, value in values.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field was not given
         raise UserError(f"{where or cls.__name__}: {e}") from None
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """A section given in part keeps the rest of its field's default: `PPOConfig.optim` saves every 10 steps
+    unless told otherwise, even when only ``optim.learning_rate`` is given."""
+    if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            return {**dataclasses.asdict(default), **value}
+    return value
 
 
 def _join(where: str, key: str) -> str:

@@ -136,6 +136,7 @@ class RMAccuracyConfig:
     max_length: int = 1024
     limit: int | None = None
     output_dir: str | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def run_rm_accuracy(cfg: RMAccuracyConfig) -> dict:
@@ -144,7 +145,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig) -> dict:
 
     if not cfg.rm_path or not cfg.preferences:
         raise UserError("eval rm-accuracy needs rm_path=<reward model> and preferences=<preference file>")
-    prefs = read_preferences(cfg.preferences)[: cfg.limit]
+    prefs = read_preferences(cfg.preferences, skip_invalid=cfg.skip_invalid)[: cfg.limit]
     model, tokenizer = load_reward_model(cfg.rm_path), load_tokenizer(cfg.rm_path)
     result = {"rm_path": cfg.rm_path, "preferences": cfg.preferences,
               **rm_accuracy(model, tokenizer, prefs, cfg.batch_size, cfg.max_length)}

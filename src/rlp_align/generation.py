@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
-from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
+from rlp_align.logprobs import entropy_from_logits, tempered, token_logprobs
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,12 @@ def seeded_generator(*seeds: int, device: torch.device | str = "cpu") -> torch.G
     return torch.Generator(device=device).manual_seed(mixed)
 
 
-def sample_next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """One token per row from logits [B, V]: greedy at temperature 0, else nucleus sampling (Holtzman et al. 2020)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+def sample_next_token(logits: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by nucleus sampling (Holtzman et al. 2020) from the sampling distribution's logits [B, V].
+
+    ``logits`` are already `tempered`; greedy decoding (temperature 0) is the caller's argmax.
+    """
+    probs = torch.softmax(logits.float(), dim=-1)
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # drop a token when the tokens strictly more likely than it already cover top_p
@@ -110,20 +109,24 @@ def sample_tokens(
     device = input_ids.device
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+    cache = DynamicCache()  # filled in place by every forward (`cache=`: transformers >= 5.24 renamed past_key_values)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, logits_to_keep=1)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, alive, logprobs, entropy = [], [], [], []
     for _ in range(max_new_tokens):
         logits = out.logits[:, -1, :]
-        token = sample_next_token(logits, temperature, top_p, generator)
+        if temperature <= 0:
+            token = logits.argmax(-1)
+        else:
+            z = tempered(logits, temperature)  # the sampled distribution's logits, once per token
+            token = sample_next_token(z, top_p, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         alive.append(~finished)
         if with_logprobs:
-            z, live = logits.float() / temperature, (~finished).float()  # z: the sampled distribution's logits
+            live = (~finished).float()
             logprobs.append(token_logprobs(z, token) * live)
             entropy.append(entropy_from_logits(z) * live)
         finished = finished | (token == eos_token_id)
@@ -131,7 +134,7 @@ def sample_tokens(
             break
         mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    cache=cache, use_cache=True)
         next_position = next_position + 1
     if not tokens:
         empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
@@ -219,6 +222,7 @@ class GenerateConfig:
     batch_size: int = 8
     seed: int = 0
     limit: int | None = None
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def answer_rows(
@@ -270,7 +274,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     if not cfg.instructions_file:
         raise UserError("generate needs --instructions_file (an instruction or AlpacaFarm eval file)")
-    instructions = read_instructions(cfg.instructions_file)
+    instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)
     if cfg.limit is not None:
         instructions = instructions[: cfg.limit]
     tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(default_device())

@@ -173,10 +173,11 @@ def add_constraints(inst: Instruction, cons: list[C.Constraint]) -> Instruction:
 
 
 def load_instruction_pool(
-    path: str | Path, with_constraints: bool = False, seed: int = 0, limit: int | None = None
+    path: str | Path, with_constraints: bool = False, seed: int = 0, limit: int | None = None,
+    skip_invalid: bool = False,
 ) -> list[Instruction]:
     """Alpaca / AlpacaFarm instructions with reference answers; optionally one generic constraint each."""
-    pool = read_instructions(path)
+    pool = read_instructions(path, skip_invalid=skip_invalid)
     if limit is not None:
         pool = pool[:limit]
     if not with_constraints:

@@ -13,75 +13,20 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from rlp_align.annotators.base import AnnotatorConfig
-from rlp_align.best_of_n import BestOfNConfig
-from rlp_align.config import config_to_dict
+from rlp_align import stages_impl as S
 from rlp_align.errors import UserError
-from rlp_align.generation import GenerateConfig
-from rlp_align.io import check_writable, write_jsonl
-from rlp_align.ppo import PPOConfig
-from rlp_align.refine import RefineConfig
-from rlp_align.reward import RewardConfig
-from rlp_align.run_folder import folder_kind, input_digest, lock_holder
-from rlp_align.sample import SampleConfig
-from rlp_align.sft import SFTConfig
-from rlp_align.spg import SPGConfig
-from rlp_align.stages import StageCache, stage_status
+from rlp_align.io import check_writable
+from rlp_align.pipeline_config import DataConfig, EnsembleConfig, PipelineConfig, split, write_instructions
+from rlp_align.ppo import check_optim
+from rlp_align.refine import RefineConfig, inherit_reward_settings
+from rlp_align.run_folder import folder_kind, lock_holder
+from rlp_align.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
 
-RefineMethod = Literal["uml", "spg", "uml+spg", "oracle"]
-
-
-@dataclass
-class DataConfig:
-    """Where instructions come from and how they are split (the paper: SFT 10k / pref 10k / unlabelled 20k)."""
-
-    source: Literal["builtin", "files"] = "builtin"
-    train_file: str | None = None  # instructions for SFT / preference / unlabelled splits (files source)
-    eval_file: str | None = None  # eval instructions with reference answers (files source)
-    with_constraints: bool = False  # append a machine-checkable constraint to file instructions
-    preference_file: str | None = None  # a human preference file replaces the simulated D
-    n_sft: int = 0
-    n_preference: int = 64
-    n_unlabelled: int = 32
-    n_eval: int = 64
-    heldout_fraction: float = 0.1  # of D, for RM accuracy
-
-
-@dataclass
-class EnsembleConfig:
-    """Reward-model ensembles (Coste et al. 2024): k RMs on D with different seeds; 0 disables."""
-
-    k: int = 0
-    aggregates: list[str] = field(default_factory=lambda: ["wco", "uwo"])
-    uwo_lambda: float = 0.5
-
-
-@dataclass
-class PipelineConfig:
-    output_dir: str = "runs/default"
-    model: str = "smollm2-135m-instruct"
-    seed: int = 0
-    rounds: int = 1
-    refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
-    label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
-    pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
-    eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
-    data: DataConfig = field(default_factory=DataConfig)
-    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    spg: SPGConfig = field(default_factory=SPGConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+__all__ = ["NOT_IN_STAGE_KEYS", "DataConfig", "EnsembleConfig", "PipelineConfig", "run_pipeline", "split",
+           "write_instructions"]
 
 
 def preset_path(name: str) -> str:
@@ -114,24 +59,39 @@ def format_status(run_dir: str) -> str:
     return "\n".join(lines)
 
 
-# Knobs that change how a stage runs, not what it computes (resume is exact): left out of the stage keys, so
-# keeping checkpoints or saving more often does not rerun finished stages.
-NOT_IN_STAGE_KEYS = ("output_dir", "overwrite", "save_every", "keep_checkpoint")
+# Fields of a section that the pipeline sets itself (paths between stages, the run's seed, the refine method):
+# a value given for one in `rlp run` would be silently replaced, so it is refused instead.
+SET_BY_PIPELINE = {
+    "sft": ("model", "train_file", "eval_file", "output_dir", "seed"),
+    "reward": ("model", "train_file", "eval_file", "output_dir", "seed"),
+    "ppo": ("policy", "reward_model", "output_dir", "reference", "prompts_file", "reward_ensemble",
+            "ensemble_aggregate", "uwo_lambda", "seed"),
+    "sample": ("policy", "prompts_file", "output_file", "seed"),
+    "spg": ("samples_file", "reward_model", "output_file", "seed"),
+    "refine": ("method", "base_model", "previous_rm", "preference_file", "synthetic_file", "samples_file",
+               "eval_file", "output_dir", "seed"),
+    "best_of_n": ("policy", "reward_model", "instructions_file", "output_file", "seed"),
+    "generate": ("policy", "instructions_file", "output_file", "seed"),
+}
+INSTEAD = {"seed": "the top-level seed", "method": "refine_methods", "uwo_lambda": "ensemble.uwo_lambda",
+           "ensemble_aggregate": "ensemble.aggregates", "reward_ensemble": "ensemble.k", "output_dir": "output_dir"}
 
 
-def _slice(section: Any) -> dict[str, Any]:
-    return {k: v for k, v in config_to_dict(section).items() if k not in NOT_IN_STAGE_KEYS}
-
-
-def pools_key(cfg: PipelineConfig) -> dict[str, Any]:
-    """The first stage's key, on which every other stage depends: the data settings and the data files'
-    contents (an edited file reruns every stage, as a changed knob would)."""
-    files = {k: input_digest(Path(v)) for k in ("train_file", "eval_file", "preference_file")
-             if (v := getattr(cfg.data, k)) and Path(v).is_file()}
-    return {"data": _slice(cfg.data), "seed": cfg.seed, **({"file_digests": files} if files else {})}
+def refine_section(cfg: PipelineConfig) -> RefineConfig:
+    """The refine stage's settings: `refine`, with the RM-training settings it leaves unset taken from
+    `reward` (the refined RM trains like RM₀ unless told otherwise; `refine.inherit_reward_settings`)."""
+    return inherit_reward_settings(cfg.refine, cfg.reward)
 
 
 def _validate(cfg: PipelineConfig) -> None:
+    for section, names in SET_BY_PIPELINE.items():
+        given, default = getattr(cfg, section), type(getattr(cfg, section))()
+        for name in names:
+            if getattr(given, name) != getattr(default, name):
+                raise UserError(f"{section}.{name} is set by the pipeline in `rlp run` (from "
+                                f"{INSTEAD.get(name, 'the stage upstream')}): remove it from the config")
+    check_optim(cfg.ppo)
+    refine_section(cfg)  # refuses unknown or ill-typed refine.optim / refine.lora keys before any stage runs
     bad = [m for m in cfg.refine_methods if m not in ("uml", "spg", "uml+spg", "oracle")]
     if bad:
         raise UserError(f"unknown refine method(s) {bad}: choose from uml, spg, uml+spg, oracle")
@@ -148,8 +108,10 @@ def _validate(cfg: PipelineConfig) -> None:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run (or resume) every stage and write the report; returns the evaluation summary."""
-    from rlp_align import stages_impl as S
+    """Run (or resume) every stage and write the report; returns the evaluation summary.
+
+    Each stage function receives only its own section(s), the values it borrows from other sections as
+    named arguments, and its upstream stages' outputs; `StageCache.stage` hashes exactly these."""
     from rlp_align.report import write_report
 
     _validate(cfg)
@@ -157,54 +119,47 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     check_writable(run_dir, need_bytes=2 * 2**30 if cfg.model != "tiny" else 0)
     cache = StageCache(run_dir)
     print(f"rlp run: {run_dir} (model {cfg.model}, refine {cfg.refine_methods}, rounds {cfg.rounds})")
+    seed, gen = cfg.seed, cfg.generate
 
-    pools = cache.run("00_instructions", pools_key(cfg), lambda d: S.build_pools(cfg, d))
-    sft = pools
+    pools = cache.stage("00_instructions", S.build_pools, data=cfg.data, seed=seed)
+    sft_model = cfg.model
     if cfg.data.n_sft > 0:
-        sft = cache.run("01_sft", {"sft": _slice(cfg.sft), "model": cfg.model, "pools": pools["hash"]},
-                        lambda d: S.train_sft(cfg, pools, d))
-    sft_model = sft.get("model", cfg.model)
-    base = {"sft": sft["hash"], "seed": cfg.seed}
+        sft_model = cache.stage("01_sft", S.train_sft, sft=cfg.sft, model=cfg.model, pools=pools, seed=seed)["model"]
 
-    prefs = cache.run("02_preferences", {**base, "annotator": _slice(cfg.annotator), "noise": cfg.label_noise,
-                                         "T": cfg.pair_temperature, "gen": _slice(cfg.generate)},
-                      lambda d: S.collect_preferences(cfg, sft_model, pools, d))
-    rm0 = cache.run("03_rm0", {**base, "reward": _slice(cfg.reward), "prefs": prefs["hash"]},
-                    lambda d: S.train_rm(cfg, sft_model, prefs, d, seed=cfg.seed))
-    ppo_key = {**base, "ppo": _slice(cfg.ppo), "annotator": _slice(cfg.annotator), "pools": pools["hash"]}
-    ppo1 = cache.run("04_ppo1", {**ppo_key, "rm": rm0["hash"]},
-                     lambda d: S.train_ppo(cfg, sft_model, [rm0["model"]], pools, d))
+    prefs = cache.stage("02_preferences", S.collect_preferences, annotator=cfg.annotator, sft_model=sft_model,
+                        pools=pools, preference_file=cfg.data.preference_file, skip_invalid=cfg.data.skip_invalid,
+                        heldout_fraction=cfg.data.heldout_fraction, label_noise=cfg.label_noise,
+                        pair_temperature=cfg.pair_temperature, max_new_tokens=gen.max_new_tokens,
+                        batch_size=gen.batch_size, seed=seed)
+    rm0 = cache.stage("03_rm0", S.train_rm, reward=cfg.reward, sft_model=sft_model, prefs=prefs, seed=seed)
+    ppo_args = {"ppo": cfg.ppo, "annotator": cfg.annotator, "sft_model": sft_model, "pools": pools, "seed": seed}
+    ppo1 = cache.stage("04_ppo1", S.train_ppo, **ppo_args, reward_models=[rm0["model"]])
 
     policies = {"SFT": sft_model, "PPO": ppo1["model"]}
     rms = {"RM0": rm0["model"]}
     # What each variant costs beyond SFT + D + RM₀: its own stages (wall time) and new labels.
     costs: dict[str, dict] = {"PPO": {"new_labels": 0, "stages": [ppo1["stage"]]}}
+    refine = refine_section(cfg)
     previous = {m: (ppo1, rm0) for m in cfg.refine_methods}  # per variant: (policy stage, RM stage)
     for rnd in range(1, cfg.rounds + 1):
         tag = "" if cfg.rounds == 1 else f"_r{rnd}"
         for method in cfg.refine_methods:
             src_policy, src_rm = previous[method]
-            samples = cache.run(f"05_samples{tag}_{src_policy['hash'][:6]}", {"policy": src_policy["hash"],
-                                "sample": _slice(cfg.sample), "pools": pools["hash"]},
-                                lambda d, p=src_policy: S.sample_policy(cfg, p["model"], pools, d))
+            samples = cache.stage(f"05_samples{tag}_{src_policy['hash'][:6]}", S.sample_policy, sample=cfg.sample,
+                                  policy=src_policy["model"], pools=pools, seed=seed)
             synthetic = None
             if method in ("spg", "uml+spg", "oracle"):
-                synthetic = cache.run(f"06_spg{tag}_{samples['hash'][:6]}", {"samples": samples["hash"],
-                                      "rm": src_rm["hash"], "spg": _slice(cfg.spg)},
-                                      lambda d, s=samples, r=src_rm: S.synthesize(cfg, s, r["model"], d))
+                synthetic = cache.stage(f"06_spg{tag}_{samples['hash'][:6]}", S.synthesize, spg=cfg.spg,
+                                        samples=samples, rm=src_rm["model"], seed=seed)
             if method == "oracle":
-                synthetic = cache.run(f"06_oracle{tag}", {"samples": samples["hash"], "spg": synthetic["hash"],
-                                      "annotator": _slice(cfg.annotator), "noise": cfg.label_noise,
-                                      "pools": pools["hash"]},
-                                      lambda d, s=samples, n=synthetic["pairs"]: S.oracle_labels(cfg, s, n, d, pools))
+                synthetic = cache.stage(f"06_oracle{tag}", S.oracle_labels, annotator=cfg.annotator, samples=samples,
+                                        n_pairs=synthetic["pairs"], label_noise=cfg.label_noise, seed=seed,
+                                        pools=pools)
             name = method.replace("+", "_")
-            refined = cache.run(f"07_refine_{name}{tag}", {"refine": _slice(cfg.refine), "reward": _slice(cfg.reward),
-                                "prefs": prefs["hash"], "samples": samples["hash"], "rm": src_rm["hash"],
-                                "synthetic": synthetic and synthetic["hash"], "method": method},
-                                lambda d, m=method, s=samples, y=synthetic, r=src_rm:
-                                S.refine_rm(cfg, m, sft_model, r, prefs, s, y, d))
-            ppo2 = cache.run(f"08_ppo2_{name}{tag}", {**ppo_key, "rm": refined["hash"]},
-                             lambda d, r=refined: S.train_ppo(cfg, sft_model, [r["model"]], pools, d))
+            refined = cache.stage(f"07_refine_{name}{tag}", S.refine_rm, refine=refine, method=method,
+                                  sft_model=sft_model, rm=src_rm, prefs=prefs, samples=samples, synthetic=synthetic,
+                                  seed=seed)
+            ppo2 = cache.stage(f"08_ppo2_{name}{tag}", S.train_ppo, **ppo_args, reward_models=[refined["model"]])
             previous[method] = (ppo2, refined)
             label = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "oracle": "Oracle"}[method]
             label += "" if cfg.rounds == 1 else f" (round {rnd})"
@@ -213,36 +168,33 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             costs[label] = {"new_labels": synthetic["pairs"] if method == "oracle" else 0, "stages": own}
 
     if cfg.ensemble.k > 0:
-        members = [cache.run(f"09_ens_rm{i}", {**base, "reward": _slice(cfg.reward), "prefs": prefs["hash"], "i": i},
-                             lambda d, i=i: S.train_rm(cfg, sft_model, prefs, d, seed=cfg.seed + 1000 * (i + 1)))
+        members = [cache.stage(f"09_ens_rm{i}", S.train_rm, reward=cfg.reward, sft_model=sft_model, prefs=prefs,
+                               seed=seed + 1000 * (i + 1))
                    for i in range(cfg.ensemble.k)]
         for agg in cfg.ensemble.aggregates:
-            stage = cache.run(f"10_ppo_ens_{agg}", {**ppo_key, "members": [m["hash"] for m in members], "agg": agg,
-                                                    "uwo_lambda": cfg.ensemble.uwo_lambda},
-                              lambda d, a=agg: S.train_ppo(cfg, sft_model, [m["model"] for m in members], pools, d,
-                                                           aggregate=a))
+            stage = cache.stage(f"10_ppo_ens_{agg}", S.train_ppo, **ppo_args,
+                                reward_models=[m["model"] for m in members], aggregate=agg,
+                                uwo_lambda=cfg.ensemble.uwo_lambda)
             policies[f"Ensemble-{agg.upper()}"] = stage["model"]
             costs[f"Ensemble-{agg.upper()}"] = {"new_labels": 0, "reward_models_trained": cfg.ensemble.k,
                                                  "stages": [m["stage"] for m in members] + [stage["stage"]]}
 
-    bon = cache.run("11_best_of_n", {**base, "bon": _slice(cfg.best_of_n), "rm": rm0["hash"], "pools": pools["hash"],
-                                     "gen": _slice(cfg.generate)},
-                    lambda d: S.best_of_n(cfg, sft_model, rm0["model"], pools, d))
+    bon = cache.stage("11_best_of_n", S.best_of_n, best_of_n=cfg.best_of_n, sft_model=sft_model, rm=rm0["model"],
+                      pools=pools, seed=seed)
     answers = {"Best-of-n": bon["answers"]}
     costs["Best-of-n"] = {"new_labels": 0, "stages": [bon["stage"]]}
     for label, policy in policies.items():
-        stage = cache.run(f"12_answers_{_slug(label)}", {"policy": policy, "gen": _slice(cfg.generate),
-                                                          "pools": pools["hash"], "stamp": _stamp(cache, policy)},
-                          lambda d, p=policy: S.answer_eval(cfg, p, pools, d))
+        stage = cache.stage(f"12_answers_{_slug(label)}", S.answer_eval, generate=gen, policy=policy, pools=pools,
+                            seed=seed)
         answers[label] = stage["answers"]
-    on_policy = cache.run("13_onpolicy_pairs", {"ppo1": ppo1["hash"], "annotator": _slice(cfg.annotator),
-                                                "sample": _slice(cfg.sample)},
-                          lambda d: S.on_policy_pairs(cfg, ppo1["model"], pools, d))
-    evaluation = cache.run("14_evaluate", {"answers": {k: _stamp(cache, v) for k, v in answers.items()},
-                                           "rms": {k: _stamp(cache, v) for k, v in rms.items()},
-                                           "annotator": _slice(cfg.annotator), "baseline": cfg.eval_baseline,
-                                           "pairs": on_policy["hash"]},
-                           lambda d: S.evaluate(cfg, answers, rms, on_policy, d))
+    # on-policy pairs are sampled like step 4's policy samples, batched like generation
+    on_policy = cache.stage("13_onpolicy_pairs", S.on_policy_pairs, annotator=cfg.annotator, policy=ppo1["model"],
+                            pools=pools, temperature=cfg.sample.temperature, max_new_tokens=cfg.sample.max_new_tokens,
+                            batch_size=gen.batch_size, seed=seed)
+    evaluation = cache.stage("14_evaluate", S.evaluate, annotator=cfg.annotator, answers=answers, rms=rms,
+                             on_policy=on_policy, eval_baseline=cfg.eval_baseline,
+                             rm_batch_size=cfg.reward.optim.eval_batch_size, rm_max_length=cfg.reward.max_length,
+                             seed=seed)
     report = write_report(cfg, cache, evaluation, costs)
     print(f"report: {report}")
     return {"report": str(report), "run_dir": str(run_dir), "win_rates": evaluation.get("win_rates")}
@@ -250,31 +202,3 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 def _slug(label: str) -> str:
     return "".join(c.lower() if c.isalnum() else "_" for c in label).strip("_")
-
-
-def _stamp(cache: StageCache, path: str) -> str:
-    """A path's identity for cache keys: the hash of the stage that wrote it (or the path itself)."""
-    p = Path(path)
-    for parent in (p, *p.parents):
-        manifest = cache.read_manifest(parent.name) if parent.parent == cache.run_dir else None
-        if manifest:
-            return manifest["hash"]
-    return str(path)
-
-
-def split(items: list, sizes: list[int], seed: int) -> list[list]:
-    """Disjoint seeded splits of ``items`` with the given sizes (the last may be short)."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    out, start = [], 0
-    for size in sizes:
-        out.append([items[i] for i in order[start : start + size]])
-        start += size
-    return out
-
-
-def write_instructions(path: Path, instructions: list) -> str:
-    write_jsonl(path, [{"prompt": x.prompt, "reference": x.reference, "constraints": x.constraints,
-                        "meta": x.meta} for x in instructions])
-    return str(path)
-

@@ -32,6 +32,7 @@ from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import default_device, seeded_generator
+from rlp_align.logprobs import token_logprobs
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -43,17 +44,16 @@ from rlp_align.ppo_losses import (
     value_loss,
     whiten,
 )
-from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout, token_logprobs
+from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
+from rlp_align.run_folder import config_inputs
 from rlp_align.training import (
-    Checkpointer,
-    MetricsLogger,
+    LoraConfig,
+    OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -77,9 +77,7 @@ class PPOConfig:
     micro_batch_size: int | None = None  # per-rank chunk of a minibatch (gradient accumulation); None = all
     rollout_chunk_size: int = 64  # per-rank sequences per generation / scoring forward
     ppo_epochs: int = 2
-    learning_rate: float = 1e-5
-    value_learning_rate: float | None = None  # defaults to learning_rate
-    warmup_steps: int = 0  # optimiser updates of linear warm-up, then constant (independent of `steps`)
+    value_learning_rate: float | None = None  # defaults to optim.learning_rate
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     vf_coef: float = 0.1
@@ -94,19 +92,17 @@ class PPOConfig:
     max_new_tokens: int = 64  # AlpacaFarm: 300
     max_prompt_length: int = 256
     temperature: float = 1.0
-    max_grad_norm: float = 1.0
     seed: int = 0
-    save_every: int = 10
-    keep_checkpoint: bool = False  # keep checkpoint/ (3 GB for SmolLM2) after the run instead of removing it
     reward_batch_size: int = 8
     gradient_checkpointing: bool = False
-    lora: bool = False  # LoRA adapters on policy and value model instead of full fine-tuning
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    # warmup_steps counts optimiser updates (linear, then constant, independent of `steps`); keep_checkpoint
+    # keeps checkpoint/ (3 GB for SmolLM2) after the run
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5, save_every=10))
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters on policy and value model
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def shape_rewards(
@@ -124,7 +120,21 @@ def shape_rewards(
     return kl
 
 
+# PPO's batches come from rollouts: the supervised data-loop keys of `optim` have PPO counterparts instead.
+PPO_REFUSES = {"epochs": "ppo_epochs", "max_steps": "steps", "batch_size": "step_batch_size",
+               "gradient_accumulation_steps": "micro_batch_size", "eval_batch_size": "reward_batch_size"}
+
+
+def check_optim(cfg: PPOConfig) -> None:
+    """Refuse the `optim` keys PPO does not read, rather than ignore them."""
+    default = OptimConfig()
+    for key, instead in PPO_REFUSES.items():
+        if getattr(cfg.optim, key) != getattr(default, key):
+            raise UserError(f"ppo does not use optim.{key} (its batches come from rollouts): set {instead} instead")
+
+
 def _check(cfg: PPOConfig, num_processes: int) -> None:
+    check_optim(cfg)
     if cfg.rollout_batch_size % num_processes or cfg.step_batch_size % num_processes:
         raise UserError(f"rollout_batch_size ({cfg.rollout_batch_size}) and step_batch_size ({cfg.step_batch_size}) "
                         f"must be multiples of the number of processes ({num_processes})")
@@ -166,7 +176,7 @@ def ppo_update(
             # token sum over this, and the update is the global minibatch's token mean whatever the lengths
             minibatch_tokens = accelerator.reduce(rollout.mask[minibatch].sum().float(), reduction="mean")
             minibatch_tokens = minibatch_tokens.clamp(min=1.0)
-            warmup = min(1.0, (update + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            warmup = min(1.0, (update + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * warmup
             chunks = minibatch.split(micro)
@@ -177,10 +187,10 @@ def ppo_update(
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
                     if split:
-                        logits = actor_critic.logits(*inputs)
+                        logits = actor_critic.logits(*inputs, cfg.temperature)
                     else:
-                        logits, values = model(*inputs)
-                    logprobs = token_logprobs(logits, b["response"], cfg.temperature)
+                        logits, values = model(*inputs, cfg.temperature)
+                    logprobs = token_logprobs(logits, b["response"])
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     if split:
@@ -195,8 +205,8 @@ def ppo_update(
                 for key, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_fraction", clip_fraction),
                                ("value_clip_fraction", vf_clip_fraction), ("approx_kl", approx_kl)):
                     sums[key] = sums.get(key, 0.0) + float(v.detach()) * float(share) / updates_per_step
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if cfg.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             update += 1
@@ -213,10 +223,10 @@ def train_ppo(
     accelerator = make_accelerator(cfg.seed)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
-    if (done := finished_summary(out_dir, cfg.overwrite, accelerator)) is not None:
-        return done
+    run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
+    if run.finished is not None:
+        return run.finished
     device = accelerator.device
-    started = time.time()
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
@@ -226,28 +236,26 @@ def train_ppo(
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
         value.gradient_checkpointing_enable()
-    if cfg.lora:
-        policy = apply_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-        value = apply_lora(value, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.lora.enabled:
+        policy = apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+        value = apply_lora(value, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     actor_critic = ActorCritic(policy, value)
-    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.learning_rate},
+    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.learning_rate},
               {"params": [p for p in value.parameters() if p.requires_grad],
-               "lr": cfg.value_learning_rate or cfg.learning_rate}]
+               "lr": cfg.value_learning_rate or cfg.optim.learning_rate}]
     base_lrs = [g["lr"] for g in groups]
-    optimizer = adamw(groups, weight_decay=0.0)
+    optimizer = adamw(groups, weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(actor_critic, optimizer)
     unwrapped: ActorCritic = accelerator.unwrap_model(model)
     score_tokens = (hasattr(reward_fn, "score_tokens") and getattr(reward_fn, "tokenizer", None) is not None
                     and same_vocabulary(reward_fn.tokenizer, tokenizer))
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
 
-    checkpointer = Checkpointer(out_dir, accelerator)
-    state = checkpointer.load()
-    start = 0
+    state = run.resume()
+    start = run.start_step
     if state is not None:
-        start, kl_ctl.value = int(state["step"]), float(state["kl_coef"])
+        kl_ctl.value = float(state["kl_coef"])
         log.info("resuming PPO from step %d", start)
-    logger = MetricsLogger(out_dir, enabled=accelerator.is_main_process, resume_step=start)
     sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
@@ -292,29 +300,28 @@ def train_ppo(
         metrics["kl_coef"] = kl_ctl.value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
-        logger.log(step + 1, metrics)
-        if accelerator.is_main_process:
+        run.log(step + 1, metrics)
+        if accelerator.is_main_process and ((step + 1) % cfg.optim.logging_every == 0 or step + 1 == cfg.steps):
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
-        if checkpoint_due(step + 1, cfg.steps, cfg.save_every, cfg.keep_checkpoint):
-            checkpointer.save(step + 1, {"kl_coef": kl_ctl.value})
+        run.checkpoint(step + 1, cfg.steps, {"kl_coef": kl_ctl.value})
 
     # ---- outputs: the policy as a plain HF folder, metrics, summary
-    logger.close()
+    run.close()
     accelerator.wait_for_everyone()
-    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": time.time() - started,
+    summary = {"steps": cfg.steps, "resumed_from": start, "seconds": run.seconds,
                "model": str(out_dir / "model"), "final_kl_coef": kl_ctl.value, "final": metrics,
                "config": asdict(cfg)}
-    save_final_outputs(accelerator, out_dir, unwrapped.policy, tokenizer, summary, cfg.keep_checkpoint)
-    return summary
+    return run.save(unwrapped.policy, tokenizer, summary)
 
 
 def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     """`rlp ppo`: prompts from ``prompts_file``, reward from ``reward_model`` or ``reward_ensemble``."""
     from rlp_align.data.readers import read_instructions
 
+    check_optim(cfg)
     if not cfg.prompts_file:
         raise UserError("ppo needs --prompts_file (unlabelled instructions)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)

@@ -41,11 +41,6 @@ def masked_moments(
     return mean, var
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of ``x`` over the masked positions."""
-    return masked_moments(x, mask)[1]
-
-
 def whiten(
     x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
     reduce: SumOverRanks | None = None,
@@ -134,18 +129,6 @@ def value_loss(
     loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
     clip_fraction = masked_mean((clipped_loss > unclipped_loss).to(values.dtype), mask)
     return loss, clip_fraction.detach()
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of the sampled tokens [B, T] (or [B] from logits [B, V]), from logits of the sampling distribution."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy H = logsumexp(z) - sum_v softmax(z)_v * z_v, for logits [..., V]."""
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
 class AdaptiveKLController:

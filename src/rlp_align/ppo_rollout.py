@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -23,12 +23,19 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
-from rlp_align.models import _unwrap, reward_head
-from rlp_align.ppo_losses import entropy_from_logits, token_logprobs
+from rlp_align.logprobs import entropy_from_logits, response_logits, token_logprobs
+from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.templates import collate, encode_prompt
 
-if TYPE_CHECKING:
-    from rlp_align.ppo import PPOConfig
+
+class RolloutSettings(Protocol):
+    """The five settings `make_rollout` reads; `rlp_align.ppo.PPOConfig` has them (no import of ppo here)."""
+
+    max_prompt_length: int
+    max_new_tokens: int
+    temperature: float
+    rollout_chunk_size: int
+    truncation_penalty: float | None
 
 
 class ActorCritic(nn.Module):
@@ -39,26 +46,21 @@ class ActorCritic(nn.Module):
         self.policy, self.value = policy, value
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions."""
-        return self.logits(input_ids, attention_mask, response_length), \
+        """Tempered logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions."""
+        return self.logits(input_ids, attention_mask, response_length, temperature), \
             self.values(input_ids, attention_mask, response_length)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
-        """Logits predicting each of the last T tokens [B, T, V] (the policy alone).
-
-        Positions come from the attention mask, so left padding changes nothing; logits are computed only
-        for the response (``logits_to_keep``), not the prompt.
-        """
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                           logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+               temperature: float) -> torch.Tensor:
+        """Logits of the sampling distribution for each of the last T tokens [B, T, V] (the policy alone)."""
+        return response_logits(self.policy, input_ids, attention_mask, response_length, temperature)
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
         """V(s_t) [B, T] for the last T positions (the value model alone)."""
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inner = _unwrap(self.value)
+        inner = unwrap_model(self.value)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=positions).last_hidden_state
         return reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
@@ -66,10 +68,7 @@ class ActorCritic(nn.Module):
 
 def reference_logprobs(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                 logits_to_keep=tokens.shape[1] + 1, use_cache=False).logits[:, :-1]
-    return token_logprobs(logits, tokens, temperature)
+    return token_logprobs(response_logits(ref, input_ids, attention_mask, tokens.shape[1], temperature), tokens)
 
 
 @dataclass
@@ -123,8 +122,7 @@ def evaluate_responses(
         attn = torch.cat([query_mask[rows], mask[rows]], dim=1)
         m = mask[rows].float()
         if sampled is None:
-            logits, values = actor_critic(ids, attn, response.shape[1])
-            logits = logits.float() / temperature
+            logits, values = actor_critic(ids, attn, response.shape[1], temperature)
             out["logprobs"].append(token_logprobs(logits, response[rows]) * m)
             out["entropy"].append(entropy_from_logits(logits) * m)
         else:
@@ -138,7 +136,7 @@ def evaluate_responses(
 
 def make_rollout(
     actor_critic: ActorCritic, ref: nn.Module, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, prompts: list[Messages],
-    cfg: PPOConfig, generator: torch.Generator, score_tokens: bool, timings: dict[str, float],
+    cfg: RolloutSettings, generator: torch.Generator, score_tokens: bool, timings: dict[str, float],
 ) -> tuple[Rollout, list[str]]:
     """Steps 1-2 of a PPO step: sample, then score once (policy, reference, values, reward)."""
     device = next(actor_critic.parameters()).device

@@ -19,19 +19,20 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoConfig
 
+from rlp_align.config import build_config
 from rlp_align.data.records import Preference, SampleSet
 from rlp_align.errors import UserError
 from rlp_align.models import load_tokenizer, resolve_model
-from rlp_align.reward import AuxiliaryLoss, EncodedPair, RewardConfig, bradley_terry_loss, train_reward_model
+from rlp_align.reward import AuxiliaryLoss, EncodedPair, RewardConfig, train_reward_model
 from rlp_align.templates import encode_pair
-from rlp_align.training import batch_indices
+from rlp_align.training import LoraConfig, OptimConfig, batch_indices
 from rlp_align.uml import METHODS, MultiViewHead, pick_views
 
 REFINE_METHODS = ("uml", "spg", "uml+spg", "oracle")
@@ -51,41 +52,44 @@ class RefineConfig:
     lam: float = 0.5  # λ of Eq. 1; used by uml and uml+spg only (spg/oracle: λ = 0)
     uml_method: Literal["mib", "mvi", "infomax", "contrastive"] = "mib"
     beta: float = 1.0
+    beta_schedule: Literal["constant", "linear"] = "constant"  # linear: 0 -> beta over beta_anneal_steps (mib)
+    beta_anneal_steps: int = 0
     z_dim: int = 64
     uml_batch_size: int = 8  # instructions per view batch, over all ranks
     uml_learning_rate: float | None = 1e-4  # encoder/critic peak LR (Federici et al.); None: the RM's
-    # Reward-model optimiser settings (the step-2 defaults)
-    learning_rate: float = 3e-6
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    margin: float = 0.0
-    center_coef: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
-    eval_fraction: float = 0.0
-    eval_every: int = 0
-    eval_batch_size: int = 16
-    logging_every: int = 1
-    save_every: int = 0
     seed: int = 0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    keep_checkpoint: bool = False
+    # How r̂ trains. Unset (None) = like the step-2 reward model: `reward:` in `rlp run`, RewardConfig's
+    # defaults alone (`inherit_reward_settings`). optim and lora are per key: the keys given here win.
+    optim: dict[str, Any] | None = None  # keys of training.OptimConfig
+    lora: dict[str, Any] | None = None  # keys of training.LoraConfig
+    max_length: int | None = None
+    margin: float | None = None
+    center_coef: float | None = None
+    eval_fraction: float | None = None
+    eval_every: int | None = None
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
-def refine_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, l_m: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 1: -E[log σ(r̂_w - r̂_l)] + λ·L_M (`reward.train_reward_model` computes this sum, plus the
-    optional margin and centring terms)."""
-    return bradley_terry_loss(r_chosen, r_rejected) + lam * l_m
+# The RM-training settings of `refine` that default to the step-2 reward model's.
+FROM_REWARD = ("optim", "lora", "max_length", "margin", "center_coef", "eval_fraction", "eval_every")
+
+
+def inherit_reward_settings(cfg: RefineConfig, reward: RewardConfig | None = None) -> RefineConfig:
+    """The refined RM trains like RM₀ unless told otherwise (paper step 4: "the same optimiser settings as
+    step 2"). Returns ``cfg`` with every unset setting of `FROM_REWARD` taken from ``reward`` (RewardConfig's
+    defaults when None); inside ``optim`` and ``lora`` each key given in ``cfg`` wins over ``reward``'s.
+
+    This is the one place where two sections of a pipeline config share settings.
+    """
+    reward = reward or RewardConfig()
+    optim = build_config(OptimConfig, {**asdict(reward.optim), **(cfg.optim or {})}, "refine.optim")
+    lora = build_config(LoraConfig, {**asdict(reward.lora), **(cfg.lora or {})}, "refine.lora")
+    scalars = {k: getattr(reward, k) for k in FROM_REWARD[2:] if getattr(cfg, k) is None}
+    return replace(cfg, optim=asdict(optim), lora=asdict(lora), **scalars)
+
 
 
 def usable_sample_sets(samples: list[SampleSet]) -> list[SampleSet]:
@@ -147,12 +151,24 @@ def refine_reward_model(
                         "from the policy samples by `rlp spg` or the gold annotator)")
     if cfg.init == "previous_rm" and not cfg.previous_rm:
         raise UserError("init 'previous_rm' needs previous_rm: the folder of the step-2 reward model")
+    if cfg.beta_schedule not in ("constant", "linear"):
+        raise UserError(f"beta_schedule must be 'constant' or 'linear', got '{cfg.beta_schedule}'")
+    if (cfg.beta_schedule == "linear") != (cfg.beta_anneal_steps > 0):
+        raise UserError("beta_schedule 'linear' needs beta_anneal_steps > 0 (the steps over which beta rises "
+                        f"from 0), and 'constant' takes none; got {cfg.beta_schedule!r} with {cfg.beta_anneal_steps}")
+    if cfg.beta_schedule == "linear" and cfg.uml_method != "mib":
+        raise UserError(f"beta_schedule 'linear' anneals the D_SKL weight of uml_method 'mib'; '{cfg.uml_method}' "
+                        "has no beta")
     if cfg.init not in ("sft", "previous_rm"):
         raise UserError(f"init must be 'sft' or 'previous_rm', got '{cfg.init}'")
     init_model = cfg.base_model if cfg.init == "sft" else cfg.previous_rm
 
-    shared = {f.name: getattr(cfg, f.name) for f in fields(RewardConfig) if hasattr(cfg, f.name)}
-    rm_cfg = RewardConfig(**{**shared, "model": init_model, "train_file": None, "eval_file": None})
+    cfg = inherit_reward_settings(cfg)  # a no-op when the pipeline already resolved it
+    rm_cfg = RewardConfig(model=init_model, output_dir=cfg.output_dir, seed=cfg.seed, max_length=cfg.max_length,
+                          margin=cfg.margin, center_coef=cfg.center_coef, eval_fraction=cfg.eval_fraction,
+                          eval_every=cfg.eval_every, optim=OptimConfig(**cfg.optim), lora=LoraConfig(**cfg.lora),
+                          overwrite=cfg.overwrite, allow_pickle=cfg.allow_pickle,
+                          trust_remote_code=cfg.trust_remote_code)
     train = list(preferences) + (list(synthetic or []) if uses_synthetic else [])
 
     extra = None
@@ -170,8 +186,9 @@ def refine_reward_model(
         hidden_size = AutoConfig.from_pretrained(resolve_model(init_model, allow_pickle=cfg.allow_pickle)).hidden_size
         with torch.random.fork_rng():  # the head's initialisation depends on the seed alone
             torch.manual_seed(cfg.seed)
-            head = MultiViewHead(hidden_size, cfg.z_dim, cfg.uml_method, cfg.beta)
-        stat_keys = ("loss", "i_nce" if cfg.uml_method == "contrastive" else "i_jsd", "d_skl", "skipped")
+            head = MultiViewHead(hidden_size, cfg.z_dim, cfg.uml_method, cfg.beta,
+                                 beta_anneal_steps=cfg.beta_anneal_steps)
+        stat_keys = ("loss", "i_nce" if cfg.uml_method == "contrastive" else "i_jsd", "d_skl", "beta", "skipped")
         extra = AuxiliaryLoss(head, make_view_batches(tokenizer, sets, cfg.uml_batch_size, cfg.max_length, cfg.seed),
                               lam, "uml", stat_keys, cfg.uml_learning_rate)
 
@@ -187,10 +204,10 @@ def run_refine(cfg: RefineConfig) -> dict:
 
     if not cfg.preference_file:
         raise UserError("refinement needs preference_file: the human/simulated preference data D of step 2")
-    preferences = read_preferences(cfg.preference_file)
+    preferences = read_preferences(cfg.preference_file, skip_invalid=cfg.skip_invalid)
     synthetic = None
     if cfg.synthetic_file and cfg.method != "uml":  # an empty D̂ (SPG kept nothing) is allowed, with a warning
-        synthetic = read_preferences(cfg.synthetic_file) if Path(cfg.synthetic_file).stat().st_size else []
-    samples = read_sample_sets(cfg.samples_file) if cfg.samples_file and "uml" in cfg.method else None
-    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+        synthetic = read_preferences(cfg.synthetic_file, skip_invalid=cfg.skip_invalid) if Path(cfg.synthetic_file).stat().st_size else []
+    samples = read_sample_sets(cfg.samples_file, skip_invalid=cfg.skip_invalid) if cfg.samples_file and "uml" in cfg.method else None
+    held_out = read_preferences(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return refine_reward_model(cfg, preferences, synthetic, samples, held_out)

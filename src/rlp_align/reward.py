@@ -18,10 +18,9 @@ unless ``keep_checkpoint``. Rerunning a finished run returns its summary; an unf
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +39,17 @@ from rlp_align.models import (
     load_tokenizer,
     reward_scores,
 )
-from rlp_align.run_folder import HOW_NOT_WHAT
+from rlp_align.run_folder import HOW_NOT_WHAT, config_inputs, flatten
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
-    Checkpointer,
-    MetricsLogger,
+    LoraConfig,
+    OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     linear_schedule,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -65,31 +62,19 @@ class RewardConfig:
     train_file: str | None = None
     eval_file: str | None = None
     output_dir: str = "runs/reward"
-    learning_rate: float = 3e-6  # AlpacaFarm; tiny models want ~1e-3
-    epochs: int = 1
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 8  # pairs per optimiser step, over all ranks
-    gradient_accumulation_steps: int = 1
     max_length: int = 512
     margin: float = 0.0
     center_coef: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # <= 0: no clipping
-    warmup_steps: int = 0
     eval_fraction: float = 0.0  # held out of train_file when there is no eval_file
     eval_every: int = 0  # 0: evaluate at the end only
-    eval_batch_size: int = 16
-    logging_every: int = 1
-    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     seed: int = 0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    keep_checkpoint: bool = False
+    # AlpacaFarm's learning rate; tiny models want ~1e-3
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=3e-6))
+    lora: LoraConfig = field(default_factory=LoraConfig)
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +111,7 @@ class RewardScorer(nn.Module):
 
 @dataclass
 class AuxiliaryLoss:
-    """An extra term ``weight · head(h1, h2)`` on the hidden states of view pairs scored with the pairs.
+    """An extra term ``weight · head(h1, h2, step)`` on the hidden states of view pairs scored with the pairs.
 
     RLP-UML: ``head`` is a `uml.MultiViewHead` giving L_M, ``views(step)`` the step's global batch of
     (view 1, view 2) token ids, ``weight`` is λ. The head is trained and checkpointed with the RM and saved
@@ -203,7 +188,9 @@ def micro_batches(rows: list[int], n_views: int, n: int) -> list[tuple[list[int]
 
 
 def _warn_changed(saved: dict | None, current: dict) -> None:
-    changed = sorted(k for k in (saved or {}) if k in current and saved[k] != current[k] and k not in HOW_NOT_WHAT)
+    saved, current = flatten(saved or {}), flatten(current)  # dotted keys: optim.learning_rate, ...
+    changed = sorted(k for k in saved if k in current and saved[k] != current[k]
+                     and k.split(".")[-1] not in HOW_NOT_WHAT)
     if changed:
         warnings.warn(f"resuming with a changed configuration ({', '.join(changed)}); the run continues from "
                       "the checkpoint with the new values", RuntimeWarning, stacklevel=3)
@@ -224,59 +211,57 @@ def train_reward_model(
     """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed)
     out = Path(cfg.output_dir)
-    if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
-        return done
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
+    if run.finished is not None:
+        return run.finished
     if not train_prefs:
         raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
-    if (cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps
-            or cfg.batch_size % acc.num_processes):  # equal shards: the ranks' mean gradient is the batch's
-        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.batch_size}) >= processes "
-                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps}), "
+    if (cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps
+            or cfg.optim.batch_size % acc.num_processes):  # equal shards: the ranks' mean gradient is the batch's
+        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.optim.batch_size}) >= processes "
+                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps}), "
                         "and batch_size a multiple of the number of processes")
     if eval_prefs is None and cfg.eval_fraction > 0 and len(train_prefs) > 1:
         train_prefs, eval_prefs = held_out_split(train_prefs, cfg.eval_fraction, cfg.seed)
-    started = time.time()
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_reward_model(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     train_pairs = encode_preferences(tokenizer, train_prefs, cfg.max_length)
     eval_pairs = encode_preferences(tokenizer, eval_prefs or [], cfg.max_length)
     pad_id = tokenizer.pad_token_id
-    total_steps = cfg.max_steps or cfg.epochs * max(1, len(train_pairs) // cfg.batch_size)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(train_pairs) // cfg.optim.batch_size)
 
     scorer = RewardScorer(model)
     modules = [scorer] + ([extra_loss.head] if extra_loss else [])
     groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.head.parameters()),
-                       "lr": extra_loss.learning_rate or cfg.learning_rate})
+                       "lr": extra_loss.learning_rate or cfg.optim.learning_rate})
     params = [p for g in groups for p in g["params"]]
-    optimizer = adamw(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
+    optimizer = adamw(groups, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
     scorer, head = modules[0], (modules[1] if extra_loss else None)
 
-    checkpointer = Checkpointer(out, acc)
-    state = checkpointer.load()  # after every module is built, so restored RNG states are what step k saw
-    start = state["step"] if state else 0
-    if state:
-        _warn_changed(state.get("config"), asdict(cfg))
-    logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
-    clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     aux_keys = extra_loss.stat_keys if extra_loss else ()
     last: dict[str, float] = {}
 
     for m in modules:
         m.train()  # from_pretrained returns models in eval mode
-    try:
+    with run:
+        state = run.resume()  # after every module is built, so restored RNG states are what step k saw
+        start = run.start_step
+        if state:
+            _warn_changed(state.get("config"), asdict(cfg))
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="reward",
                    disable=not acc.is_main_process)
         for step in bar:
-            rows = shard(batch_indices(len(train_pairs), cfg.batch_size, step, cfg.seed), acc)
+            rows = shard(batch_indices(len(train_pairs), cfg.optim.batch_size, step, cfg.seed), acc)
             views = shard(extra_loss.views(step), acc) if extra_loss else []
-            chunks = micro_batches(rows, len(views), cfg.gradient_accumulation_steps)
+            chunks = micro_batches(rows, len(views), cfg.optim.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
             sums = torch.zeros(6 + len(aux_keys), dtype=torch.float64)
             for i, (rows_i, views_i) in enumerate(chunks):
@@ -298,7 +283,7 @@ def train_reward_model(
                     loss = bt + centering_loss(r_w, r_l, cfg.center_coef)
                     aux_stats: dict[str, float] = {}
                     if extra_loss is not None and v:
-                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :])
+                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :], step)
                         loss = loss + extra_loss.weight * l_m
                     check_finite("reward-model loss", acc.reduce(loss.detach(), "mean"), step + 1, out)
                     acc.backward(loss / len(chunks))
@@ -313,7 +298,7 @@ def train_reward_model(
             optimizer.step()
             scheduler.step()
 
-            if (step + 1) % cfg.logging_every == 0 or step + 1 == total_steps:
+            if (step + 1) % cfg.optim.logging_every == 0 or step + 1 == total_steps:
                 means = acc.reduce(sums.to(acc.device) / len(chunks), "mean").tolist()
                 names = ["loss", "bt_loss", "accuracy", "margin", "reward_mean", "reward_std"]
                 names += [f"{extra_loss.name}/{k}" for k in aux_keys] if extra_loss else []
@@ -321,20 +306,17 @@ def train_reward_model(
                 last.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
                 if extra_loss is not None:
                     last[f"{extra_loss.name}/lambda"] = extra_loss.weight
-                logger.log(step + 1, last)
+                run.log(step + 1, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.2f}")
             if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:
-                metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size, acc)
-                logger.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
-            if checkpoint_due(step + 1, total_steps, cfg.save_every, cfg.keep_checkpoint):
-                checkpointer.save(step + 1, {"config": asdict(cfg)})
+                metrics = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size, acc)
+                run.log(step + 1, {f"eval/{k}": v for k, v in metrics.items()})
+            run.checkpoint(step + 1, total_steps, {"config": asdict(cfg)})
 
-        final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.eval_batch_size,
+        final_eval = evaluate_preferences(acc.unwrap_model(scorer), eval_pairs, pad_id, cfg.optim.eval_batch_size,
                                           acc) if eval_pairs else {}
         if final_eval:
-            logger.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
-    finally:
-        logger.close()
+            run.log(total_steps, {f"eval/{k}": v for k, v in final_eval.items()})
 
     summary = {
         "output_dir": str(out),
@@ -345,13 +327,12 @@ def train_reward_model(
         "eval_pairs": len(eval_pairs),
         "train": last,
         "eval": final_eval,
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(run.seconds, 2),
         "config": asdict(cfg),
         **(summary_extra or {}),
     }
     heads = {f"{extra_loss.name}_head.safetensors": acc.unwrap_model(head)} if extra_loss is not None else None
-    save_final_outputs(acc, out, acc.unwrap_model(scorer).model, tokenizer, summary, cfg.keep_checkpoint, heads)
-    return summary
+    return run.save(acc.unwrap_model(scorer).model, tokenizer, summary, heads)
 
 
 def run_reward(cfg: RewardConfig) -> dict:
@@ -360,6 +341,6 @@ def run_reward(cfg: RewardConfig) -> dict:
         raise UserError("reward training needs train_file: a preference file (TRL, AlpacaFarm, HH-RLHF or LLMBar)")
     from rlp_align.data.readers import read_preferences
 
-    train = read_preferences(cfg.train_file)
-    held_out = read_preferences(cfg.eval_file) if cfg.eval_file else None
+    train = read_preferences(cfg.train_file, skip_invalid=cfg.skip_invalid)
+    held_out = read_preferences(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return train_reward_model(cfg, train, held_out)

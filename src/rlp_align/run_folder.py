@@ -90,10 +90,21 @@ def config_outputs(command: str, cfg: Any) -> list[tuple[Path, str]]:
     return outputs
 
 
+_DIGESTS: dict[tuple, str] = {}  # (real path, size, mtime) -> digest: the pipeline asks once per stage key
+
+
 def file_digest(path: Path) -> str:
     """sha256 of the content; for a file over 64 MiB, of its size, first and last MiB (cheap, and unchanged
     by a copy, unlike a modification time)."""
-    h, size = hashlib.sha256(), path.stat().st_size
+    stat = path.stat()
+    memo = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _DIGESTS:
+        _DIGESTS[memo] = _content_digest(path, stat.st_size)
+    return _DIGESTS[memo]
+
+
+def _content_digest(path: Path, size: int) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         if size <= WHOLE_FILE_LIMIT:
             for block in iter(lambda: f.read(2**20), b""):

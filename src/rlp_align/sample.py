@@ -32,6 +32,7 @@ class SampleConfig:
     seed: int = 0
     limit: int | None = None  # only the first `limit` prompts
     engine: Literal["torch", "vllm"] = "torch"  # vllm: optional extra, GPU only (`pip install rlp-align[vllm]`)
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def _check_sample_count(n: int) -> None:
@@ -109,7 +110,7 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
 
     if not cfg.prompts_file:
         raise UserError("sample needs --prompts_file (the unlabelled instructions to sample the policy on)")
-    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file)][: cfg.limit]
+    prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)][: cfg.limit]
     tokenizer = load_tokenizer(cfg.policy)
     if cfg.engine == "vllm":
         from rlp_align.models import resolve_model

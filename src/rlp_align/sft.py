@@ -13,9 +13,8 @@ Outputs in ``output_dir``: ``model/`` (a causal-LM folder, LoRA merged in), ``me
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +26,17 @@ from tqdm.auto import tqdm
 from rlp_align.data.records import Instruction
 from rlp_align.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_tokenizer
+from rlp_align.run_folder import config_inputs
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
-    Checkpointer,
-    MetricsLogger,
+    LoraConfig,
+    OptimConfig,
+    TrainingRun,
     adamw,
     batch_indices,
     check_finite,
-    checkpoint_due,
-    finished_summary,
     linear_schedule,
     make_accelerator,
-    save_final_outputs,
     shard,
 )
 
@@ -51,27 +49,14 @@ class SFTConfig:
     train_file: str | None = None
     eval_file: str | None = None
     output_dir: str = "runs/sft"
-    learning_rate: float = 2e-5
-    epochs: int = 3
-    max_steps: int | None = None  # overrides epochs
-    batch_size: int = 8  # examples per optimiser step, over all ranks
-    gradient_accumulation_steps: int = 1
     max_length: int = 512
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # <= 0: no clipping
-    warmup_steps: int = 0
-    eval_batch_size: int = 16
-    logging_every: int = 1
-    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     seed: int = 0
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    keep_checkpoint: bool = False
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=2e-5, epochs=3))
+    lora: LoraConfig = field(default_factory=LoraConfig)
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -135,12 +120,12 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     """Fine-tune ``cfg.model`` on the reference answers of ``records``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed)
     out = Path(cfg.output_dir)
-    if (done := finished_summary(out, cfg.overwrite, acc)) is not None:
-        return done
-    if cfg.learning_rate <= 0 or cfg.batch_size < acc.num_processes * cfg.gradient_accumulation_steps:
-        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.batch_size}) >= processes "
-                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.gradient_accumulation_steps})")
-    started = time.time()
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
+    if run.finished is not None:
+        return run.finished
+    if cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps:
+        raise UserError(f"need learning_rate > 0 and batch_size ({cfg.optim.batch_size}) >= processes "
+                        f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps})")
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples = encode_examples(tokenizer, records, cfg.max_length)
@@ -148,30 +133,28 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
         raise UserError("no instruction with a reference answer to fine-tune on: SFT needs (prompt, reference) rows")
     eval_examples = encode_examples(tokenizer, eval_records or [], cfg.max_length)
     model = load_policy(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     pad_id = tokenizer.pad_token_id
-    total_steps = cfg.max_steps or cfg.epochs * max(1, len(examples) // cfg.batch_size)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(examples) // cfg.optim.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total_steps)
+    optimizer = adamw(params, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
 
-    checkpointer = Checkpointer(out, acc)
-    state = checkpointer.load()
-    start = state["step"] if state else 0
-    logger = MetricsLogger(out, enabled=acc.is_main_process, resume_step=start)
-    clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     last: dict[str, float] = {}
     model.train()  # from_pretrained returns models in eval mode
-    try:
+    with run:
+        run.resume()
+        start = run.start_step
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="sft",
                    disable=not acc.is_main_process)
         for step in bar:
-            rows = shard(batch_indices(len(examples), cfg.batch_size, step, cfg.seed), acc)
+            rows = shard(batch_indices(len(examples), cfg.optim.batch_size, step, cfg.seed), acc)
             chunks = [c.tolist() for c in np.array_split(np.asarray(rows, dtype=int),
-                                                         max(1, min(cfg.gradient_accumulation_steps, len(rows))))]
+                                                         max(1, min(cfg.optim.gradient_accumulation_steps, len(rows))))]
             optimizer.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for i, chunk in enumerate(chunks):
@@ -189,20 +172,17 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
             optimizer.step()
             scheduler.step()
 
-            if (step + 1) % cfg.logging_every == 0 or step + 1 == total_steps:
+            if (step + 1) % cfg.optim.logging_every == 0 or step + 1 == total_steps:
                 loss_mean = acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean").item()
                 last = {"loss": loss_mean, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-                logger.log(step + 1, last)
+                run.log(step + 1, last)
                 bar.set_postfix(loss=f"{loss_mean:.4f}")
-            if checkpoint_due(step + 1, total_steps, cfg.save_every, cfg.keep_checkpoint):
-                checkpointer.save(step + 1, {"config": asdict(cfg)})
+            run.checkpoint(step + 1, total_steps, {"config": asdict(cfg)})
 
-        eval_loss = evaluate_sft(acc.unwrap_model(model), eval_examples, pad_id, cfg.eval_batch_size, acc) \
+        eval_loss = evaluate_sft(acc.unwrap_model(model), eval_examples, pad_id, cfg.optim.eval_batch_size, acc) \
             if eval_examples else None
         if eval_loss is not None:
-            logger.log(total_steps, {"eval/loss": eval_loss})
-    finally:
-        logger.close()
+            run.log(total_steps, {"eval/loss": eval_loss})
 
     summary = {
         "output_dir": str(out),
@@ -213,11 +193,10 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
         "eval_examples": len(eval_examples),
         "train": last,
         "eval": {"loss": eval_loss} if eval_loss is not None else {},
-        "seconds": round(time.time() - started, 2),
+        "seconds": round(run.seconds, 2),
         "config": asdict(cfg),
     }
-    save_final_outputs(acc, out, acc.unwrap_model(model), tokenizer, summary, cfg.keep_checkpoint)
-    return summary
+    return run.save(acc.unwrap_model(model), tokenizer, summary)
 
 
 def run_sft(cfg: SFTConfig) -> dict:
@@ -226,6 +205,6 @@ def run_sft(cfg: SFTConfig) -> dict:
         raise UserError("SFT needs train_file: an instruction file with reference answers (e.g. Alpaca JSON)")
     from rlp_align.data.readers import read_instructions
 
-    records = read_instructions(cfg.train_file)
-    eval_records = read_instructions(cfg.eval_file) if cfg.eval_file else None
+    records = read_instructions(cfg.train_file, skip_invalid=cfg.skip_invalid)
+    eval_records = read_instructions(cfg.eval_file, skip_invalid=cfg.skip_invalid) if cfg.eval_file else None
     return train_sft(cfg, records, eval_records)

@@ -185,6 +185,7 @@ class SPGConfig:
     seed: int = 0
     batch_size: int = 8
     max_length: int = 1024
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
 
 def _validate(cfg: SPGConfig) -> None:
@@ -236,7 +237,7 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
     from rlp_align.io import write_json
 
     _validate(cfg)
-    sample_sets = read_sample_sets(cfg.samples_file)
+    sample_sets = read_sample_sets(cfg.samples_file, skip_invalid=cfg.skip_invalid)
     if cfg.selection == "rm_rank":
         scores = _score(cfg, sample_sets, [True] * len(sample_sets))
         prefs, stats = rm_rank_preferences(sample_sets, scores, cfg.seed)

@@ -1,7 +1,7 @@
 """The pipeline's stage cache: one folder and one manifest per stage.
 
-A stage is identified by its name and a *key*: the config slice it reads plus the keys of the stages it
-consumes. A rerun skips a stage whose manifest says ``done`` with the same key hash; a changed knob
+A stage is identified by its name and a *key*: the arguments its function receives (`StageCache.stage`):
+its config sections, the plain values it borrows, and the hashes of the stages whose outputs it consumes. A rerun skips a stage whose manifest says ``done`` with the same key hash; a changed knob
 changes the hash of that stage and of everything downstream, so only those rerun. A stage that was
 killed midway has a ``running`` manifest; it reruns in the same folder, where its trainer resumes from
 its own checkpoint. A stage folder whose key changed is wiped before rerunning.
@@ -9,6 +9,7 @@ its own checkpoint. A stage folder whose key changed is wiped before rerunning.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 from rlp_align.config import config_hash
 from rlp_align.io import write_json
+from rlp_align.run_folder import input_digest
 
 
 def library_versions() -> dict[str, str]:
@@ -30,6 +32,19 @@ def library_versions() -> dict[str, str]:
 
     return {"rlp_align": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+# Knobs that change how a stage runs, not what it computes (resume is exact): left out of the stage keys, so
+# keeping checkpoints or saving more often does not rerun finished stages. Dropped at any depth of a section.
+NOT_IN_STAGE_KEYS = ("output_dir", "overwrite", "save_every", "keep_checkpoint")
+
+
+def _without_run_knobs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_run_knobs(v) for k, v in value.items() if k not in NOT_IN_STAGE_KEYS}
+    if isinstance(value, list):
+        return [_without_run_knobs(v) for v in value]
+    return value
 
 
 class StageCache:
@@ -48,6 +63,39 @@ class StageCache:
     def read_manifest(self, name: str) -> dict[str, Any] | None:
         path = self.manifest_path(name)
         return json.loads(path.read_text()) if path.exists() else None
+
+    def key_of(self, value: Any) -> Any:
+        """What an argument of a stage contributes to its key: a config section without its run knobs, an
+        upstream stage's outputs as that stage's hash, a path a stage wrote as that stage's hash."""
+        if dataclasses.is_dataclass(value):  # its paths (data files, a local model) count by content too
+            return self.key_of(_without_run_knobs(dataclasses.asdict(value)))
+        if isinstance(value, dict) and "hash" in value and "stage" in value:
+            return value["hash"]
+        if isinstance(value, dict):
+            return {k: self.key_of(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.key_of(v) for v in value]
+        if isinstance(value, (str, Path)):
+            return self.stamp(value)
+        return value
+
+    def stamp(self, path: str | Path) -> str:
+        """A path's identity for keys: the hash of the stage that wrote it; for an existing file or folder
+        from outside the run, the path and a digest of its content (an edited data file reruns what reads it);
+        else the string itself (a built-in model name, a method)."""
+        p = Path(path)
+        for parent in (p, *p.parents):
+            manifest = self.read_manifest(parent.name) if parent.parent == self.run_dir else None
+            if manifest:
+                return manifest["hash"]
+        if str(path).strip() and p.exists():
+            return f"{path} content:{input_digest(p)}"
+        return str(path)
+
+    def stage(self, name: str, fn: Callable[..., dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:
+        """Run ``fn(**inputs, folder=...)`` through `run`, keyed on exactly the arguments it receives."""
+        return self.run(name, {k: self.key_of(v) for k, v in inputs.items()}, lambda folder: fn(**inputs,
+                                                                                                 folder=folder))
 
     def run(self, name: str, key: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """Run ``fn(folder) -> outputs`` unless done with this key; return outputs plus the stage ``hash``."""

@@ -1,8 +1,11 @@
-"""What each pipeline stage does, one function per stage: ``fn(cfg, inputs..., folder) -> outputs``.
+"""What each pipeline stage does, one function per stage: ``fn(sections..., upstream outputs..., folder)``.
 
-Each function writes only inside its stage folder and returns a small dict of output paths and
-headline numbers, which the stage manifest records. Trainers are called through their ``run_*`` entry
-points with the pipeline's section config, so ``rlp run`` and the single-stage commands share one path.
+A stage receives only its own config section(s), the plain values it borrows from other sections (named
+arguments, e.g. ``batch_size`` of generation), and the outputs of the stages upstream; `StageCache.stage`
+hashes exactly these arguments into the stage's key, so a key cannot miss a setting the stage reads.
+Each function writes only inside its stage folder and returns a small dict of output paths and headline
+numbers, which the stage manifest records. Trainers are called through their ``run_*`` entry points with
+the section config, so ``rlp run`` and the single-stage commands share one path.
 """
 
 from __future__ import annotations
@@ -11,20 +14,29 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from rlp_align.annotators.base import AnnotatorConfig
+from rlp_align.best_of_n import BestOfNConfig
 from rlp_align.data import read_instructions, read_preferences, read_sample_sets, write_preferences
 from rlp_align.data.records import Instruction, Preference
+from rlp_align.generation import GenerateConfig
 from rlp_align.io import write_json, write_jsonl
-from rlp_align.pipeline import PipelineConfig, split, write_instructions
+from rlp_align.pipeline_config import DataConfig, split, write_instructions
+from rlp_align.ppo import PPOConfig
+from rlp_align.refine import RefineConfig
+from rlp_align.reward import RewardConfig
+from rlp_align.sample import SampleConfig
+from rlp_align.sft import SFTConfig
+from rlp_align.spg import SPGConfig
 
 
-def _annotator(cfg: PipelineConfig):
+def _annotator(annotator: AnnotatorConfig):
     from rlp_align.annotators import make_annotator
 
-    return make_annotator(cfg.annotator)
+    return make_annotator(annotator)
 
 
-def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instruction], temperature: float,
-                 max_new_tokens: int, seed: int) -> tuple[list[Instruction], list[list[str]], int]:
+def _two_samples(policy: str, instructions: list[Instruction], temperature: float, max_new_tokens: int,
+                 batch_size: int, seed: int) -> tuple[list[Instruction], list[list[str]], int]:
     """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs).
 
     Returns the instructions kept, their pairs, and how many were dropped because a sample was empty (the
@@ -34,120 +46,122 @@ def _two_samples(cfg: PipelineConfig, policy: str, instructions: list[Instructio
     from rlp_align.models import load_policy, load_tokenizer
 
     gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
-                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=cfg.generate.batch_size,
-                    seed=seed)
+                    temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     kept = [(x, pair) for x, pair in zip(instructions, gens.grouped()) if all(t.strip() for t in pair)]
     return [x for x, _ in kept], [pair for _, pair in kept], len(instructions) - len(kept)
 
 
-def build_pools(cfg: PipelineConfig, folder: Path) -> dict[str, Any]:
+def build_pools(data: DataConfig, seed: int, folder: Path) -> dict[str, Any]:
     """Disjoint SFT / preference / unlabelled instruction pools and the eval set."""
     from rlp_align.instructions import builtin_pool, load_instruction_pool
 
-    d = cfg.data
+    d = data
     sizes = [d.n_sft, d.n_preference, d.n_unlabelled]
     if d.source == "builtin":
-        pool = builtin_pool(sum(sizes) + d.n_eval, seed=cfg.seed)
-        sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], cfg.seed)
+        pool = builtin_pool(sum(sizes) + d.n_eval, seed=seed)
+        sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], seed)
     else:
-        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=cfg.seed)
-        sft, pref, unlabelled = split(train, sizes, cfg.seed)
-        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=cfg.seed + 1)
-        evaluation = split(evaluation, [d.n_eval], cfg.seed)[0]
+        train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=seed,
+                                      skip_invalid=d.skip_invalid)
+        sft, pref, unlabelled = split(train, sizes, seed)
+        evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=seed + 1,
+                                           skip_invalid=d.skip_invalid)
+        evaluation = split(evaluation, [d.n_eval], seed)[0]
     out = {name: write_instructions(folder / f"{name}.jsonl", items)
            for name, items in [("sft", sft), ("preference", pref), ("unlabelled", unlabelled), ("eval", evaluation)]
            if items}
     return {**out, "n_preference": len(pref), "n_unlabelled": len(unlabelled), "n_eval": len(evaluation)}
 
 
-def train_sft(cfg: PipelineConfig, pools: dict, folder: Path) -> dict[str, Any]:
+def train_sft(sft: SFTConfig, model: str, pools: dict, seed: int, folder: Path) -> dict[str, Any]:
     from rlp_align.sft import run_sft
 
-    sft_cfg = dataclasses.replace(cfg.sft, model=cfg.model, train_file=pools["sft"], output_dir=str(folder),
-                                  seed=cfg.seed)
-    summary = run_sft(sft_cfg)
+    summary = run_sft(dataclasses.replace(sft, model=model, train_file=pools["sft"], output_dir=str(folder),
+                                          seed=seed))
     return {"model": str(folder / "model"), "final_loss": (summary.get("train") or {}).get("loss")}
 
 
-def collect_preferences(cfg: PipelineConfig, sft_model: str, pools: dict, folder: Path) -> dict[str, Any]:
+def collect_preferences(annotator: AnnotatorConfig, sft_model: str, pools: dict, preference_file: str | None,
+                        skip_invalid: bool, heldout_fraction: float, label_noise: float, pair_temperature: float,
+                        max_new_tokens: int, batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
     from rlp_align.annotate import label_pairs
 
     empty = 0  # instructions dropped because a sample was empty
-    if cfg.data.preference_file:
-        prefs = read_preferences(cfg.data.preference_file)
+    if preference_file:
+        prefs = read_preferences(preference_file, skip_invalid=skip_invalid)
     else:
-        instructions, pairs, empty = _two_samples(cfg, sft_model, read_instructions(pools["preference"]),
-                                                  cfg.pair_temperature, cfg.generate.max_new_tokens, seed=cfg.seed)
-        prefs = label_pairs(_annotator(cfg), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
-                            noise=cfg.label_noise, temperature=cfg.annotator.temperature, seed=cfg.seed)
-    heldout = max(1, int(len(prefs) * cfg.data.heldout_fraction))
-    train, test = split(prefs, [len(prefs) - heldout, heldout], cfg.seed)
+        instructions, pairs, empty = _two_samples(sft_model, read_instructions(pools["preference"]),
+                                                  pair_temperature, max_new_tokens, batch_size, seed=seed)
+        prefs = label_pairs(_annotator(annotator), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
+                            noise=label_noise, temperature=annotator.temperature, seed=seed)
+    heldout = max(1, int(len(prefs) * heldout_fraction))
+    train, test = split(prefs, [len(prefs) - heldout, heldout], seed)
     write_preferences(folder / "train.jsonl", train)
     write_preferences(folder / "heldout.jsonl", test)
     return {"train": str(folder / "train.jsonl"), "heldout": str(folder / "heldout.jsonl"),
             "pairs": len(train), "heldout_pairs": len(test), **({"dropped_empty": empty} if empty else {})}
 
 
-def train_rm(cfg: PipelineConfig, sft_model: str, prefs: dict, folder: Path, seed: int) -> dict[str, Any]:
+def train_rm(reward: RewardConfig, sft_model: str, prefs: dict, seed: int, folder: Path) -> dict[str, Any]:
     from rlp_align.reward import run_reward
 
-    rm_cfg = dataclasses.replace(cfg.reward, model=sft_model, train_file=prefs["train"], eval_file=prefs["heldout"],
-                                 output_dir=str(folder), seed=seed)
-    summary = run_reward(rm_cfg)
+    summary = run_reward(dataclasses.replace(reward, model=sft_model, train_file=prefs["train"],
+                                             eval_file=prefs["heldout"], output_dir=str(folder), seed=seed))
     return {"model": str(folder / "model"), "heldout_accuracy": (summary.get("eval") or {}).get("accuracy")}
 
 
-def train_ppo(cfg: PipelineConfig, sft_model: str, reward_models: list[str], pools: dict, folder: Path,
-              aggregate: str | None = None) -> dict[str, Any]:
-    """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves)."""
+def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward_models: list[str], pools: dict,
+              seed: int, folder: Path, aggregate: str | None = None, uwo_lambda: float = 0.5) -> dict[str, Any]:
+    """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves).
+
+    One reward model, or an ensemble of them combined by ``aggregate`` (with ``uwo_lambda`` for "uwo")."""
     from accelerate import PartialState
 
     from rlp_align.ensemble import make_reward_fn
-    from rlp_align.ppo import train_ppo as ppo
+    from rlp_align.ppo import train_ppo as ppo_train
 
-    ensemble = {"reward_ensemble": reward_models, "ensemble_aggregate": aggregate} if aggregate else \
-        {"reward_model": reward_models[0], "reward_ensemble": []}
-    ppo_cfg = dataclasses.replace(cfg.ppo, policy=sft_model, reference=sft_model, prompts_file=pools["unlabelled"],
-                                  output_dir=str(folder), seed=cfg.seed, uwo_lambda=cfg.ensemble.uwo_lambda,
-                                  **ensemble)
+    ensemble = {"reward_ensemble": reward_models, "ensemble_aggregate": aggregate, "uwo_lambda": uwo_lambda} \
+        if aggregate else {"reward_model": reward_models[0], "reward_ensemble": []}
+    ppo_cfg = dataclasses.replace(ppo, policy=sft_model, reference=sft_model, prompts_file=pools["unlabelled"],
+                                  output_dir=str(folder), seed=seed, **ensemble)
     instructions = read_instructions(pools["unlabelled"])
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
                                ppo_cfg.uwo_lambda, device=PartialState().device,
                                batch_size=ppo_cfg.reward_batch_size,
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
     by_prompt = {x.text: x for x in instructions}
-    annotator = _annotator(cfg)
+    judge = _annotator(annotator)
 
     def gold_fn(prompts: list, responses: list[str]) -> list[float]:
-        return annotator.score([by_prompt[p[-1]["content"]] for p in prompts], responses)
+        return judge.score([by_prompt[p[-1]["content"]] for p in prompts], responses)
 
-    summary = ppo(ppo_cfg, [x.prompt for x in instructions], reward_fn,
-                  gold_fn=gold_fn if annotator.can_score else None)
+    summary = ppo_train(ppo_cfg, [x.prompt for x in instructions], reward_fn,
+                        gold_fn=gold_fn if judge.can_score else None)
     final = summary.get("final", {})
     return {"model": str(folder / "model"), "final_reward": final.get("reward"), "final_kl": final.get("kl"),
             "final_gold": final.get("gold_reward")}
 
 
-def sample_policy(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
+def sample_policy(sample: SampleConfig, policy: str, pools: dict, seed: int, folder: Path) -> dict[str, Any]:
     from rlp_align.sample import run_sample
 
-    summary = run_sample(dataclasses.replace(cfg.sample, policy=policy, prompts_file=pools["unlabelled"],
-                                             output_file=str(folder / "samples.jsonl"), seed=cfg.seed))
+    summary = run_sample(dataclasses.replace(sample, policy=policy, prompts_file=pools["unlabelled"],
+                                             output_file=str(folder / "samples.jsonl"), seed=seed))
     return {"samples": str(folder / "samples.jsonl"), "mean_chars": summary.get("mean_response_chars")}
 
 
-def synthesize(cfg: PipelineConfig, samples: dict, rm: str, folder: Path) -> dict[str, Any]:
+def synthesize(spg: SPGConfig, samples: dict, rm: str, seed: int, folder: Path) -> dict[str, Any]:
     from rlp_align.spg import run_spg
 
-    stats = run_spg(dataclasses.replace(cfg.spg, samples_file=samples["samples"], reward_model=rm,
-                                        output_file=str(folder / "synthetic.jsonl"), seed=cfg.seed))
+    stats = run_spg(dataclasses.replace(spg, samples_file=samples["samples"], reward_model=rm,
+                                        output_file=str(folder / "synthetic.jsonl"), seed=seed))
     return {"synthetic": str(folder / "synthetic.jsonl"), "stats": stats.get("stats_file"),
             "pairs": stats["pairs"], "acceptance_rate": stats["acceptance_rate"]}
 
 
-def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path,
-                  pools: dict | None = None) -> dict[str, Any]:
+def oracle_labels(annotator: AnnotatorConfig, samples: dict, n_pairs: int, label_noise: float, seed: int,
+                  folder: Path, pools: dict | None = None) -> dict[str, Any]:
     """The upper bound RLP approximates: fresh (noisy) annotator labels on policy-sample pairs.
 
     The annotator sees the unlabelled pool's full instructions (reference answer, constraints), as D's did.
@@ -160,81 +174,80 @@ def oracle_labels(cfg: PipelineConfig, samples: dict, n_pairs: int, folder: Path
     instructions = [pool.get(s.prompt[-1]["content"], Instruction(s.prompt, meta=s.meta)) for s in usable]
     a = [s.responses[0] for s in usable]
     b = [next(r for r in s.responses[1:] if r != s.responses[0]) for s in usable]
-    prefs = label_pairs(_annotator(cfg), instructions, a, b, noise=cfg.label_noise,
-                        temperature=cfg.annotator.temperature, seed=cfg.seed + 7)
+    prefs = label_pairs(_annotator(annotator), instructions, a, b, noise=label_noise,
+                        temperature=annotator.temperature, seed=seed + 7)
     write_preferences(folder / "oracle.jsonl", prefs)
     return {"synthetic": str(folder / "oracle.jsonl"), "pairs": len(prefs)}
 
 
-def refine_rm(cfg: PipelineConfig, method: str, sft_model: str, rm: dict, prefs: dict, samples: dict,
-              synthetic: dict | None, folder: Path) -> dict[str, Any]:
+def refine_rm(refine: RefineConfig, method: str, sft_model: str, rm: dict, prefs: dict, samples: dict,
+              synthetic: dict | None, seed: int, folder: Path) -> dict[str, Any]:
+    """Step 4. ``refine`` arrives with its RM-training settings resolved (`refine.inherit_reward_settings`)."""
     from rlp_align.refine import run_refine
 
-    # The paper's step 4 retrains with "the same optimiser settings as step 2": copy them from `reward`.
-    refine_fields = {f.name for f in dataclasses.fields(cfg.refine)}
-    shared = {k: v for k, v in dataclasses.asdict(cfg.reward).items()
-              if k in refine_fields and k not in ("output_dir", "seed", "eval_file", "overwrite")}
     refine_cfg = dataclasses.replace(
-        cfg.refine, **shared, method="spg" if method == "oracle" else method, base_model=sft_model,
+        refine, method="spg" if method == "oracle" else method, base_model=sft_model,
         previous_rm=rm["model"], preference_file=prefs["train"], eval_file=prefs["heldout"],
         synthetic_file=synthetic["synthetic"] if synthetic else None, samples_file=samples["samples"],
-        output_dir=str(folder), seed=cfg.seed)
+        output_dir=str(folder), seed=seed)
     summary = run_refine(refine_cfg)
     return {"model": str(folder / "model"), "heldout_accuracy": (summary.get("eval") or {}).get("accuracy")}
 
 
-def best_of_n(cfg: PipelineConfig, sft_model: str, rm: str, pools: dict, folder: Path) -> dict[str, Any]:
+def best_of_n(best_of_n: BestOfNConfig, sft_model: str, rm: str, pools: dict, seed: int,
+              folder: Path) -> dict[str, Any]:
     from rlp_align.best_of_n import run_best_of_n
 
-    run_best_of_n(dataclasses.replace(cfg.best_of_n, policy=sft_model, reward_model=rm,
-                                      instructions_file=pools["eval"], output_file=str(folder / "answers.jsonl"),
-                                      seed=cfg.seed))
+    run_best_of_n(dataclasses.replace(best_of_n, policy=sft_model, reward_model=rm, instructions_file=pools["eval"],
+                                      output_file=str(folder / "answers.jsonl"), seed=seed))
     return {"answers": str(folder / "answers.jsonl")}
 
 
-def answer_eval(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
+def answer_eval(generate: GenerateConfig, policy: str, pools: dict, seed: int, folder: Path) -> dict[str, Any]:
     """Evaluation answers at the paper's eval temperature (0.7 by default)."""
     from rlp_align.generation import run_generate
 
-    summary = run_generate(dataclasses.replace(cfg.generate, policy=policy, instructions_file=pools["eval"],
-                                               output_file=str(folder / "answers.jsonl"), seed=cfg.seed))
+    summary = run_generate(dataclasses.replace(generate, policy=policy, instructions_file=pools["eval"],
+                                               output_file=str(folder / "answers.jsonl"), seed=seed))
     return {"answers": str(folder / "answers.jsonl"), "mean_chars": summary.get("mean_response_chars")}
 
 
-def on_policy_pairs(cfg: PipelineConfig, policy: str, pools: dict, folder: Path) -> dict[str, Any]:
-    """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy."""
+def on_policy_pairs(annotator: AnnotatorConfig, policy: str, pools: dict, temperature: float, max_new_tokens: int,
+                    batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
+    """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy.
 
-    instructions, pairs, _ = _two_samples(cfg, policy, read_instructions(pools["eval"]), cfg.sample.temperature,
-                                          cfg.sample.max_new_tokens, seed=cfg.seed + 3)
-    annotator = _annotator(cfg)
-    probs = annotator.compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
+    Sampled like step 4's policy samples (the pipeline passes ``sample.temperature`` and
+    ``sample.max_new_tokens``) with generation's ``batch_size``."""
+    instructions, pairs, _ = _two_samples(policy, read_instructions(pools["eval"]), temperature, max_new_tokens,
+                                          batch_size, seed=seed + 3)
+    probs = _annotator(annotator).compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
     prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a, {"gold_p": p})
              for x, (a, b), p in zip(instructions, pairs, probs) if p != 0.5 and a != b]
     write_preferences(folder / "pairs.jsonl", prefs)
     return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs)}
 
 
-def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
-             folder: Path) -> dict[str, Any]:
+def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
+             eval_baseline: str, rm_batch_size: int, rm_max_length: int, seed: int, folder: Path) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy."""
     from rlp_align.evaluate import rm_accuracy, win_rate
     from rlp_align.io import read_rows
     from rlp_align.models import load_reward_model, load_tokenizer
 
-    annotator = _annotator(cfg)
+    judge = _annotator(annotator)
     rows = {label: [r for _, r in read_rows(path)] for label, path in answers.items()}
     instructions = [Instruction(r["prompt"], r.get("reference"), r.get("constraints") or [], r.get("meta") or {})
                     for r in next(iter(rows.values()))]
-    if cfg.eval_baseline == "reference":
+    if eval_baseline == "reference":
         baseline = [x.reference or "" for x in instructions]
     else:
         baseline = [r["response"] for r in rows["SFT"]]
     table, per_label = {}, {}
     for label, label_rows in rows.items():
         responses = [r["response"] for r in label_rows]
-        prefs = annotator.compare(instructions, responses, baseline)
-        gold = annotator.score(instructions, responses) if annotator.can_score else None
-        table[label] = {**win_rate(prefs, n_boot=2000, seed=cfg.seed),
+        prefs = judge.compare(instructions, responses, baseline)
+        gold = judge.score(instructions, responses) if judge.can_score else None
+        table[label] = {**win_rate(prefs, n_boot=2000, seed=seed),
                         "gold_reward": sum(gold) / len(gold) if gold else None,
                         "mean_chars": sum(map(len, responses)) / max(1, len(responses))}
         per_label[label] = prefs
@@ -243,9 +256,8 @@ def evaluate(cfg: PipelineConfig, answers: dict[str, str], rms: dict[str, str], 
     for label, path in rms.items():
         if pairs:
             model, tok = load_reward_model(path), load_tokenizer(path)
-            accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=cfg.reward.batch_size,
-                                          max_length=cfg.reward.max_length)
-    result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": cfg.eval_baseline,
+            accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=rm_batch_size, max_length=rm_max_length)
+    result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": eval_baseline,
               "n_eval": len(instructions), "on_policy_pairs": len(pairs)}
     write_json(folder / "evaluation.json", result)
     write_jsonl(folder / "preferences.jsonl", [{"label": k, "prefs": v} for k, v in per_label.items()])

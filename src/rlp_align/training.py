@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,41 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.errors import NonFiniteError
 from rlp_align.io import append_jsonl, atomic_path, check_writable, write_json
 from rlp_align.models import merge_lora, save_model
+from rlp_align.run_folder import RunLock, check_paths
+
+
+@dataclass
+class OptimConfig:
+    """How a trainer optimises and checkpoints: one section (``optim:``) shared by SFT, RM, refine and PPO.
+
+    Each trainer sets its own defaults (``SFTConfig.optim`` starts at learning_rate 2e-5, for instance).
+    PPO draws its batches from rollouts (``steps``, ``step_batch_size``, ``micro_batch_size``, ``ppo_epochs``),
+    so it refuses the data-loop keys ``epochs``, ``max_steps``, ``batch_size``, ``gradient_accumulation_steps``
+    and ``eval_batch_size`` when set.
+    """
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # optimiser steps of linear warm-up
+    max_grad_norm: float = 1.0  # <= 0: no clipping
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 8  # examples (pairs) per optimiser step, over all ranks
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 16
+    logging_every: int = 1
+    save_every: int = 0  # checkpoint every n steps (0: never, no resume)
+    keep_checkpoint: bool = False  # keep checkpoint/ after the run instead of removing it
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters instead of full fine-tuning (``lora:``), merged into the saved model."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
 
 
 def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
@@ -239,3 +275,84 @@ def save_final_outputs(
         if not keep_checkpoint:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+class TrainingRun:
+    """One training run in ``out_dir``: the single place where a trainer starts, resumes and ends a run.
+
+        run = TrainingRun(cfg.output_dir, accelerator, cfg.overwrite, cfg.optim)
+        if run.finished is not None:          # a finished run is a no-op (``overwrite`` starts afresh)
+            return run.finished
+        ...build models, optimiser, scheduler...
+        with run:                             # closes the metrics log however the loop ends
+            state = run.resume()              # the checkpoint's saved extras, or None; sets run.start_step
+            for step in range(run.start_step, total_steps):
+                ...one training step, inline...
+                run.log(step + 1, metrics)
+                run.checkpoint(step + 1, total_steps, {...})
+        run.save(model, tokenizer, summary)   # model/, extra files, summary.json last; checkpoint/ removed
+
+    ``resume`` must come after every module is built, so the restored RNG states are the ones step k saw.
+    """
+
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator, overwrite: bool, optim: Any,
+                 inputs: dict[str, Path] | None = None):
+        self.out_dir, self.accelerator = Path(out_dir), accelerator
+        self.save_every, self.keep_checkpoint = optim.save_every, optim.keep_checkpoint
+        # The output folder may not hold an input (``inputs``: `run_folder.config_inputs`), so ``overwrite``
+        # below never deletes one; one process per folder, a second stops here naming the first (the lock is
+        # re-entrant under the CLI's `run_folder.claim_output`, which also checks the run fingerprint).
+        check_paths(inputs or {}, [(self.out_dir, "folder")])
+        self.lock = RunLock(self.out_dir).acquire() if accelerator.is_main_process else None
+        self.finished = finished_summary(self.out_dir, overwrite, accelerator)
+        if self.finished is not None:
+            self.release()
+        self.started = time.time()
+        self.start_step = 0
+        self.checkpointer: Checkpointer | None = None
+        self.logger: MetricsLogger | None = None
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.started
+
+    def resume(self) -> dict[str, Any] | None:
+        self.checkpointer = Checkpointer(self.out_dir, self.accelerator)
+        state = self.checkpointer.load()
+        self.start_step = int(state["step"]) if state else 0
+        self.logger = MetricsLogger(self.out_dir, enabled=self.accelerator.is_main_process,
+                                    resume_step=self.start_step)
+        return state
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.logger.log(step, metrics)
+
+    def checkpoint(self, done_steps: int, total_steps: int, extra: dict[str, Any] | None = None) -> None:
+        """After optimiser step ``done_steps`` (1-based): save the resumable state when it is due."""
+        if checkpoint_due(done_steps, total_steps, self.save_every, self.keep_checkpoint):
+            self.checkpointer.save(done_steps, extra)
+
+    def save(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, summary: dict[str, Any],
+             extra_modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+        save_final_outputs(self.accelerator, self.out_dir, model, tokenizer, summary, self.keep_checkpoint,
+                           extra_modules)
+        self.release()
+        return summary
+
+    def release(self) -> None:
+        """Let other processes have the folder: after the final save, or when the run ends in an error."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close()
+        if exc_type is not None:
+            self.release()

@@ -73,6 +73,7 @@ def annealed_beta(step: int, beta: float, anneal_steps: int = 0) -> float:
     """Linear warm-up of the compression weight from 0 to ``beta`` over ``anneal_steps`` (0: constant).
 
     Federici et al. anneal beta because a strong bottleneck early collapses z before I(z1; z2) is learned.
+    ``refine.beta_schedule: linear`` with ``refine.beta_anneal_steps`` selects it; ``step`` is the optimiser step.
     """
     if anneal_steps <= 0:
         return beta
@@ -158,6 +159,7 @@ class MultiViewHead(nn.Module):
         beta: float = 1.0,
         width: int | None = None,
         temperature: float = 0.1,
+        beta_anneal_steps: int = 0,
     ):
         super().__init__()
         if method not in METHODS:
@@ -166,6 +168,9 @@ class MultiViewHead(nn.Module):
             raise UserError(f"multi-view beta must be >= 0, got {beta}")
         if temperature <= 0:
             raise UserError(f"contrastive temperature must be > 0, got {temperature}")
+        if beta_anneal_steps < 0:
+            raise UserError(f"beta_anneal_steps must be >= 0 (0: constant beta), got {beta_anneal_steps}")
+        self.beta_anneal_steps = int(beta_anneal_steps)
         width = width or hidden_size
         self.method, self.beta, self.temperature = method, float(beta), float(temperature)
         self.encoder = GaussianEncoder(hidden_size, z_dim, width)
@@ -174,7 +179,11 @@ class MultiViewHead(nn.Module):
         elif method == "infomax":
             self.critic = Critic(hidden_size, z_dim, width)
 
-    def forward(self, h1: torch.Tensor, h2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, h1: torch.Tensor, h2: torch.Tensor, step: int = 0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_M and its parts for view batches [B, H]; ``step`` (the optimiser step) sets an annealed beta."""
+        beta = annealed_beta(step, self.beta, self.beta_anneal_steps)
         if h1.dim() != 2 or h1.shape != h2.shape:
             raise ValueError(f"h1 and h2 must both be [B, H]; got {tuple(h1.shape)} and {tuple(h2.shape)}")
         if h1.shape[0] < 2:
@@ -186,7 +195,7 @@ class MultiViewHead(nn.Module):
             )
             # zero, but attached to every head parameter so DDP sees all of them used on every rank
             zero = 0.0 * sum(p.sum() for p in self.parameters())
-            return zero, {"loss": 0.0, "i_jsd": 0.0, "d_skl": 0.0, "beta": self.beta, "skipped": 1.0}
+            return zero, {"loss": 0.0, "i_jsd": 0.0, "d_skl": 0.0, "beta": beta, "skipped": 1.0}
 
         # [decided] a parameter-free LayerNorm first: last-token states of a barely trained RM differ by
         # ~1 % between inputs, too little for the critic to separate before the encoder adapts.
@@ -195,7 +204,7 @@ class MultiViewHead(nn.Module):
         mu1, sigma1, z1 = self.encoder(h1)
         mu2, sigma2, z2 = self.encoder(h2)
         d_skl = symmetric_kl(mu1, sigma1, mu2, sigma2).mean()
-        stats: dict[str, float] = {"d_skl": d_skl.item(), "beta": self.beta}
+        stats: dict[str, float] = {"d_skl": d_skl.item(), "beta": beta}
 
         if self.method == "contrastive":
             nce = info_nce(mu1, mu2, self.temperature)
@@ -209,8 +218,7 @@ class MultiViewHead(nn.Module):
             stats["i_jsd"] = i_jsd.item()
         else:
             i_jsd = jsd_mutual_information(*self.critic.pairs(z1, z2))
-            beta = self.beta if self.method == "mib" else 0.0
-            loss = -i_jsd + beta * d_skl
+            loss = -i_jsd + (beta if self.method == "mib" else 0.0) * d_skl
             stats["i_jsd"] = i_jsd.item()
         stats["loss"] = loss.item()
         return loss, stats

@@ -16,7 +16,6 @@ skipped and reported in the returned `ReadReport` instead.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,10 +224,8 @@ def _instruction_row(row: dict, fmt: str, path: str, i: int) -> Instruction:
 # Public readers
 
 
-def _read(path: str | Path, kind: str, skip_invalid: bool | None, expected: tuple[str, ...] | None, parse_row):
+def _read(path: str | Path, kind: str, skip_invalid: bool, expected: tuple[str, ...] | None, parse_row):
     path = str(path)
-    if skip_invalid is None:  # the CLI's global --skip_invalid sets this for every reader of the run
-        skip_invalid = os.environ.get("RLP_SKIP_INVALID") == "1"
     items, report = [], None
     seen = set()
     for i, row in read_rows(path):
@@ -269,7 +266,7 @@ def _read(path: str | Path, kind: str, skip_invalid: bool | None, expected: tupl
 
 
 def read_preferences(
-    path: str | Path, *, skip_invalid: bool | None = None, with_report: bool = False
+    path: str | Path, *, skip_invalid: bool = False, with_report: bool = False
 ) -> list[Preference] | tuple[list[Preference], ReadReport]:
     """Read a preference file in any supported format; exact duplicate pairs are dropped and counted."""
     items, report = _read(path, "preference", skip_invalid, PREFERENCE_FORMATS,
@@ -278,7 +275,7 @@ def read_preferences(
 
 
 def read_instructions(
-    path: str | Path, *, skip_invalid: bool | None = None, with_report: bool = False
+    path: str | Path, *, skip_invalid: bool = False, with_report: bool = False
 ) -> list[Instruction] | tuple[list[Instruction], ReadReport]:
     """Read an instruction file (Alpaca, AlpacaFarm eval, prompt column, answers files)."""
     items, report = _read(path, "instruction", skip_invalid, INSTRUCTION_FORMATS, _instruction_row)
@@ -301,7 +298,7 @@ def _samples_row(row: dict, fmt: str, path: str, i: int) -> SampleSet:
 
 
 def read_sample_sets(
-    path: str | Path, *, skip_invalid: bool | None = None, with_report: bool = False
+    path: str | Path, *, skip_invalid: bool = False, with_report: bool = False
 ) -> list[SampleSet] | tuple[list[SampleSet], ReadReport]:
     """Read a policy-sample file: JSONL rows ``{prompt, responses: [...], meta}``."""
     items, report = _read(path, "samples", skip_invalid, ("samples",), _samples_row)

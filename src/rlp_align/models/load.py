@@ -1,0 +1,151 @@
+"""Loading tokenizers (with the pad-token policy), policies, reward and value models; LoRA; saving.
+
+The reward model is a sequence classifier with ``num_labels=1``; value models are reward-model-shaped
+and initialised from the RM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import SafetensorError
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlp_align.errors import UserError
+from rlp_align.io import atomic_path
+from rlp_align.models.registry import resolve_model
+from rlp_align.models.scoring import reward_head, unwrap_model
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer ready for batched generation: a pad token, left padding."""
+    folder = resolve_model(name_or_path, allow_pickle=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load a tokenizer from {folder}: {e}") from None
+    if tokenizer.eos_token_id is None:  # every response we encode or sample ends with EOS
+        raise UserError(f"the tokenizer in {folder} has no EOS token, so responses cannot be terminated; "
+                        "set eos_token in its tokenizer_config.json")
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token distinct from EOS when it can, and pad on the left.
+
+    Distinct matters for interoperability: Hugging Face's sequence classifiers pool at the last token
+    that is not the pad token, so with pad == EOS a saved RM would be read one token early by TRL or
+    OpenRLHF. We reuse an existing unused special token (UNK, ``<|endoftext|>``) rather than adding
+    one, so embeddings keep their size; our own code reads everything through attention masks.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is None or tokenizer.pad_token == eos:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        for candidate in (tokenizer.unk_token, "<|endoftext|>", "<pad>", "<|pad|>"):
+            if candidate and candidate != eos and candidate in vocab:
+                tokenizer.pad_token = candidate
+                break
+        else:
+            if tokenizer.pad_token is None:
+                if eos is None:
+                    raise UserError("the tokenizer has neither a pad, an EOS nor an UNK token; cannot pad batches")
+                tokenizer.pad_token = eos
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
+    return {"dtype": torch.float32, "use_safetensors": None if allow_pickle else True,
+            "trust_remote_code": trust_remote_code}
+
+
+def load_policy(
+    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A causal LM in fp32 (the policy, the reference policy)."""
+    folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
+        raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
+    return model
+
+
+def load_reward_model(
+    name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A sequence classifier with one output (reward or value model).
+
+    From a causal-LM folder (an SFT policy) the backbone is reused and the linear head is new and
+    zero-initialised, so every response starts at reward 0 (AlpacaFarm and TRL do the same).
+    """
+    folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
+    config = json.loads((folder / "config.json").read_text())
+    is_classifier = any("ForSequenceClassification" in a for a in config.get("architectures") or [])
+    if is_classifier:
+        num_labels = len(config.get("id2label") or {}) or config.get("num_labels", 1)
+        if num_labels != 1:
+            raise UserError(
+                f"{folder} is a classifier with {num_labels} labels; a reward model must have num_labels=1"
+            )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, **_load_kwargs(allow_pickle, trust_remote_code)
+        )
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
+        raise UserError(f"cannot load a reward model from {folder}: {e}") from None
+    if not is_classifier:
+        torch.nn.init.zeros_(reward_head(model).weight)
+        if getattr(reward_head(model), "bias", None) is not None:
+            torch.nn.init.zeros_(reward_head(model).bias)
+    if model.config.pad_token_id is None:
+        # HF's own forward() needs it to find the last token; our scoring uses the attention mask.
+        model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    return model
+
+
+load_value_model = load_reward_model
+
+
+def apply_lora(model: PreTrainedModel, r: int = 16, alpha: int = 32, dropout: float = 0.0) -> torch.nn.Module:
+    """LoRA adapters on every linear layer of the backbone (peft); a reward/value head stays fully trainable.
+
+    The head (``score``/``classifier``) goes to ``modules_to_save``; the LM head of a policy is not adapted.
+    ``merge_lora`` turns the result back into a plain model for saving.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    backbone = model.base_model
+    targets = sorted({n.split(".")[-1] for n, m in backbone.named_modules() if isinstance(m, torch.nn.Linear)})
+    if not targets:
+        raise UserError(f"{type(model).__name__} has no linear layers in its backbone to put LoRA adapters on")
+    heads = [n for n in ("score", "classifier") if isinstance(getattr(model, n, None), torch.nn.Module)]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        modules_to_save=heads or None)
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters into the weights (and the trained head copy into place); other models pass through."""
+    model = getattr(model, "module", model)
+    return model.merge_and_unload() if hasattr(model, "peft_config") else model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> None:
+    """``save_pretrained`` (safetensors) of model and tokenizer, atomically."""
+    model = unwrap_model(model) if not hasattr(model, "peft_config") else model
+    model.config.pad_token_id = tokenizer.pad_token_id  # what HF's classifier pooling keys on
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

@@ -1,0 +1,79 @@
+"""Reading a reward model: its linear head, and the score r(x, y) at the last real token.
+
+The score is read at the last position whose attention mask is 1, so left and right padding agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlp_align.errors import UserError
+from rlp_align.templates import collate, encode_pair
+
+
+def reward_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """The linear head of a sequence classifier (``score`` in Llama-like models, ``classifier`` in BERT)."""
+    model = unwrap_model(model)
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if head is None:
+        raise UserError(f"{type(model).__name__} has no 'score' or 'classifier' head")
+    return head
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP and PEFT wrappers (LoRA layers stay injected in the unwrapped modules)."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, for left or right padding alike."""
+    flipped_first = attention_mask.flip(-1).long().argmax(-1)
+    return attention_mask.shape[-1] - 1 - flipped_first
+
+
+def reward_scores(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores r(x, y) and final-layer hidden states, both read at the last real token.
+
+    Returns ``(scores [B], hidden [B, H])``. The hidden state is what RLP-UML's encoder reads.
+    """
+    inner = unwrap_model(model)
+    backbone = inner.base_model
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state
+    idx = last_token_index(attention_mask)
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+    return reward_head(inner)(last).squeeze(-1), last
+
+
+@torch.no_grad()
+def score_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list,
+    responses: list[str],
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> torch.Tensor:
+    """RM scores for (prompt, response) pairs, batched; returns a float tensor [N]."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(responses), batch_size):
+        encoded = [
+            encode_pair(tokenizer, p, r, max_length).input_ids
+            for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
+        ]
+        ids, mask = collate(encoded, tokenizer.pad_token_id)
+        scores, _ = reward_scores(model, ids.to(device), mask.to(device))
+        out.append(scores.float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
