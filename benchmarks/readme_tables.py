@@ -1,6 +1,6 @@
 """Rewrite the README's benchmark tables from the result JSON files (figures are measured, never typed in).
 
-    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality}.json
+    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality,gpu}.json
 
 Replaces everything between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` in README.md. A
 missing JSON file gives a line saying that benchmark is not yet measured.
@@ -165,11 +165,63 @@ def quality_measured(target: dict[str, Any], d: dict[str, Any]) -> str:
             f"win-rate lies in {pct(min(means))} – {pct(max(means))} %")
 
 
-def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None) -> str:
+def gb(x: float | None) -> str:
+    return num(x, ".1f")
+
+
+def render_gpu(d: dict[str, Any]) -> str:
+    """The GPU check (`benchmarks/gpu_check.sh`): tests on CUDA, trainer steps, TRL ratio, sampling."""
+    s, v = d["settings"], d.get("versions", {})
+    commit = (d.get("commit") or "unknown")[:10]
+    dry = " **Dry run on the CPU: the numbers check the plumbing and mean nothing.**" if d.get("dry_run") else ""
+    peak = (d.get("peak") or {}).get("flops_per_second")
+    t = d.get("tests") or {}
+    tests = (f"{t.get('tests', '?')} tests, {t.get('failures', '?')} failures, {t.get('errors', '?')} errors"
+             if t.get("status") == "ok" else f"did not finish ({t.get('status', 'not run')})")
+    lines = ["### GPU (`benchmarks/results/gpu.json`)\n",
+             f"Measured {d.get('date', '?')} at commit `{commit}` on {d.get('gpu') or 'no GPU'} (torch "
+             f"{v.get('torch')}, transformers {v.get('transformers')}); random weights, tokenizer: "
+             f"{d.get('tokenizer')}; bf16 autocast with fp32 weights; batch {s['batch']}, {s['new_tokens']} new "
+             f"tokens, {s['ppo_epochs']} PPO epochs; step 2 of 2 timed. MFU against the measured bf16 matmul peak "
+             f"of {num(peak and peak / 1e12, '.3g')} TFLOP/s.{dry}\n",
+             f"Device-marked tests on {t.get('device', 'cuda')}: {tests}.\n",
+             "| run | step s | rollout s | score s | update s | peak GPU GB | MFU step % | MFU update % |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind in ("ppo", "rloo"):
+        for name, r in (d.get(kind) or {}).items():
+            if r.get("status") != "ok" or not r.get("available", True):
+                lines.append(f"| {kind} {name} | {r.get('reason') or r.get('status')} |  |  |  |  |  |  |")
+                continue
+            ph, m = r.get("phases") or {}, r.get("mfu") or {}
+            lines.append(f"| {kind} {name} | {num(r.get('step_seconds'))} | {num(ph.get('time_rollout'))} | "
+                         f"{num(ph.get('time_score'))} | {num(ph.get('time_update'))} | "
+                         f"{gb(r.get('peak_gpu_memory_gb'))} | {pct(m.get('step'))} | {pct(m.get('update'))} |")
+    for name, r in (d.get("trl") or {}).items():
+        if r.get("step_seconds") is None:
+            reason = r.get("reason") or (r.get("error") or r.get("status", ""))[-120:].replace("\n", " ")
+            lines.append(f"| TRL 1.12 PPO {name} | not measured: {reason} |  |  |  |  |  |  |")
+        else:
+            lines.append(f"| TRL 1.12 PPO {name} | {num(r['step_seconds'])} |  |  |  | "
+                         f"{gb(r.get('peak_gpu_memory_gb'))} |  |  |")
+    ratio = (d.get("trl_ratio") or {}).get("trl_step_over_ours")
+    lines.append("\nTRL's step time over ours (135M, full fine-tuning): "
+                 + ("not measured." if ratio is None else f"{ratio:.2f}×."))
+    lines += ["\n| sampling | batch | new tokens/s | seconds | peak GPU GB |", "|---|---|---|---|---|"]
+    for arch, r in (d.get("sampling") or {}).items():
+        for batch, b in (r.get("batches") or {}).items():
+            lines.append(f"| {arch} | {batch} | {num(b['tokens_per_second'], '.0f')} | {num(b['seconds'])} | "
+                         f"{gb(b.get('peak_gpu_memory_gb'))} |")
+    return "\n".join(lines)
+
+
+def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None, gpu: dict[str, Any] | None = None) -> str:
     parts = [render_speed(speed) if speed else
              "### Speed\n\nNot yet measured: run `.venv/bin/python benchmarks/speed.py`.",
              render_quality(quality) if quality else
-             "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py`."]
+             "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py`.",
+             render_gpu(gpu) if gpu else
+             "### GPU\n\nNot yet measured: no GPU has run `benchmarks/gpu_check.sh` yet (the CPU runs its "
+             "`--dry-run`)."]
     return "\n\n".join(parts)
 
 
@@ -190,10 +242,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", default=str(RESULTS / "speed.json"))
     parser.add_argument("--quality", default=str(RESULTS / "quality.json"))
+    parser.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args()
     readme = Path(args.readme)
-    body = render(read(Path(args.speed)), read(Path(args.quality)))
+    body = render(read(Path(args.speed)), read(Path(args.quality)), read(Path(args.gpu)))
     from rlp_align.io import write_text
 
     write_text(readme, replace_section(readme.read_text(), body))

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 autocast, fp32 weights (gpu_check.py)")
     args = parser.parse_args()
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -89,7 +90,7 @@ def main() -> None:
         vf_coef=0.1,
         gamma=1.0,
         lam=1.0,
-        bf16=False,
+        bf16=args.gpu,
         fp16=False,
         gradient_checkpointing=False,
         num_sample_generations=0,
@@ -97,7 +98,7 @@ def main() -> None:
         report_to="none",
         logging_steps=1,
         disable_tqdm=True,
-        use_cpu=True,
+        use_cpu=not args.gpu,
         seed=args.seed,
         dataloader_num_workers=0,
     )
@@ -161,6 +162,7 @@ def main() -> None:
         "generated_width": widths,
         "phases": phases,
         "threads": torch.get_num_threads(),
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if args.gpu else None,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

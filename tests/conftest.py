@@ -9,6 +9,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--rlp-device", default=os.environ.get("RLP_TEST_DEVICE") or None, choices=("cpu", "cuda"),
+                     help="run the device-marked tiny-model tests on this device (default: $RLP_TEST_DEVICE, "
+                          "else the package's own rule: a GPU when one is visible, else the CPU)")
+
+
+def pytest_configure(config):
+    """``--rlp-device`` / ``RLP_TEST_DEVICE`` becomes ``RLP_DEVICE``: the package's one device rule
+    (`rlp_align.device.default_device`) then puts every trainer's, sampler's and scorer's model there."""
+    wanted = config.getoption("--rlp-device")
+    if wanted:
+        os.environ["RLP_DEVICE"] = wanted
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where device-marked tests put the tensors and models they build themselves."""
+    from rlp_align.device import default_device
+
+    return default_device()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data folder `../shared/data`; tests that need it skip when it is absent."""

@@ -185,3 +185,30 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| RLP-SPG above PPO | CI low 55.0 % vs PPO's CI high 50.0 %; every method's mean win-rate lies in " \
            "60.0 – 60.0 % | **pass** |" in text
     assert "| refined RMs better | RM0 55.0 %; RLP-UML 60.0 % (above RM0 in 1 of 2 seeds) | **pass** |" in text and "against the reference answers" in text
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: every phase of the GPU check runs on the CPU (tiny sizes) and the
+    README's GPU table renders from its JSON. (The "under 2 minutes" is measured, not asserted here.)"""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--dry-run", "--budget_s", "900"], env=env,
+                          capture_output=True, text=True, timeout=1000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads((tmp_path / "gpu.json").read_text())
+    assert d["dry_run"] and d["settings"]["batch"] == 4 and d["gpu"] is None
+    assert d["tests"]["status"] == "ok" and d["tests"]["tests"] >= 3 and d["tests"]["failures"] == 0
+    assert d["peak"]["flops_per_second"] > 0 and d["build"]["tiny"]["status"] == "ok"
+    for tag in ("full", "lora"):
+        run = d["ppo"][f"tiny/{tag}"]
+        assert run["status"] == "ok" and run["config"]["optim"]["mixed_precision"] == "bf16", run
+        assert run["step_seconds"] > 0 and 0 < run["mfu"]["step"] < 1 and 0 < run["mfu"]["update"] < 1
+        assert run["phases"]["response_length"] > 0
+    rloo = d["rloo"]["tiny/full"]
+    assert rloo["status"] == "ok" and (rloo["step_seconds"] > 0 if rloo["available"] else rloo["reason"])
+    assert d["trl"]["tiny/full"]["status"] == "ok"  # measured, or a reason why trl does not import
+    batches = d["sampling"]["tiny"]["batches"]
+    assert set(batches) == {"4", "8"} and all(b["tokens_per_second"] > 0 for b in batches.values())
+    tables = _module("readme_tables")
+    text = tables.render(None, None, d)
+    assert "| ppo tiny/full |" in text and "Dry run on the CPU" in text and "| tiny | 8 |" in text
+    assert "### GPU\n\nNot yet measured" in tables.render(None, None)

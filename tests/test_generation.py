@@ -19,6 +19,8 @@ from rlp_align.generation import (
 from rlp_align.models import load_policy, load_tokenizer
 from rlp_align.templates import collate, encode_prompt
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 PROMPTS = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle, clouds and rain")]
 
 

@@ -36,6 +36,8 @@ from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
 from rlp_align.templates import collate, encode_prompt
 from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 # ---------------------------------------------------------------------------------------------------------
 # Pure functions, by hand
 

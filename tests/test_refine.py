@@ -26,6 +26,8 @@ from rlp_align.reward import (
 from rlp_align.training import OptimConfig, read_metrics
 from rlp_align.uml import MultiViewHead
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def sample_sets(n: int, k: int = 4, seed: int = 0) -> list[SampleSet]:
     rng = random.Random(seed)

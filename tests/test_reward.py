@@ -24,6 +24,8 @@ from rlp_align.reward import (
 from rlp_align.templates import encode_pair
 from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def small_cfg(out, lora: LoraConfig | None = None, eval_every: int = 0, **optim) -> RewardConfig:
     """A tiny RM run; other keyword arguments are `optim` settings."""

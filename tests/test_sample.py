@@ -10,6 +10,8 @@ from rlp_align.errors import UserError
 from rlp_align.models import load_policy, load_tokenizer
 from rlp_align.sample import SampleConfig, run_sample, sample_policy
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 PROMPTS = [user_prompt("Name a colour."), user_prompt("Count to three.")]
 
 

@@ -12,6 +12,8 @@ from rlp_align.models import load_tokenizer, resolve_model
 from rlp_align.sft import SFTConfig, encode_examples, sft_batch, sft_loss, train_sft
 from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 ANSWERS = ["Paris is the capital of France.", "Water boils at 100 degrees Celsius at sea level.",
            "1. First 2. Second 3. Third", "The quick brown fox jumps over the lazy dog."]
 

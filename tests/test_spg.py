@@ -16,6 +16,8 @@ from rlp_align.spg import (
     synthesize_preferences,
 )
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def sset(name: str, responses: list[str]) -> SampleSet:
     return SampleSet(user_prompt(name), responses, {"id": name})

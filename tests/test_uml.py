@@ -17,6 +17,8 @@ from rlp_align.uml import (
     symmetric_kl,
 )
 
+pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
+
 
 def test_symmetric_kl_of_identical_gaussians_is_zero():
     g = torch.Generator().manual_seed(0)

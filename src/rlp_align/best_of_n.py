@@ -13,9 +13,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.ensemble import RewardFn, make_reward_fn
 from rlp_align.errors import UserError
-from rlp_align.generation import answer_rows, default_device, generate
+from rlp_align.generation import answer_rows, generate
 from rlp_align.io import write_jsonl
 
 

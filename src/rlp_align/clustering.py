@@ -95,9 +95,13 @@ class NLIEntailment:
         max_length: int = 256,
         prepend_instruction: bool = True,
         batch_size: int = 16,
-        device: str = "cpu",
+        device: str | torch.device | None = None,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from rlp_align.device import default_device
+
+        device = device or default_device()
 
         folder = Path(model_path)
         if not folder.is_dir():

@@ -30,9 +30,13 @@ def bundled_encoder_path() -> Path:
 class SentenceEncoder:
     """Encode texts to unit-norm vectors; ``path`` is any BERT-like transformers folder."""
 
-    def __init__(self, path: str | Path | None = None, max_length: int = 256, device: str = "cpu"):
+    def __init__(self, path: str | Path | None = None, max_length: int = 256,
+                 device: str | torch.device | None = None):
         from transformers import AutoModel, AutoTokenizer
 
+        from rlp_align.device import default_device
+
+        device = device or default_device()
         folder = Path(path) if path is not None else bundled_encoder_path()
         if not folder.is_dir():
             raise UserError(f"sentence encoder folder {folder} does not exist")

@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.errors import UserError
 from rlp_align.models import load_reward_model, load_tokenizer, reward_scores, score_texts
 
@@ -59,9 +60,9 @@ class RewardModelFn:
         self.batch_size, self.max_length = batch_size, max_length
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, *, device: torch.device | str = "cpu", batch_size: int = 8,
+    def from_path(cls, path: str | os.PathLike, *, device: torch.device | str | None = None, batch_size: int = 8,
                   max_length: int = 1024) -> RewardModelFn:
-        return cls(load_reward_model(path).to(device), load_tokenizer(path), batch_size=batch_size,
+        return cls(load_reward_model(path).to(device or default_device()), load_tokenizer(path), batch_size=batch_size,
                    max_length=max_length)
 
     def __call__(self, prompts: list[Messages], responses: list[str]) -> torch.Tensor:
@@ -83,7 +84,7 @@ class EnsembleReward:
     """k reward models aggregated by `aggregate`; callable as a reward function."""
 
     def __init__(self, model_paths: list[str | os.PathLike | RewardModelFn], method: str = "mean",
-                 uwo_lambda: float = 0.5, *, device: torch.device | str = "cpu", batch_size: int = 8,
+                 uwo_lambda: float = 0.5, *, device: torch.device | str | None = None, batch_size: int = 8,
                  max_length: int = 1024):
         if not model_paths:
             raise UserError("a reward ensemble needs at least one member reward model")
@@ -116,7 +117,7 @@ def make_reward_fn(
     ensemble_aggregate: str = "mean",
     uwo_lambda: float = 0.5,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     batch_size: int = 8,
     max_length: int = 1024,
 ) -> RewardModelFn | EnsembleReward:

@@ -141,12 +141,13 @@ class RMAccuracyConfig:
 
 def run_rm_accuracy(cfg: RMAccuracyConfig) -> dict:
     from rlp_align.data.readers import read_preferences
+    from rlp_align.device import default_device
     from rlp_align.models import load_reward_model, load_tokenizer
 
     if not cfg.rm_path or not cfg.preferences:
         raise UserError("eval rm-accuracy needs rm_path=<reward model> and preferences=<preference file>")
     prefs = read_preferences(cfg.preferences, skip_invalid=cfg.skip_invalid)[: cfg.limit]
-    model, tokenizer = load_reward_model(cfg.rm_path), load_tokenizer(cfg.rm_path)
+    model, tokenizer = load_reward_model(cfg.rm_path).to(default_device()), load_tokenizer(cfg.rm_path)
     result = {"rm_path": cfg.rm_path, "preferences": cfg.preferences,
               **rm_accuracy(model, tokenizer, prefs, cfg.batch_size, cfg.max_length)}
     if cfg.output_dir:

@@ -12,31 +12,21 @@ deterministic given its arguments and does not disturb (or depend on) the global
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Instruction, Messages
+from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
 from rlp_align.logprobs import entropy_from_logits, tempered, token_logprobs
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    """Where a command's models go: this rank's GPU when there is one (``LOCAL_RANK``), else the CPU.
-
-    Deliberately not Accelerate's state, which must be first created by `training.make_accelerator`.
-    """
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def seeded_generator(*seeds: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -221,6 +211,7 @@ class GenerateConfig:
     max_prompt_length: int = 512
     batch_size: int = 8
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     limit: int | None = None
     skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
 
@@ -277,10 +268,12 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     instructions = read_instructions(cfg.instructions_file, skip_invalid=cfg.skip_invalid)
     if cfg.limit is not None:
         instructions = instructions[: cfg.limit]
-    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(default_device())
-    rows = generate_answers(model, tokenizer, instructions, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
-                            batch_size=cfg.batch_size, seed=cfg.seed, meta={"generator": str(cfg.policy)})
+    device = default_device()
+    tokenizer, model = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
+    with autocast(cfg.mixed_precision, device):
+        rows = generate_answers(model, tokenizer, instructions, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
+                                batch_size=cfg.batch_size, seed=cfg.seed, meta={"generator": str(cfg.policy)})
     write_jsonl(cfg.output_file, rows)
     return {
         "output_file": str(cfg.output_file),

@@ -29,9 +29,10 @@ import torch
 from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
+from rlp_align.device import default_device
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
-from rlp_align.generation import default_device, seeded_generator
+from rlp_align.generation import seeded_generator
 from rlp_align.logprobs import token_logprobs
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
 from rlp_align.ppo_losses import (
@@ -220,7 +221,7 @@ def train_ppo(
     """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
     if not prompts:
         raise UserError("PPO needs at least one prompt")
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
     run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
@@ -265,8 +266,9 @@ def train_ppo(
         indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size, step, cfg.seed), accelerator)
         batch_prompts = [prompts[i] for i in indices]
         generator = seeded_generator(cfg.seed, step, accelerator.process_index, device=device)
-        rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
-                                      score_tokens, timings)
+        with accelerator.autocast():  # the rollout's forwards bypass the prepared (autocast) forward
+            rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
+                                          score_tokens, timings)
         check_finite("reward", rollout.raw_scores, step + 1, out_dir)
 
         # ---- 3. KL-shaped rewards, GAE, whitened advantages

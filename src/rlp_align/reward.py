@@ -209,7 +209,7 @@ def train_reward_model(
     summary_extra: dict | None = None,
 ) -> dict:
     """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
-    acc = make_accelerator(cfg.seed)
+    acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
     run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
@@ -239,10 +239,11 @@ def train_reward_model(
     if extra_loss is not None:
         groups.append({"params": list(extra_loss.head.parameters()),
                        "lr": extra_loss.learning_rate or cfg.optim.learning_rate})
-    params = [p for g in groups for p in g["params"]]
     optimizer = adamw(groups, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
+    # after prepare: FSDP replaces the parameters by sharded ones (the optimiser's groups are updated)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     scorer, head = modules[0], (modules[1] if extra_loss else None)
 
     clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages, SampleSet
+from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
-from rlp_align.generation import default_device, generate
+from rlp_align.generation import generate
 from rlp_align.io import write_jsonl
 
 
@@ -30,6 +31,7 @@ class SampleConfig:
     max_prompt_length: int = 512
     batch_size: int = 16  # sequences per generation batch
     seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16/fp16 autocast; parameters stay fp32
     limit: int | None = None  # only the first `limit` prompts
     engine: Literal["torch", "vllm"] = "torch"  # vllm: optional extra, GPU only (`pip install rlp-align[vllm]`)
     skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
@@ -119,10 +121,12 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
                                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                 seed=cfg.seed, meta={"policy": str(cfg.policy)})
     else:
-        model = load_policy(cfg.policy).to(default_device())
-        sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
-                             batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})
+        device = default_device()
+        model = load_policy(cfg.policy).to(device)
+        with autocast(cfg.mixed_precision, device):
+            sets = sample_policy(model, tokenizer, prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 max_new_tokens=cfg.max_new_tokens, max_prompt_length=cfg.max_prompt_length,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, meta={"policy": str(cfg.policy)})
     write_sample_sets(cfg.output_file, sets)
     responses = [r for s in sets for r in s.responses]
     return {

@@ -118,7 +118,7 @@ def evaluate_sft(model, examples: list[Example], pad_id: int, batch_size: int, a
 
 def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Instruction] | None = None) -> dict:
     """Fine-tune ``cfg.model`` on the reference answers of ``records``; write ``cfg.output_dir``."""
-    acc = make_accelerator(cfg.seed)
+    acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
     run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
@@ -138,10 +138,12 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     pad_id = tokenizer.pad_token_id
     total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(examples) // cfg.optim.batch_size)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.learning_rate,
+                      weight_decay=cfg.optim.weight_decay)
     scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    # after prepare: FSDP replaces the parameters by sharded ones (the optimiser's groups are updated)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     last: dict[str, float] = {}

@@ -206,8 +206,7 @@ def _validate(cfg: SPGConfig) -> None:
 
 def _score(cfg: SPGConfig, sample_sets: list[SampleSet], wanted: list[bool]) -> list[list[float]]:
     """RM scores of every response of the wanted instructions; NaN (never read) for the others."""
-    import torch
-
+    from rlp_align.device import default_device
     from rlp_align.models import load_reward_model, load_tokenizer, score_texts
 
     prompts, responses = [], []
@@ -218,7 +217,7 @@ def _score(cfg: SPGConfig, sample_sets: list[SampleSet], wanted: list[bool]) -> 
     flat: list[float] = []
     if responses:
         model = load_reward_model(cfg.reward_model)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(default_device())
         tokenizer = load_tokenizer(cfg.reward_model)
         flat = score_texts(model, tokenizer, prompts, responses, cfg.batch_size, cfg.max_length).tolist()
     out, k = [], 0
@@ -234,6 +233,7 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
     from rlp_align.clustering import NLIEntailment, cluster_many
     from rlp_align.data.readers import read_sample_sets
     from rlp_align.data.writers import write_preferences
+    from rlp_align.device import default_device
     from rlp_align.io import write_json
 
     _validate(cfg)
@@ -245,10 +245,7 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
         gamma = 0.0 if cfg.selection == "select_all" else cfg.gamma
         entail_fn = None
         if cfg.backend == "nli":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length, device=device)
+            entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length, device=default_device())
         cluster_ids = cluster_many(
             [s.responses for s in sample_sets], cfg.backend,
             instructions=[prompt_text(s.prompt) for s in sample_sets], entail_fn=entail_fn, rule=cfg.rule,

@@ -42,10 +42,12 @@ def _two_samples(policy: str, instructions: list[Instruction], temperature: floa
     Returns the instructions kept, their pairs, and how many were dropped because a sample was empty (the
     policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it.
     """
+    from rlp_align.device import default_device
     from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
 
-    gens = generate(load_policy(policy), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
+    device = default_device()
+    gens = generate(load_policy(policy).to(device), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
                     temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     kept = [(x, pair) for x, pair in zip(instructions, gens.grouped()) if all(t.strip() for t in pair)]
     return [x for x, _ in kept], [pair for _, pair in kept], len(instructions) - len(kept)
@@ -116,8 +118,7 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
     """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves).
 
     One reward model, or an ensemble of them combined by ``aggregate`` (with ``uwo_lambda`` for "uwo")."""
-    from accelerate import PartialState
-
+    from rlp_align.device import default_device
     from rlp_align.ensemble import make_reward_fn
     from rlp_align.ppo import train_ppo as ppo_train
 
@@ -127,7 +128,7 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
                                   output_dir=str(folder), seed=seed, **ensemble)
     instructions = read_instructions(pools["unlabelled"])
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
-                               ppo_cfg.uwo_lambda, device=PartialState().device,
+                               ppo_cfg.uwo_lambda, device=default_device(),
                                batch_size=ppo_cfg.reward_batch_size,
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
     by_prompt = {x.text: x for x in instructions}
@@ -230,6 +231,7 @@ def on_policy_pairs(annotator: AnnotatorConfig, policy: str, pools: dict, temper
 def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
              eval_baseline: str, rm_batch_size: int, rm_max_length: int, seed: int, folder: Path) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy."""
+    from rlp_align.device import default_device
     from rlp_align.evaluate import rm_accuracy, win_rate
     from rlp_align.io import read_rows
     from rlp_align.models import load_reward_model, load_tokenizer
@@ -255,7 +257,7 @@ def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str,
     accuracy = {}
     for label, path in rms.items():
         if pairs:
-            model, tok = load_reward_model(path), load_tokenizer(path)
+            model, tok = load_reward_model(path).to(default_device()), load_tokenizer(path)
             accuracy[label] = rm_accuracy(model, tok, pairs, batch_size=rm_batch_size, max_length=rm_max_length)
     result = {"win_rates": table, "rm_accuracy_on_policy": accuracy, "baseline": eval_baseline,
               "n_eval": len(instructions), "on_policy_pairs": len(pairs)}

@@ -16,12 +16,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -53,6 +53,8 @@ class OptimConfig:
     logging_every: int = 1
     save_every: int = 0  # checkpoint every n steps (0: never, no resume)
     keep_checkpoint: bool = False  # keep checkpoint/ after the run instead of removing it
+    # bf16/fp16: forwards under autocast, parameters, gradients and optimiser state fp32; "no": the launcher's
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 @dataclass
@@ -65,18 +67,37 @@ class LoraConfig:
     dropout: float = 0.0
 
 
-def make_accelerator(seed: int, gradient_accumulation_steps: int = 1) -> Accelerator:
-    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed."""
+def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_precision: str = "no") -> Accelerator:
+    """One Accelerator per run; the launcher (python, torchrun, accelerate launch) decides DDP/FSDP/DeepSpeed.
+
+    ``mixed_precision`` ("no", "bf16", "fp16"): parameters and optimiser state stay fp32; the forward of every
+    prepared model runs under autocast in that type, and trainers wrap the forwards they make through an
+    unwrapped model (rollouts, reference, reward) in ``accelerator.autocast()``. With "no" the launcher may
+    still ask for it (``accelerate launch --mixed_precision bf16`` or an Accelerate config file's setting).
+    """
+    from accelerate.state import AcceleratorState
+
+    from rlp_align.device import autocast, requested_device
+
+    if mixed_precision == "no":
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
     torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
-    # otherwise every rank silently runs as an independent single process.
-    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # otherwise every rank silently runs as an independent single process. RLP_DEVICE=cpu does the same on a GPU.
+    cpu = requested_device().type == "cpu"
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        # Accelerate refuses to change the precision of a live state; stages of one process (a pipeline,
+        # a test session) may differ. The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
-        cpu=cpu_ranks,
+        cpu=cpu,
+        mixed_precision=mixed_precision,
     )
     set_seed(seed)
     return accelerator
@@ -266,11 +287,16 @@ def save_final_outputs(
     out = Path(out_dir)
     accelerator.wait_for_everyone()
     final_model = merge_lora(model)
+    # Sharded parameters (FSDP, ZeRO-3) are gathered to full tensors by every rank together; rank 0 writes them.
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    full = accelerator.get_state_dict(final_model) if sharded else None
+    extras = {name: accelerator.get_state_dict(m) if sharded else m.state_dict()
+              for name, m in (extra_modules or {}).items()}
     if accelerator.is_main_process:
-        save_model(final_model, tokenizer, out / "model")
-        for name, module in (extra_modules or {}).items():
+        save_model(final_model, tokenizer, out / "model", state_dict=full)
+        for name, state in extras.items():
             with atomic_path(out / name) as tmp:
-                save_file({k: t.detach().cpu().contiguous() for k, t in module.state_dict().items()}, str(tmp))
+                save_file({k: t.detach().cpu().contiguous() for k, t in state.items()}, str(tmp))
         write_json(out / "summary.json", summary)
         if not keep_checkpoint:
             shutil.rmtree(out / "checkpoint", ignore_errors=True)

@@ -16,11 +16,12 @@ class RMAnnotator(Annotator):
     name = "rm"
 
     def __init__(self, path: str, temperature: float = 0.0, batch_size: int = 8, max_length: int = 1024):
+        from rlp_align.device import default_device
         from rlp_align.models import load_reward_model, load_tokenizer
 
         super().__init__(temperature)
         self.path, self.batch_size, self.max_length = str(path), batch_size, max_length
-        self.model = load_reward_model(path)
+        self.model = load_reward_model(path).to(default_device())
         self.tokenizer = load_tokenizer(path)
 
     def describe(self) -> dict:

@@ -142,10 +142,12 @@ def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload() if hasattr(model, "peft_config") else model
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> None:
-    """``save_pretrained`` (safetensors) of model and tokenizer, atomically."""
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``save_pretrained`` (safetensors) of model and tokenizer, atomically; ``state_dict``: full weights
+    gathered from sharded ranks (FSDP, ZeRO-3), used instead of the model's own (sharded) tensors."""
     model = unwrap_model(model) if not hasattr(model, "peft_config") else model
     model.config.pad_token_id = tokenizer.pad_token_id  # what HF's classifier pooling keys on
     with atomic_path(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
