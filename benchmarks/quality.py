@@ -39,7 +39,8 @@ METHODS = ["SFT", "Best-of-n", "PPO", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Orac
 RLP_VARIANTS = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG"]
 REFINED_RMS = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"]
 UNIT = (0.0, 1.0)  # win-rates and accuracies are fractions: their intervals are clipped to [0, 1]
-TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", "spg": "SPG (gamma = 0.5)"}
+TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", "spg": "SPG (gamma = 0.5)",
+          "west_of_n": "West-of-N (RM0's best vs worst)"}
 # two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy in the venv)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         15: 2.131, 20: 2.086, 30: 2.042}
@@ -207,7 +208,50 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
                              "pairs_per_seed": [r["spg_label_accuracy"].get(selection, {}).get("pairs")
                                                 for r in records]}
     return {"methods": methods, "rm_accuracy_on_policy": accuracy, "recovered_share": recovered,
-            "spg_label_accuracy": table5, "targets": targets(methods, accuracy, len(records))}
+            "spg_label_accuracy": table5, "targets": targets(methods, accuracy, len(records)),
+            **paired_aggregate(records)}
+
+
+def paired_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The paired keys of quality.json (issue 17): per-seed paired bootstrap CIs and the hierarchical bootstrap
+    pooled over seeds (`rlp_align.stats.seed_summary`), on the per-prompt / per-pair differences each seed's
+    evaluation stage wrote. A key whose inputs no seed has is absent; ``missing`` says why."""
+    from rlp_align.stats import recovered_share, seed_summary
+
+    def pooled(get) -> dict[str, Any] | None:
+        values = {r["seed"]: v for r in records if (v := get(r["evaluation"])) is not None}
+        return seed_summary(values) if values else None
+
+    def vs(base: str, label: str):
+        return lambda ev: ((ev.get("paired") or {}).get(base, {}).get(label) or {}).get("per_prompt_diff")
+
+    def acc(label: str, key: str = "rm_accuracy_vs_rm0"):
+        return lambda ev: ((ev.get(key) or {}).get(label) or {}).get("per_pair_diff")
+
+    vs_ppo = {m: s for m in METHODS if m != "PPO" and (s := pooled(vs("PPO", m)))}
+    rm_vs_rm0 = {m: s for m in REFINED_RMS if (s := pooled(acc(m)))}
+    controls = {"ppo_vs_sft_gold": pooled(vs("SFT", "PPO")), "oracle_rm_vs_rm0_accuracy": rm_vs_rm0.get("Oracle"),
+                "oracle_vs_ppo_gold": vs_ppo.get("Oracle")}
+    controls["refined_fit_d"] = {m: s for m in REFINED_RMS if (s := pooled(acc(m, "refined_fit_d")))} or None
+    missing = {k: "no seed has this comparison" for k, v in controls.items() if v is None}
+    recovered = {}
+    oracle = {r["seed"]: d for r in records if (d := vs("PPO", "Oracle")(r["evaluation"])) is not None}
+    for label in RLP_VARIANTS:
+        method = {r["seed"]: d for r in records if (d := vs("PPO", label)(r["evaluation"])) is not None}
+        if oracle and sorted(method) == sorted(oracle):
+            recovered[label] = {k: v for k, v in recovered_share(method, oracle).items() if k != "oracle_gain"}
+    share = {m: [r["evaluation"]["win_rates"][m].get("truncated_share") for r in records
+                 if m in r["evaluation"]["win_rates"]] for m in METHODS}
+    return {"controls": {k: v for k, v in controls.items() if v is not None}, "controls_missing": missing,
+            "vs_ppo": vs_ppo, "rm_accuracy_vs_rm0": rm_vs_rm0, "recovered_share_paired": recovered,
+            "sizes": {"n_eval": min((r["evaluation"].get("n_eval") or 0 for r in records), default=0),
+                      "n_heldout_d_pairs": min((r["evaluation"].get("heldout_d_pairs") or 0 for r in records),
+                                               default=0),
+                      "n_onpolicy_pairs": min((r["evaluation"].get("on_policy_pairs") or 0 for r in records),
+                                              default=0),
+                      "spg_pairs_per_seed": [(r.get("run") or {}).get("spg_pairs") for r in records]},
+            "truncated_share": {m: statistics.fmean(v) for m, v in share.items()
+                                if v and all(x is not None for x in v)}}
 
 
 def interval(method: dict[str, Any], n_seeds: int) -> tuple[float | None, float | None, str]:

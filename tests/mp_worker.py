@@ -128,7 +128,33 @@ def run_ppo_update(out: Path) -> None:
     acc.wait_for_everyone()
 
 
-MODES = {"reward": run_reward, "ppo-train": run_ppo_train, "ppo-update": run_ppo_update}
+def run_uml(out: Path) -> None:
+    """Reward training + lambda * L_M on a view batch of 4 instructions (2 per rank), 2 accumulation steps."""
+    import random
+
+    from helpers import words
+
+    from rlp_align import reward
+    from rlp_align.data.records import SampleSet
+    from rlp_align.models import load_tokenizer
+    from rlp_align.refine import make_view_batches
+    from rlp_align.training import make_accelerator
+    from rlp_align.uml import MultiViewHead
+
+    rng = random.Random(1)
+    sets = [SampleSet(user_prompt(f"Task {i}: {words(rng, 3)}."), [words(rng, rng.randint(3, 7)) for _ in range(4)])
+            for i in range(8)]
+    torch.manual_seed(SEED)
+    head = MultiViewHead(64, z_dim=8, method="mib")
+    views = make_view_batches(load_tokenizer("tiny"), sets, 4, 64, seed=SEED)
+    cfg = reward_cfg(out)
+    cfg.optim.gradient_accumulation_steps = 2
+    reward.train_reward_model(cfg, marker_prefs(32), extra_loss=reward.AuxiliaryLoss(
+        head, views, 0.5, "uml", ("loss", "i_jsd", "d_skl", "skipped"), learning_rate=1e-2))
+    record_rank(out, make_accelerator(SEED))
+
+
+MODES = {"reward": run_reward, "ppo-train": run_ppo_train, "ppo-update": run_ppo_update, "uml": run_uml}
 
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], Path(sys.argv[2])

@@ -117,11 +117,19 @@ def test_quality_smoke_and_resume(tmp_path):
         assert all(0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1 for s in row["per_seed"])
     assert set(d["rm_accuracy_on_policy"]) == {"RM0", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"}
     assert set(d["recovered_share"]) == set(quality.RLP_VARIANTS)
-    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg"}
+    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
     for r in d["spg_label_accuracy"].values():
         assert r["mean"] is None or 0 <= r["mean"] <= 1
     assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}
     assert Path(d["png"]).stat().st_size > 1000
+    # the paired keys (issue 17): per-seed paired CIs and the hierarchical bootstrap pooled over seeds
+    assert set(d["controls"]) == {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "refined_fit_d"}
+    ppo_sft = d["controls"]["ppo_vs_sft_gold"]
+    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1]
+    assert ppo_sft["pooled"]["ci_low"] <= ppo_sft["pooled"]["diff"] <= ppo_sft["pooled"]["ci_high"]
+    assert set(d["vs_ppo"]) == set(quality.METHODS) - {"PPO"}
+    assert set(d["truncated_share"]) == set(quality.METHODS)
+    assert d["sizes"]["n_eval"] > 0 and len(d["sizes"]["spg_pairs_per_seed"]) == 2
     for run in d["per_seed_run"].values():  # read from each seed's stage manifests
         assert run["total_minutes"] > 0 and run["spg_pairs"] >= 0
     # a later call with no seed budget aggregates the finished seeds without running anything
@@ -185,6 +193,39 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| RLP-SPG above PPO | CI low 55.0 % vs PPO's CI high 50.0 %; every method's mean win-rate lies in " \
            "60.0 – 60.0 % | **pass** |" in text
     assert "| refined RMs better | RM0 55.0 %; RLP-UML 60.0 % (above RM0 in 1 of 2 seeds) | **pass** |" in text and "against the reference answers" in text
+
+
+def test_quality_paired_aggregate_on_synthetic_records():
+    import numpy as np
+
+    from rlp_align.stages_impl import paired_evaluation
+
+    quality = _module("quality")
+    records = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        base = rng.uniform(0, 1, size=64)
+        gold = {"SFT": base, "PPO": base + 0.1 + rng.normal(0, 0.01, 64), "Oracle": base + 0.2,
+                "RLP-SPG": base + 0.15 + rng.normal(0, 0.01, 64)}
+        ev = paired_evaluation({k: list(v) for k, v in gold.items()},
+                               {"RM0": [True] * 40 + [False] * 24, "Oracle": [True] * 56 + [False] * 8}, seed,
+                               {"RM0": [True] * 60 + [False] * 4, "Oracle": [True] * 60 + [False] * 4})
+        ev.update(n_eval=64, on_policy_pairs=64, heldout_d_pairs=64,
+                  win_rates={m: {"truncated_share": 0.25} for m in gold})
+        records.append({"seed": seed, "evaluation": ev, "run": {"spg_pairs": 70 + seed}})
+    out = quality.paired_aggregate(records)
+    ppo_sft = out["controls"]["ppo_vs_sft_gold"]
+    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1, 2] and all(s["ci_low"] > 0 for s in ppo_sft["per_seed"])
+    assert abs(ppo_sft["pooled"]["diff"] - 0.1) < 0.01 and ppo_sft["pooled"]["ci_low"] > 0
+    assert abs(out["controls"]["oracle_rm_vs_rm0_accuracy"]["pooled"]["diff"] - 16 / 64) < 1e-9
+    assert out["controls"]["oracle_vs_ppo_gold"]["pooled"]["ci_low"] > 0
+    fit = out["controls"]["refined_fit_d"]["Oracle"]["pooled"]
+    assert fit == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0} and not out["controls_missing"]
+    assert set(out["vs_ppo"]) == {"SFT", "Oracle", "RLP-SPG"}
+    assert abs(out["recovered_share_paired"]["RLP-SPG"]["share"] - 0.5) < 0.05
+    assert out["sizes"] == {"n_eval": 64, "n_heldout_d_pairs": 64, "n_onpolicy_pairs": 64,
+                            "spg_pairs_per_seed": [70, 71, 72]}
+    assert out["truncated_share"]["PPO"] == 0.25
 
 
 def test_gpu_check_dry_run(tmp_path):

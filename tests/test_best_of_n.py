@@ -21,12 +21,12 @@ def test_best_of_n_returns_the_highest_reward_sample():
                         max_new_tokens=12, batch_size=8, seed=0)
     assert calls == [18]  # one batched reward call over every sample
     assert len(results) == 3
-    for best, responses, scores in results:
+    for best, responses, scores, *_ in results:
         assert len(responses) == 6 and len(scores) == 6
         assert scores == count_e(None, responses).tolist()
         assert count_e(None, [best]).item() == max(scores)
         assert best == responses[scores.index(max(scores))]
-    assert len({s for _, _, scores in results for s in scores}) > 1  # the reward does vary across samples
+    assert len({s for _, _, scores, *_ in results for s in scores}) > 1  # the reward does vary across samples
 
 
 def test_run_best_of_n_with_a_reward_model(tmp_path):

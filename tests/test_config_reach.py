@@ -151,7 +151,8 @@ def test_every_field_reaches_a_stage(tmp_path, recorded):
             continue  # refused: see test_settings_the_pipeline_owns_are_refused
         if not rest:  # a top-level value: some stage receives it under its own name
             names = {"model": "model", "seed": "seed", "label_noise": "label_noise",
-                     "pair_temperature": "pair_temperature", "eval_baseline": "eval_baseline"}
+                     "pair_temperature": "pair_temperature", "eval_baseline": "eval_baseline",
+                     "oracle_labels": "n_pairs"}
             if not any(kw.get(names[path]) == value for _, kw in calls):
                 missing.append(path)
             continue

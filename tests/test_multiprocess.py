@@ -90,6 +90,20 @@ def test_reward_model_two_ranks_equal_one_process(tmp_path):
     assert s_two["train"]["loss"] == pytest.approx(s_one["train"]["loss"], abs=1e-5)
 
 
+def test_uml_two_ranks_gather_the_view_batch_and_equal_one_process(tmp_path):
+    """L_M over the whole view batch gathered across ranks (2 views per rank) trains as one process does."""
+    launch("uml", tmp_path / "two", nproc=2)
+    launch("uml", tmp_path / "one", nproc=1)
+    for name in ("model/model.safetensors", "uml_head.safetensors"):
+        two, one = load_file(str(tmp_path / "two/run" / name)), load_file(str(tmp_path / "one/run" / name))
+        assert max_abs_diff(one, two) < 1e-4, name
+    rows = {k: [json.loads(line) for line in (tmp_path / k / "run/metrics.jsonl").read_text().splitlines()]
+            for k in ("one", "two")}
+    losses = {k: [r["uml/loss"] for r in v if "uml/loss" in r] for k, v in rows.items()}
+    assert len(losses["one"]) == 3 and all(x != 0.0 for x in losses["one"])
+    assert losses["two"] == pytest.approx(losses["one"], abs=1e-5)
+
+
 def test_ppo_two_ranks_keep_replicas_identical(tmp_path):
     ranks = launch("ppo-train", tmp_path, nproc=2)
 

@@ -180,9 +180,10 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     rollout, texts = make_rollout(ac, ref, tokenizer, reward_fn, prompts, cfg, gen, True, {})
     assert len(texts) == 2 and rollout.truncated.all()  # a random model never says EOS within 6 tokens
     assert rollout.scores.tolist() == [-3.0, -3.0]
-    for i, prompt in enumerate(prompts):  # the same sequence, unpadded, scored alone
+    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.reward_path), alone
         n = int(rollout.mask[i].sum())
-        ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()])
+        ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()
+                            + [tokenizer.eos_token_id]])
         alone, _ = reward_scores(rm, ids, torch.ones_like(ids))
         assert rollout.raw_scores[i].item() == pytest.approx(alone.item(), abs=1e-5)
     # the log-probs and entropies kept from sampling are those a full forward pass gives

@@ -18,6 +18,7 @@ from rlp_align.refine import (
     usable_sample_sets,
 )
 from rlp_align.reward import (
+    AuxiliaryLoss,
     RewardConfig,
     RewardScorer,
     score_sequences,
@@ -150,13 +151,38 @@ def test_degenerate_samples_warn_or_refuse():
 def test_single_instruction_view_batches(tmp_path):
     with pytest.raises(UserError, match="uml_batch_size must be >= 2"):
         refine_reward_model(refine_cfg(tmp_path / "a", uml_batch_size=1), marker_prefs(8), samples=sample_sets(4))
-    # gradient accumulation splits a 2-instruction view batch into 1-instruction micro-batches: L_M is skipped
-    # with a warning, the Bradley-Terry part still trains, nothing is NaN
+    # a view batch of one instruction has no negatives: L_M is skipped with a warning and the skipped steps
+    # are counted in the metrics; the Bradley-Terry part still trains, nothing is NaN
+    tokenizer = load_tokenizer("tiny")
+    one = make_view_batches(tokenizer, sample_sets(1), 2, 64, seed=0)
+    head = MultiViewHead(load_reward_model("tiny").config.hidden_size, z_dim=8)
     out = tmp_path / "b"
     with pytest.warns(RuntimeWarning, match="single instruction"):
-        summary = refine_reward_model(refine_cfg(out, uml_batch_size=2, optim={"gradient_accumulation_steps": 2, "max_steps": 2}),
-                                      marker_prefs(8), samples=sample_sets(4))
+        summary = train_reward_model(
+            RewardConfig(model="tiny", output_dir=str(out), max_length=64,
+                         optim=OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=3)), marker_prefs(16),
+            extra_loss=AuxiliaryLoss(head, one, 0.5, "uml", ("loss", "i_jsd", "d_skl", "skipped")))
+    rows = [r for r in read_metrics(out) if "uml/skipped_steps" in r]
+    assert [r["uml/skipped_steps"] for r in rows] == [1.0, 2.0, 3.0]
     assert summary["train"]["uml/skipped"] == 1.0 and summary["train"]["loss"] == summary["train"]["bt_loss"]
+
+
+def test_l_m_is_computed_once_per_optimiser_step_over_the_whole_view_batch(tmp_path):
+    # uml_batch_size 4 with 4 accumulation steps used to give each micro-batch one view, so L_M was zero
+    # (skipped) on every step; now it is computed once per step on all 4 views, as without accumulation
+    prefs, sets = marker_prefs(16), sample_sets(8)
+    runs = {}
+    for acc_steps in (1, 4):
+        out = tmp_path / f"acc{acc_steps}"
+        refine_reward_model(refine_cfg(out, uml_batch_size=4, optim={"gradient_accumulation_steps": acc_steps,
+                                                                     "max_steps": 1, "logging_every": 1}),
+                            prefs, samples=sets)
+        runs[acc_steps] = next(r for r in read_metrics(out) if "uml/loss" in r)
+    single, accumulated = runs[1], runs[4]
+    assert accumulated["uml/skipped"] == 0.0 and accumulated["uml/skipped_steps"] == 0.0
+    assert accumulated["uml/loss"] != 0.0
+    for key in ("uml/loss", "uml/i_jsd", "uml/d_skl", "bt_loss", "loss"):
+        assert accumulated[key] == pytest.approx(single[key], abs=1e-5), key
 
 
 def test_spg_trains_on_d_and_d_hat_from_files(tmp_path):

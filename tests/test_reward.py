@@ -56,7 +56,7 @@ def test_centering_loss_hand_computed():
 def test_micro_batches_cover_rows_and_views():
     chunks = micro_batches([5, 6, 7, 8, 9], 3, 2)
     assert [r for c in chunks for r in c[0]] == [5, 6, 7, 8, 9]
-    assert [v for c in chunks for v in c[1]] == [0, 1, 2]
+    assert [c[1] for c in chunks] == [[], [0, 1, 2]]  # every view in the last chunk: L_M once per step
     assert len(micro_batches([1], 0, 4)) == 1  # never an empty chunk of pairs
 
 

@@ -14,6 +14,7 @@ from rlp_align.spg import (
     rm_rank_preferences,
     run_spg,
     synthesize_preferences,
+    west_of_n_preferences,
 )
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
@@ -134,6 +135,18 @@ def test_rm_rank_orders_a_random_distinct_pair_by_score():
         assert stats["dropped"]["no_rejected"] == 1
 
 
+def test_west_of_n_pairs_the_best_and_worst_distinct_samples():
+    sets = [sset("q", ["mid", "hi", "lo", "hi", "lo2"]), sset("dup", ["same", "same"]), sset("none", [])]
+    sets[0].meta["truncated"] = [False, True, False, True, False]
+    scores = [[1.0, 3.0, -1.0, 3.0, -1.0], [0.0, 1.0], []]
+    prefs, stats = west_of_n_preferences(sets, scores)
+    (p,) = prefs
+    assert (p.chosen, p.rejected) == ("hi", "lo")  # equal lowest scores: the earlier sample
+    assert p.meta["chosen_score"] == 3.0 and p.meta["rejected_score"] == -1.0
+    assert (p.meta["truncated_chosen"], p.meta["truncated_rejected"]) == (True, False)
+    assert stats["dropped"] == {"low_confidence": 0, "no_rejected": 1, "empty": 1}
+
+
 def test_misaligned_inputs_fail_loudly():
     with pytest.raises(ValueError):
         synthesize_preferences([sset("q", ["a", "b"])], [[0, 1]], [[0.0]], 0.5, 0)
@@ -224,3 +237,42 @@ def test_bad_config_is_a_user_error(tmp_path):
         run_spg(SPGConfig(samples_file="x", reward_model="tiny", output_file="y", gamma=1.5))
     with pytest.raises(UserError, match="needs nli_model"):
         run_spg(SPGConfig(samples_file="x", reward_model="tiny", output_file="y", backend="nli"))
+
+
+# ---------------------------------------------------------------- empty samples never become pairs
+
+
+def test_without_empty_responses_filters_texts_and_flags():
+    from rlp_align.data.records import without_empty_responses
+
+    sets = [SampleSet(user_prompt("q"), ["", "a", " \n", "b"], {"truncated": [False, True, False, False], "id": 1}),
+            SampleSet(user_prompt("r"), ["  "], {})]
+    kept, removed = without_empty_responses(sets)
+    assert removed == 3
+    assert kept[0].responses == ["a", "b"] and kept[0].meta == {"truncated": [True, False], "id": 1}
+    assert kept[1].responses == [] and sets[0].responses == ["", "a", " \n", "b"]  # the input is not changed
+
+
+def test_empty_samples_never_become_spg_pairs(tmp_path, tiny_rm):
+    from rlp_align.data.readers import read_preferences
+
+    samples = tmp_path / "samples.jsonl"
+    # the three empty answers would be q1's largest "cluster": before the filter SPG chose "" and the refine
+    # stage's preference reader refused the file
+    write_jsonl(samples, [
+        {"prompt": "q1", "responses": ["", " ", "\n", "Paris is the capital of France", "Lyon."],
+         "meta": {"truncated": [False, False, False, True, False]}},
+        {"prompt": "q2", "responses": ["", "  "]},
+    ])
+    for selection in ("spg", "select_all", "rm_rank", "west_of_n"):
+        out = tmp_path / f"{selection}.jsonl"
+        summary = run_spg(SPGConfig(samples_file=str(samples), reward_model=tiny_rm, output_file=str(out),
+                                    selection=selection))
+        assert summary["empty_samples_removed"] == 5
+        prefs = read_preferences(out)  # refuses a pair with an empty side
+        assert all(p.chosen.strip() and p.rejected.strip() for p in prefs)
+        if selection != "spg":  # gamma 0 / no clustering: the two real answers make the one pair
+            assert len(prefs) == 1
+            flags = {prefs[0].chosen: prefs[0].meta["truncated_chosen"],
+                     prefs[0].rejected: prefs[0].meta["truncated_rejected"]}
+            assert flags == {"Paris is the capital of France": True, "Lyon.": False}

@@ -45,8 +45,13 @@ def label_pairs(
     noise: float = 0.25,
     temperature: float = 0.0,
     seed: int = 0,
+    truncated_a: list[bool] | None = None,
+    truncated_b: list[bool] | None = None,
 ) -> list[Preference]:
-    """Label each pair: y ~ Bernoulli(P(a > b)), then flip y with probability ``noise``."""
+    """Label each pair: y ~ Bernoulli(P(a > b)), then flip y with probability ``noise``.
+
+    ``truncated_a/b`` (cut at max_new_tokens, per response) go to meta as ``truncated_chosen/rejected``.
+    """
     if not 0.0 <= noise <= 1.0:
         raise UserError(f"label noise must be in [0, 1], got {noise}")
     if temperature < 0:
@@ -63,12 +68,15 @@ def label_pairs(
     rng = random.Random(seed)
     about = annotator.describe()
     prefs = []
-    for inst, a, b, p, extra in zip(instructions, responses_a, responses_b, probs, details):
+    for i, (inst, a, b, p, extra) in enumerate(zip(instructions, responses_a, responses_b, probs, details)):
         a_wins = rng.random() < p
         flipped = rng.random() < noise
         a_wins ^= flipped
         meta = {**about, **extra, "p_a": p, "chosen": "a" if a_wins else "b", "flipped": flipped,
                 "noise": noise, "label_temperature": temperature, "seed": seed}
+        if truncated_a is not None and truncated_b is not None:
+            cut = (truncated_a[i], truncated_b[i]) if a_wins else (truncated_b[i], truncated_a[i])
+            meta["truncated_chosen"], meta["truncated_rejected"] = bool(cut[0]), bool(cut[1])
         if inst.meta.get("subset"):
             meta["subset"] = inst.meta["subset"]
         chosen, rejected = (a, b) if a_wins else (b, a)

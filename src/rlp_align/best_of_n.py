@@ -18,6 +18,7 @@ from rlp_align.ensemble import RewardFn, make_reward_fn
 from rlp_align.errors import UserError
 from rlp_align.generation import answer_rows, generate
 from rlp_align.io import write_jsonl
+from rlp_align.reward_path import apply_missing_eos_penalty
 
 
 @dataclass
@@ -36,6 +37,7 @@ class BestOfNConfig:
     max_prompt_length: int = 512
     batch_size: int = 16  # sequences per generation batch
     reward_batch_size: int = 16
+    missing_eos_penalty: float | None = None  # subtracted from the score of a sample without EOS, as in PPO
     seed: int = 0
     limit: int | None = None
     skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
@@ -44,7 +46,9 @@ class BestOfNConfig:
 class BestOfN(NamedTuple):
     best: str
     responses: list[str]
-    scores: list[float]
+    scores: list[float]  # after the missing-EOS penalty
+    truncated: list[bool]  # per sample: no EOS within max_new_tokens
+    best_truncated: bool
 
 
 def best_of_n(
@@ -60,6 +64,7 @@ def best_of_n(
     max_prompt_length: int = 512,
     batch_size: int = 16,
     seed: int = 0,
+    missing_eos_penalty: float | None = None,
 ) -> list[BestOfN]:
     """Per prompt: (the highest-reward sample, all n samples, their rewards). Ties go to the first sample."""
     if n < 1:
@@ -67,9 +72,12 @@ def best_of_n(
     gens = generate(policy, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
                     top_p=top_p, batch_size=batch_size, seed=seed, max_prompt_length=max_prompt_length)
     flat_prompts = [p for p in prompts for _ in range(n)]
-    scores = torch.as_tensor(reward_fn(flat_prompts, gens.texts), dtype=torch.float32).view(len(prompts), n)
+    scores = torch.as_tensor(reward_fn(flat_prompts, gens.texts), dtype=torch.float32)
+    scores = apply_missing_eos_penalty(scores, gens.truncated, missing_eos_penalty).view(len(prompts), n)
     best = scores.argmax(-1).tolist()  # argmax returns the first maximum
-    return [BestOfN(texts[b], texts, row.tolist()) for texts, row, b in zip(gens.grouped(), scores, best)]
+    cut = [gens.truncated[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return [BestOfN(texts[b], texts, row.tolist(), flags, flags[b])
+            for texts, row, b, flags in zip(gens.grouped(), scores, best, cut)]
 
 
 def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
@@ -87,9 +95,10 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
     results = best_of_n(policy, tokenizer, reward_fn, [inst.prompt for inst in instructions], cfg.n,
                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                        max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size, seed=cfg.seed)
+                        max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size, seed=cfg.seed,
+                        missing_eos_penalty=cfg.missing_eos_penalty)
     reward = list(cfg.reward_ensemble) or cfg.reward_model
-    rows = answer_rows(instructions, [r.best for r in results], None,
+    rows = answer_rows(instructions, [r.best for r in results], [r.best_truncated for r in results],
                        {"generator": f"best-of-{cfg.n}", "policy": str(cfg.policy), "reward_model": reward,
                         "ensemble_aggregate": cfg.ensemble_aggregate if cfg.reward_ensemble else None,
                         "n": cfg.n, "temperature": cfg.temperature, "seed": cfg.seed})

@@ -114,8 +114,12 @@ def run_winrate(cfg: WinrateConfig) -> dict:
 # Reward-model accuracy
 
 
-def rm_accuracy(model, tokenizer, prefs: list[Preference], batch_size: int = 8, max_length: int = 1024) -> dict:
-    """Fraction of pairs with r(x, chosen) > r(x, rejected); ties (equal scores) are counted apart."""
+def rm_accuracy(model, tokenizer, prefs: list[Preference], batch_size: int = 8, max_length: int = 1024,
+                per_pair: bool = False) -> dict:
+    """Fraction of pairs with r(x, chosen) > r(x, rejected); ties (equal scores) are counted apart.
+
+    ``per_pair`` adds ``correct`` (one bool per pair), for paired comparisons of RMs (`rlp_align.stats`).
+    """
     from rlp_align.models import score_texts
 
     if not prefs:
@@ -125,7 +129,8 @@ def rm_accuracy(model, tokenizer, prefs: list[Preference], batch_size: int = 8, 
     rejected = score_texts(model, tokenizer, prompts, [p.rejected for p in prefs], batch_size, max_length)
     margin = (chosen - rejected).double()
     return {"accuracy": float((margin > 0).double().mean()), "ties": int((margin == 0).sum()),
-            "mean_margin": float(margin.mean()), "n": len(prefs)}
+            "mean_margin": float(margin.mean()), "n": len(prefs),
+            **({"correct": (margin > 0).tolist()} if per_pair else {})}
 
 
 @dataclass

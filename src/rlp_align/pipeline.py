@@ -103,8 +103,12 @@ def _validate(cfg: PipelineConfig) -> None:
         raise UserError("data.source 'files' needs data.train_file and data.eval_file")
     if cfg.eval_baseline == "reference" and cfg.data.source == "builtin":
         raise UserError("the built-in instruction pool has no reference answers: set eval_baseline: sft")
-    if "oracle" in cfg.refine_methods and "spg" not in cfg.refine_methods and "uml+spg" not in cfg.refine_methods:
-        raise UserError("refine 'oracle' labels as many pairs as SPG produced: include 'spg' in refine_methods")
+    if cfg.oracle_labels is not None and cfg.oracle_labels < 1:
+        raise UserError(f"oracle_labels must be >= 1 (or null: as many as SPG kept), got {cfg.oracle_labels}")
+    if ("oracle" in cfg.refine_methods and cfg.oracle_labels is None and "spg" not in cfg.refine_methods
+            and "uml+spg" not in cfg.refine_methods):
+        raise UserError("refine 'oracle' without oracle_labels labels as many pairs as SPG produced: include 'spg' "
+                        "in refine_methods, or set oracle_labels")
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -148,13 +152,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             samples = cache.stage(f"05_samples{tag}_{src_policy['hash'][:6]}", S.sample_policy, sample=cfg.sample,
                                   policy=src_policy["model"], pools=pools, seed=seed)
             synthetic = None
-            if method in ("spg", "uml+spg", "oracle"):
+            if method in ("spg", "uml+spg") or (method == "oracle" and cfg.oracle_labels is None):
                 synthetic = cache.stage(f"06_spg{tag}_{samples['hash'][:6]}", S.synthesize, spg=cfg.spg,
                                         samples=samples, rm=src_rm["model"], seed=seed)
-            if method == "oracle":
+            if method == "oracle":  # a fixed label budget, or as many labels as SPG kept pairs
                 synthetic = cache.stage(f"06_oracle{tag}", S.oracle_labels, annotator=cfg.annotator, samples=samples,
-                                        n_pairs=synthetic["pairs"], label_noise=cfg.label_noise, seed=seed,
-                                        pools=pools)
+                                        n_pairs=cfg.oracle_labels or synthetic["pairs"], label_noise=cfg.label_noise,
+                                        seed=seed, pools=pools)
             name = method.replace("+", "_")
             refined = cache.stage(f"07_refine_{name}{tag}", S.refine_rm, refine=refine, method=method,
                                   sft_model=sft_model, rm=src_rm, prefs=prefs, samples=samples, synthetic=synthetic,
@@ -194,7 +198,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     evaluation = cache.stage("14_evaluate", S.evaluate, annotator=cfg.annotator, answers=answers, rms=rms,
                              on_policy=on_policy, eval_baseline=cfg.eval_baseline,
                              rm_batch_size=cfg.reward.optim.eval_batch_size, rm_max_length=cfg.reward.max_length,
-                             seed=seed)
+                             seed=seed, heldout=prefs["heldout"])
     report = write_report(cfg, cache, evaluation, costs)
     print(f"report: {report}")
     return {"report": str(report), "run_dir": str(run_dir), "win_rates": evaluation.get("win_rates")}

@@ -59,6 +59,7 @@ class PipelineConfig:
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
     eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
+    oracle_labels: int | None = None  # fresh gold labels for the oracle RM; None: as many as SPG kept pairs
     data: DataConfig = field(default_factory=DataConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

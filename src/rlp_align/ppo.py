@@ -30,11 +30,13 @@ from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
 from rlp_align.device import default_device
+from rlp_align.dropout import disable_dropout
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import seeded_generator
 from rlp_align.logprobs import token_logprobs
 from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
+from rlp_align.ppo_eval import evaluation_point
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
     SumOverRanks,
@@ -90,6 +92,8 @@ class PPOConfig:
     kl_horizon: int = 10000
     whiten_rewards: bool = True
     truncation_penalty: float | None = None  # score given to responses without EOS (AlpacaFarm: -1.0)
+    missing_eos_penalty: float | None = None  # subtracted from r(x, y) of a response without EOS (TRL's knob)
+    eval_every: int = 0  # evaluation points (proxy, gold, KL on held-out prompts) every N steps; 0: off
     max_new_tokens: int = 64  # AlpacaFarm: 300
     max_prompt_length: int = 256
     temperature: float = 1.0
@@ -217,8 +221,13 @@ def ppo_update(
 def train_ppo(
     cfg: PPOConfig, prompts: list[Messages], reward_fn: RewardFn,
     gold_fn: Callable[[list[Messages], list[str]], Any] | None = None,
+    eval_prompts: list[Messages] | None = None,
 ) -> dict[str, Any]:
-    """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint."""
+    """Run PPO from ``cfg.policy`` on ``prompts`` against ``reward_fn``; resumes from output_dir/checkpoint.
+
+    With ``cfg.eval_every`` and ``eval_prompts``, an evaluation point (`rlp_align.ppo_eval`) is logged before
+    the first step and after every ``eval_every`` steps and the last, as ``eval/*`` metrics.
+    """
     if not prompts:
         raise UserError("PPO needs at least one prompt")
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
@@ -240,6 +249,8 @@ def train_ppo(
     if cfg.lora.enabled:
         policy = apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
         value = apply_lora(value, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
+    for m in (policy, value):  # rollouts and updates must compute one function: the first ratio is 1 (TRL)
+        disable_dropout(m)
     actor_critic = ActorCritic(policy, value)
     groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.learning_rate},
               {"params": [p for p in value.parameters() if p.requires_grad],
@@ -260,6 +271,14 @@ def train_ppo(
     sum_over_ranks = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None
     metrics: dict[str, float] = {}
 
+    def eval_point(step: int) -> dict[str, Any]:
+        if not (cfg.eval_every and eval_prompts) or (step % cfg.eval_every and step != cfg.steps):
+            return {}
+        return evaluation_point(unwrapped, ref, tokenizer, reward_fn, gold_fn, eval_prompts, cfg, cfg.seed,
+                                score_tokens, accelerator)
+
+    if start == 0 and (first := eval_point(0)):
+        run.log(0, first)  # the initial policy: KL 0
     for step in range(start, cfg.steps):
         # ---- 1-2. rollout and scoring
         timings: dict[str, float] = {}
@@ -302,7 +321,7 @@ def train_ppo(
         metrics["kl_coef"] = kl_ctl.value
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         kl_ctl.update(metrics["kl"], cfg.rollout_batch_size)
-        run.log(step + 1, metrics)
+        run.log(step + 1, {**metrics, **eval_point(step + 1)})
         if accelerator.is_main_process and ((step + 1) % cfg.optim.logging_every == 0 or step + 1 == cfg.steps):
             log.info("ppo step %d/%d reward %.4f kl %.4f", step + 1, cfg.steps, metrics["reward"], metrics["kl"])
         run.checkpoint(step + 1, cfg.steps, {"kl_coef": kl_ctl.value})

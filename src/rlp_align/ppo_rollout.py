@@ -25,17 +25,19 @@ from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
 from rlp_align.logprobs import entropy_from_logits, response_logits, token_logprobs
 from rlp_align.models.scoring import reward_head, unwrap_model
+from rlp_align.reward_path import append_eos, apply_missing_eos_penalty
 from rlp_align.templates import collate, encode_prompt
 
 
 class RolloutSettings(Protocol):
-    """The five settings `make_rollout` reads; `rlp_align.ppo.PPOConfig` has them (no import of ppo here)."""
+    """The settings `make_rollout` reads; `rlp_align.ppo.PPOConfig` has them (no import of ppo here)."""
 
     max_prompt_length: int
     max_new_tokens: int
     temperature: float
     rollout_chunk_size: int
     truncation_penalty: float | None
+    missing_eos_penalty: float | None
 
 
 class ActorCritic(nn.Module):
@@ -83,7 +85,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
-    scores: torch.Tensor  # [B] r(x, y), after the truncation penalty
+    scores: torch.Tensor  # [B] r(x, y), after the missing-EOS / truncation penalty
     raw_scores: torch.Tensor  # [B] r(x, y) as the reward function gave it
     truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
     advantages: torch.Tensor | None = None
@@ -170,12 +172,13 @@ def make_rollout(
     stats = evaluate_responses(actor_critic, ref, query, query_mask, response, mask, cfg.temperature,
                                cfg.rollout_chunk_size, sampled)
     actor_critic.train(was_training)
-    if score_tokens:  # the exact sampled tokens, scored at the last real one (EOS when produced)
-        raw = reward_fn.score_tokens(torch.cat([query, response], 1), torch.cat([query_mask, mask], 1))
+    if score_tokens:  # the exact sampled tokens + EOS on cut rows, as every text path reads them (reward_path)
+        scored, scored_mask, _ = append_eos(response, mask, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        raw = reward_fn.score_tokens(torch.cat([query, scored], 1), torch.cat([query_mask, scored_mask], 1))
     else:
         raw = reward_fn(prompts, texts)
     raw = torch.as_tensor(raw, dtype=torch.float32).detach().to(device)
-    scores = raw.clone()
+    scores = apply_missing_eos_penalty(raw.clone(), truncated, cfg.missing_eos_penalty)
     if cfg.truncation_penalty is not None:
         scores = torch.where(truncated, torch.full_like(scores, cfg.truncation_penalty), scores)
     timings["time_score"] = time.perf_counter() - t0

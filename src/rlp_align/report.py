@@ -88,13 +88,48 @@ def _winrate_plot(path: Path, table: dict[str, dict]) -> bool:
     return True
 
 
-def recovered_shares(table: dict[str, dict]) -> dict[str, float | None]:
-    """(RLP − PPO) / (oracle − PPO) on win-rate for each RLP variant; None when the oracle gained nothing."""
-    if "Oracle" not in table or "PPO" not in table:
-        return {}
-    gain = table["Oracle"]["mean"] - table["PPO"]["mean"]
-    return {label: (row["mean"] - table["PPO"]["mean"]) / gain if abs(gain) > 1e-12 else None
-            for label, row in table.items() if label.startswith("RLP")}
+def paired_section(evaluation: dict[str, Any]) -> list[str]:
+    """Markdown: per-prompt gold differences and head-to-head win-rates against PPO and SFT (paired 95 % CIs),
+    refined RMs' on-policy accuracy against RM0's (paired CI, McNemar), and the recovered share, given only
+    when the oracle's gold gain over PPO is significant (`rlp_align.stats.recovered_share`)."""
+    from rlp_align.stats import recovered_share
+
+    paired, vs_rm0 = evaluation.get("paired") or {}, evaluation.get("rm_accuracy_vs_rm0") or {}
+    md: list[str] = []
+    if paired:
+        md += ["\n### Paired comparisons on the same prompts\n",
+               "Gold difference per prompt (method − baseline) and head-to-head win-rate of the method's answer "
+               "against the baseline's answer to the same prompt (ties ½), with 95 % paired bootstrap CIs.\n",
+               "| method | baseline | gold diff | 95 % CI | head-to-head % | 95 % CI |", "|---|---|---|---|---|---|"]
+        for base, methods in paired.items():
+            for label, c in methods.items():
+                g, h = c["gold_diff"], c["head_to_head"]
+                md.append(f"| {label} | {base} | {g['diff']:+.4f} | [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}] "
+                          f"| {100 * h['win_rate']:.1f} | [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}] |")
+    vs_ppo = paired.get("PPO", {})
+    if "Oracle" in vs_ppo:
+        oracle = {0: vs_ppo["Oracle"]["per_prompt_diff"]}
+        parts = []
+        for label in (k for k in vs_ppo if k.startswith("RLP")):
+            share = recovered_share({0: vs_ppo[label]["per_prompt_diff"]}, oracle)
+            if share["share"] is None:
+                parts = [f"not reported: {share['reason']}"]
+                break
+            parts.append(f"{label} {share['share']:.2f} [{share['ci_low']:.2f}, {share['ci_high']:.2f}]")
+        if parts:
+            md.append("\nShare of the oracle's gold gain over PPO that each RLP variant recovers, "
+                      "(RLP − PPO) / (oracle − PPO): " + ", ".join(parts) + ".")
+    for title, rows in (("On-policy RM accuracy against RM0 (same pairs)", vs_rm0),
+                        ("Held-out D accuracy against RM0 (does the refined RM still fit D?)",
+                         evaluation.get("refined_fit_d") or {})):
+        if not rows:
+            continue
+        md += [f"\n### {title}\n",
+               "| reward model | accuracy − RM0's | 95 % CI | only it right | only RM0 right | McNemar p |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {label} | {100 * r['diff']:+.1f} pts | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
+               f"| {r['only_new']} | {r['only_ref']} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
+    return md
 
 
 def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs: dict[str, dict]) -> Path:
@@ -116,15 +151,14 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
                      f"Win-rates are judged by the `{cfg.annotator.kind}` annotator against "
                      f"{'the reference answers' if evaluation.get('baseline') == 'reference' else 'the SFT answers'} "
                      f"on {evaluation.get('n_eval')} eval instructions; ties count ½; 95 % bootstrap CIs.\n"]
-    md += ["## Win-rate\n", "| method | win-rate % | 95 % CI | gold reward | mean chars |", "|---|---|---|---|---|"]
+    md += ["## Win-rate\n", "| method | win-rate % | 95 % CI | gold reward | mean chars | cut % |",
+           "|---|---|---|---|---|---|"]
     for label, row in table.items():
         gold = "–" if row.get("gold_reward") is None else f"{row['gold_reward']:.3f}"
+        cut = "–" if row.get("truncated_share") is None else f"{100 * row['truncated_share']:.0f}"  # no EOS
         md.append(f"| {label} | {100 * row['mean']:.1f} | [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] "
-                  f"| {gold} | {row['mean_chars']:.0f} |")
-    shares = recovered_shares(table)
-    if shares:
-        md.append("\nShare of the oracle's gain over PPO that each RLP variant recovers, (RLP − PPO) / (oracle − PPO): "
-                  + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a (oracle = PPO)" for k, v in shares.items()))
+                  f"| {gold} | {row['mean_chars']:.0f} | {cut} |")
+    md += paired_section(evaluation)
     md.append("\n![win-rate](plots/winrate.png)\n" if made["winrate"] else "")
     md += ["## Over-optimisation\n", "Proxy (RM) reward and gold reward of the PPO rollouts, per step. A proxy "
            "that keeps rising while gold falls is reward over-optimisation; RLP's refined RMs should track gold "

@@ -180,11 +180,30 @@ def held_out_split(prefs: list[Preference], fraction: float, seed: int) -> tuple
 
 
 def micro_batches(rows: list[int], n_views: int, n: int) -> list[tuple[list[int], list[int]]]:
-    """Split this rank's pair rows and view indices into ``n`` gradient-accumulation chunks (none empty of pairs)."""
+    """Split this rank's pair rows into ``n`` gradient-accumulation chunks (none empty of pairs); every view
+    goes to the last chunk, so L_M is computed once per optimiser step over the whole view batch (its
+    negatives are the batch's other instructions: split per chunk, 4 views over 4 chunks had none at all)."""
     n = max(1, min(n, len(rows)))
     row_chunks = np.array_split(np.asarray(rows, dtype=int), n)
-    view_chunks = np.array_split(np.arange(n_views), n)
-    return [(r.tolist(), v.tolist()) for r, v in zip(row_chunks, view_chunks)]
+    return [(r.tolist(), list(range(n_views)) if i == n - 1 else []) for i, r in enumerate(row_chunks)]
+
+
+def gather_views(h: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """This rank's view representations [v, H] -> every rank's, [V, H], in rank order, with gradient to ours.
+
+    The other ranks' rows are constants here; ours carry the gradient, scaled by the number of processes so
+    that DDP's gradient mean over ranks gives the full-batch gradient of L_M (each rank's backward reaches
+    only its own views). One process: ``h`` itself.
+    """
+    world = accelerator.num_processes
+    if world == 1:
+        return h
+    sizes = gather_object([h.shape[0]])
+    padded = accelerator.pad_across_processes(h.detach(), dim=0)
+    rows = accelerator.gather(padded).split(padded.shape[0])
+    mine = h * world - h.detach() * (world - 1)  # value h, gradient world * dL/dh
+    parts = [mine if r == accelerator.process_index else rows[r][: sizes[r]] for r in range(world)]
+    return torch.cat(parts)
 
 
 def _warn_changed(saved: dict | None, current: dict) -> None:
@@ -249,6 +268,7 @@ def train_reward_model(
     clip = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     aux_keys = extra_loss.stat_keys if extra_loss else ()
     last: dict[str, float] = {}
+    skipped_steps = 0  # optimiser steps whose view batch had < 2 instructions, so L_M was zero (this run)
 
     for m in modules:
         m.train()  # from_pretrained returns models in eval mode
@@ -264,7 +284,8 @@ def train_reward_model(
             views = shard(extra_loss.views(step), acc) if extra_loss else []
             chunks = micro_batches(rows, len(views), cfg.optim.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
-            sums = torch.zeros(6 + len(aux_keys), dtype=torch.float64)
+            sums = torch.zeros(6, dtype=torch.float64)
+            aux_stats: dict[str, float] = {}
             for i, (rows_i, views_i) in enumerate(chunks):
                 # Gradients are all-reduced once per step, on the last micro-batch.
                 with contextlib.ExitStack() as stack:
@@ -282,18 +303,20 @@ def train_reward_model(
                     # Eq. 1: Bradley-Terry on D (∪ D̂) + λ·L_M on the views
                     bt = bradley_terry_loss(r_w, r_l, cfg.margin)
                     loss = bt + centering_loss(r_w, r_l, cfg.center_coef)
-                    aux_stats: dict[str, float] = {}
-                    if extra_loss is not None and v:
-                        l_m, aux_stats = head(hidden[2 * n : 2 * n + v], hidden[2 * n + v :], step)
-                        loss = loss + extra_loss.weight * l_m
                     check_finite("reward-model loss", acc.reduce(loss.detach(), "mean"), step + 1, out)
-                    acc.backward(loss / len(chunks))
+                    scaled = loss / len(chunks)
+                    if extra_loss is not None and i == len(chunks) - 1:  # once per step, all ranks' views
+                        l_m, aux_stats = head(gather_views(hidden[2 * n : 2 * n + v], acc),
+                                              gather_views(hidden[2 * n + v :], acc), step)
+                        check_finite("multi-view loss", l_m.detach(), step + 1, out)
+                        skipped_steps += int(aux_stats.get("skipped", 0.0))
+                        scaled = scaled + extra_loss.weight * l_m
+                    acc.backward(scaled)
                 with torch.no_grad():
                     r = torch.cat([r_w, r_l]).double()
                     sums += torch.tensor([loss.item(), bt.item(), (r_w > r_l).double().mean().item(),
                                           (r_w - r_l).mean().item(), r.mean().item(),
-                                          r.std().item() if r.numel() > 1 else 0.0]
-                                         + [float(aux_stats.get(k, 0.0)) for k in aux_keys], dtype=torch.float64)
+                                          r.std().item() if r.numel() > 1 else 0.0], dtype=torch.float64)
             grad_norm = acc.clip_grad_norm_(params, clip)
             check_finite("gradient norm", grad_norm, step + 1, out)
             optimizer.step()
@@ -302,11 +325,13 @@ def train_reward_model(
             if (step + 1) % cfg.optim.logging_every == 0 or step + 1 == total_steps:
                 means = acc.reduce(sums.to(acc.device) / len(chunks), "mean").tolist()
                 names = ["loss", "bt_loss", "accuracy", "margin", "reward_mean", "reward_std"]
-                names += [f"{extra_loss.name}/{k}" for k in aux_keys] if extra_loss else []
                 last = dict(zip(names, means))
                 last.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm))
-                if extra_loss is not None:
+                if extra_loss is not None:  # L_M is one value per step (the same on every rank)
+                    last.update({f"{extra_loss.name}/{k}": float(aux_stats.get(k, 0.0)) for k in aux_keys})
+                    last["loss"] += extra_loss.weight * last[f"{extra_loss.name}/loss"]
                     last[f"{extra_loss.name}/lambda"] = extra_loss.weight
+                    last[f"{extra_loss.name}/skipped_steps"] = float(skipped_steps)
                 run.log(step + 1, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['accuracy']:.2f}")
             if cfg.eval_every and eval_pairs and (step + 1) % cfg.eval_every == 0 and step + 1 < total_steps:

@@ -12,7 +12,8 @@ answer from -> no pair (counted as ``no_rejected``). All samples different -> co
 whenever gamma > 1/n (counted as ``low_confidence``).
 
 Table-5 variants (``selection``): ``spg`` (above), ``select_all`` (the same without selection, gamma = 0),
-``rm_rank`` (no clustering: the RM orders a random pair of distinct samples, better one chosen).
+``rm_rank`` (no clustering: the RM orders a random pair of distinct samples, better one chosen),
+``west_of_n`` (no clustering: the RM's best against its worst of the n samples, Pace et al. 2024).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rlp_align.clustering import DEFAULT_SIMILARITY_THRESHOLD, cluster_sizes, largest_cluster
-from rlp_align.data.records import Preference, SampleSet, prompt_text
+from rlp_align.data.records import Preference, SampleSet, prompt_text, without_empty_responses
 from rlp_align.errors import UserError
+from rlp_align.reward_path import pair_truncation
 
-Selection = Literal["spg", "rm_rank", "select_all"]
+Selection = Literal["spg", "rm_rank", "select_all", "west_of_n"]
 DROP_REASONS = ("low_confidence", "no_rejected", "empty")
 
 
@@ -71,6 +73,7 @@ def synthesize_preferences(
         rejected = rng.choice(others)
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
+            **pair_truncation(s.meta.get("truncated"), chosen, rejected),
             "source": "spg",
             "confidence": confidence,
             "cluster_sizes": cluster_sizes(ids),
@@ -107,6 +110,38 @@ def rm_rank_preferences(
         chosen, rejected = (a, b) if scores[a] >= scores[b] else (b, a)
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
+            **pair_truncation(s.meta.get("truncated"), chosen, rejected),
+            "source": "spg",
+            "chosen_score": float(scores[chosen]),
+            "rejected_score": float(scores[rejected]),
+        }))
+    return prefs, spg_stats(len(sample_sets), [], prefs, dropped, gamma=None)
+
+
+def west_of_n_preferences(
+    sample_sets: list[SampleSet], rm_scores: list[list[float]]
+) -> tuple[list[Preference], dict[str, Any]]:
+    """Table-5 "West-of-N" (Pace et al. 2024): the RM's highest-scored sample against its lowest-scored one.
+
+    Samples with identical text count once (first occurrence); an instruction with fewer than 2 distinct
+    samples gives no pair (``no_rejected``). On equal scores the earlier sample wins both ends.
+    """
+    _check_aligned(sample_sets, [[0] * len(s.responses) for s in sample_sets], rm_scores)
+    prefs: list[Preference] = []
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for s, scores in zip(sample_sets, rm_scores):
+        if not s.responses:
+            dropped["empty"] += 1
+            continue
+        distinct = [j for j, r in enumerate(s.responses) if s.responses.index(r) == j]
+        if len(distinct) < 2:
+            dropped["no_rejected"] += 1
+            continue
+        chosen = max(distinct, key=lambda j: (scores[j], -j))
+        rejected = min(distinct, key=lambda j: (scores[j], j))
+        prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
+            **s.meta,
+            **pair_truncation(s.meta.get("truncated"), chosen, rejected),
             "source": "spg",
             "chosen_score": float(scores[chosen]),
             "rejected_score": float(scores[rejected]),
@@ -195,9 +230,9 @@ def _validate(cfg: SPGConfig) -> None:
                         "--output_file synthetic.jsonl)")
     if not 0.0 <= cfg.gamma <= 1.0:
         raise UserError(f"spg gamma must be in [0, 1], got {cfg.gamma}")
-    if cfg.selection not in ("spg", "rm_rank", "select_all"):
-        raise UserError(f"unknown spg selection '{cfg.selection}': choose spg, rm_rank or select_all")
-    if cfg.selection != "rm_rank" and cfg.backend == "nli" and not cfg.nli_model:
+    if cfg.selection not in ("spg", "rm_rank", "select_all", "west_of_n"):
+        raise UserError(f"unknown spg selection '{cfg.selection}': choose spg, rm_rank, select_all or west_of_n")
+    if cfg.selection not in ("rm_rank", "west_of_n") and cfg.backend == "nli" and not cfg.nli_model:
         raise UserError("spg backend 'nli' needs nli_model: a local NLI checkpoint folder (e.g. a DeBERTa MNLI "
                         "model); or use backend 'embedding', which needs no download")
     if cfg.batch_size < 1 or cfg.max_length < 8:
@@ -237,10 +272,11 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
     from rlp_align.io import write_json
 
     _validate(cfg)
-    sample_sets = read_sample_sets(cfg.samples_file, skip_invalid=cfg.skip_invalid)
-    if cfg.selection == "rm_rank":
+    sample_sets, empty = without_empty_responses(read_sample_sets(cfg.samples_file, skip_invalid=cfg.skip_invalid))
+    if cfg.selection in ("rm_rank", "west_of_n"):
         scores = _score(cfg, sample_sets, [True] * len(sample_sets))
-        prefs, stats = rm_rank_preferences(sample_sets, scores, cfg.seed)
+        prefs, stats = (rm_rank_preferences(sample_sets, scores, cfg.seed) if cfg.selection == "rm_rank"
+                        else west_of_n_preferences(sample_sets, scores))
     else:
         gamma = 0.0 if cfg.selection == "select_all" else cfg.gamma
         entail_fn = None
@@ -254,7 +290,8 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
         scores = _score(cfg, sample_sets, [needs_scores(ids, gamma) for ids in cluster_ids])
         prefs, stats = synthesize_preferences(sample_sets, cluster_ids, scores, gamma, cfg.seed)
     stats["selection"] = cfg.selection
-    stats["backend"] = None if cfg.selection == "rm_rank" else cfg.backend
+    stats["empty_samples_removed"] = empty
+    stats["backend"] = None if cfg.selection in ("rm_rank", "west_of_n") else cfg.backend
     write_preferences(cfg.output_file, prefs)
     stats_file = f"{cfg.output_file}.stats.json"
     write_json(stats_file, stats)

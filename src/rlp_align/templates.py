@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlp_align.data.records import Messages
+from rlp_align.reward_path import response_ids as _response_ids
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -53,7 +54,7 @@ def encode_pair(
     Truncation keeps the whole response when it can (the prompt loses its start); a response longer
     than the budget keeps its beginning and loses the EOS. ``truncated`` reports either case.
     """
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = _response_ids(tokenizer, response)  # the one reward path: EOS always (rlp_align.reward_path)
     prompt_ids = encode_prompt(tokenizer, prompt)
     truncated = False
     min_prompt = min(len(prompt_ids), max(1, max_length // 4))

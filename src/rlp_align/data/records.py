@@ -60,3 +60,20 @@ class SampleSet:
     prompt: Messages
     responses: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def without_empty_responses(sets: list[SampleSet]) -> tuple[list[SampleSet], int]:
+    """The sample sets with empty or whitespace-only responses removed, and how many were removed.
+
+    The one filter before samples become pairs (SPG, oracle labels): a preference with an empty side is
+    invalid and the readers refuse it. A per-response list in ``meta["truncated"]`` is filtered alike.
+    """
+    out, removed = [], 0
+    for s in sets:
+        keep = [j for j, r in enumerate(s.responses) if r.strip()]
+        removed += len(s.responses) - len(keep)
+        meta = dict(s.meta)
+        if isinstance(meta.get("truncated"), list) and len(meta["truncated"]) == len(s.responses):
+            meta["truncated"] = [meta["truncated"][j] for j in keep]
+        out.append(SampleSet(s.prompt, [s.responses[j] for j in keep], meta))
+    return out, removed

@@ -1,0 +1,40 @@
+"""The evaluation stage's paired comparisons and the report section that shows them."""
+
+import re
+
+import numpy as np
+
+from rlp_align.report import paired_section
+from rlp_align.stages_impl import paired_evaluation
+
+
+def synthetic(oracle_gain: float, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, size=120)
+    gold = {"SFT": base.tolist(), "PPO": (base + 0.05).tolist(), "Oracle": (base + 0.05 + oracle_gain).tolist(),
+            "RLP-SPG": (base + 0.05 + 0.5 * oracle_gain + rng.normal(0, 0.01, 120)).tolist()}
+    rm0 = [True] * 60 + [False] * 60
+    refined = [True] * 80 + [False] * 40
+    return paired_evaluation(gold, {"RM0": rm0, "RLP-SPG": refined}, seed=0,
+                             heldout_correct={"RM0": [True] * 50 + [False] * 14, "RLP-SPG": [True] * 48 + [False] * 16})
+
+
+def test_paired_evaluation_and_report_section():
+    ev = synthetic(oracle_gain=0.1)
+    assert set(ev["paired"]) == {"PPO", "SFT"}
+    assert abs(ev["paired"]["SFT"]["PPO"]["gold_diff"]["diff"] - 0.05) < 1e-12
+    acc = ev["rm_accuracy_vs_rm0"]["RLP-SPG"]
+    assert (acc["only_new"], acc["only_ref"]) == (20, 0) and abs(acc["diff"] - 20 / 120) < 1e-12
+    assert len(acc["per_pair_diff"]) == 120 and acc["mcnemar_p"] < 1e-5
+    md = "\n".join(paired_section(ev))
+    assert "| PPO | SFT | +0.0500 |" in md and "| Oracle | PPO | +0.1000 |" in md
+    share = re.search(r"RLP-SPG (\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]", md)  # significant oracle gain: shown
+    assert share and abs(float(share[1]) - 0.5) < 0.03 and float(share[2]) < float(share[1]) < float(share[3])
+    assert "| RLP-SPG | +16.7 pts |" in md
+    fit = ev["refined_fit_d"]["RLP-SPG"]  # held-out D: 2 pairs lost, none gained
+    assert (fit["only_new"], fit["only_ref"]) == (0, 2) and abs(fit["diff"] + 2 / 64) < 1e-12
+    assert "Held-out D accuracy against RM0" in md and "| RLP-SPG | -3.1 pts |" in md
+
+    flat = "\n".join(paired_section(synthetic(oracle_gain=0.0)))
+    assert "not reported: the oracle's gain over PPO is not significant" in flat
+    assert paired_section({}) == []
