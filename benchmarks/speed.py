@@ -11,6 +11,9 @@
 2. MFU of our PPO update phase (see FLOP_FORMULA) against the fp32 matmul peak measured here (2048² GEMM).
 3. RLP overhead from the stage manifests of a pipeline run (``--run_dir``): no extra run.
 4. Sampling throughput (new tokens/s) of `rlp_align.generation.generate` at several batch sizes.
+5. The cheaper optimisers (``--workloads``): LoRA PPO (one base model, LoRA critic) and RLOO (no critic), one
+   run each of ours at the same batch and lengths, as episodes per second and peak RSS against TRL's full
+   fine-tuning PPO (and our own) from the same run. (The sampler alone: benchmarks/sampler_speed.py.)
 Writes benchmarks/results/speed.json (``--out``) with the targets and whether each was met.
 """
 
@@ -37,7 +40,8 @@ FLOP_FORMULA = (
     "policy and value) * update_tokens + 6 * hidden * vocab * response tokens (logits are computed for response "
     "positions only); attention-score FLOPs are left out of both. The target is judged on the matmul-only variant "
     "(the smaller, so MFU is never overstated).")
-TARGETS = {"ppo_speedup": 1.5, "mfu": 0.5, "rlp_overhead": 1.6}
+TARGETS = {"ppo_speedup": 1.5, "mfu": 0.5, "rlp_overhead": 1.6, "lora_ppo_episodes": 3.0, "lora_ppo_rss": 0.6,
+           "rloo_episodes": 3.0}
 RLHF_STAGES = ("00_instructions", "01_sft", "02_preferences", "03_rm0", "04_ppo1")
 
 
@@ -279,8 +283,39 @@ def sampling_throughput(policy: str, prompts: list, batches: list[int], new_toke
 # Targets
 
 
+def episodes_per_second(run: dict[str, Any]) -> float | None:
+    """Sequences (episodes) per second of a worker run: its batch over its median step time."""
+    return run["batch"] / run["median_step_seconds"] if run.get("median_step_seconds") and run.get("batch") else None
+
+
+def cheaper_targets(workloads: dict[str, dict], ours: list[dict], trl: list[dict], trl_note: str | None
+                    ) -> dict[str, Any]:
+    """LoRA PPO and RLOO: episodes/s (and LoRA PPO's peak RSS) as multiples of TRL's full fine-tuning PPO."""
+    trl_eps = median([e for e in map(episodes_per_second, trl) if e])
+    trl_rss = median([t["peak_rss_mb"] for t in trl if "peak_rss_mb" in t])
+    ours_eps = median([e for e in map(episodes_per_second, ours) if e])
+    out = {}
+    for name, goal in (("lora_ppo", TARGETS["lora_ppo_episodes"]), ("rloo", TARGETS["rloo_episodes"])):
+        if name not in workloads:
+            continue
+        run = workloads[name]
+        eps = episodes_per_second(run)
+        t: dict[str, Any] = {"target": f"{name} episodes/s >= {goal}x TRL's full fine-tuning PPO"
+                             + (f", peak RSS <= {TARGETS['lora_ppo_rss']}x TRL's" if name == "lora_ppo" else ""),
+                             "episodes_per_second": eps, "peak_rss_mb": run.get("peak_rss_mb"),
+                             "vs_our_full_ppo": eps / ours_eps if eps and ours_eps else None}
+        if eps is None or trl_eps is None or trl_rss is None:
+            t.update(passed=None, reason=run.get("error") or trl_note or "no TRL run to compare with")
+        else:
+            t["vs_trl"] = eps / trl_eps
+            t["rss_vs_trl"] = run["peak_rss_mb"] / trl_rss
+            t["passed"] = t["vs_trl"] >= goal and (name != "lora_ppo" or t["rss_vs_trl"] <= TARGETS["lora_ppo_rss"])
+        out[f"{name}_vs_trl"] = t
+    return out
+
+
 def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, overhead: dict,
-          profile: dict | None) -> dict[str, Any]:
+          profile: dict | None, workloads: dict[str, dict] | None = None) -> dict[str, Any]:
     """Each target with its measured value and pass/fail (None: not measured, with the reason)."""
     pairs = [(o, t) for o, t in zip(ours, trl) if o.get("median_step_seconds") and t.get("median_step_seconds")]
     speedups = [t["median_step_seconds"] / o["median_step_seconds"] for o, t in pairs]
@@ -300,7 +335,8 @@ def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, ov
             "passed": None if not overhead.get("measured") else overhead["worst_ratio"] <= TARGETS["rlp_overhead"]}
     if not overhead.get("measured"):
         over["reason"] = overhead.get("reason")
-    targets = {"ppo_step_vs_trl": speed, "update_mfu": mfu_target, "rlp_overhead": over}
+    targets = {"ppo_step_vs_trl": speed, "update_mfu": mfu_target, "rlp_overhead": over,
+               **cheaper_targets(workloads or {}, ours, trl, trl_note)}
     for name, t in targets.items():
         if t["passed"] is False:
             t["why"] = explain(name, ours, trl, mfu, overhead, profile)
@@ -341,6 +377,7 @@ def main() -> None:
     parser.add_argument("--sampling_batches", default=None, help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default 2; smoke 1)")
     parser.add_argument("--max_prompt_length", type=int, default=256)
+    parser.add_argument("--workloads", default="lora_ppo,rloo", help="cheaper optimisers to time ('' for none)")
     parser.add_argument("--run_dir", default=None, help="pipeline run folder for the RLP overhead")
     parser.add_argument("--trl_python", default=str(BENCH / ".venv-trl" / "bin" / "python"))
     parser.add_argument("--skip_trl", action="store_true")
@@ -416,6 +453,12 @@ def main() -> None:
                                   f"trl_{r}", args.threads, args.timeout))
             print(f"  TRL  #{r}: {trl[-1].get('median_step_seconds') or trl[-1].get('error')}")
 
+    workloads = {}
+    for mode in [w for w in args.workloads.split(",") if w]:
+        workloads[mode] = run_worker(ours_python, "speed_worker_ours.py", common + ["--steps", str(steps),
+                                     "--mode", mode], work, f"ours_{mode}", args.threads, args.timeout)
+        print(f"  ours {mode}: {workloads[mode].get('median_step_seconds') or workloads[mode].get('error')}")
+
     peaks.append(measure_peak())
     rates = [p["flops_per_second"] for p in peaks]
     peak = {**max(peaks, key=lambda p: p["flops_per_second"]), "measurements": rates,
@@ -441,8 +484,8 @@ def main() -> None:
                 "speedup_trl_over_ours": spread([t["median_step_seconds"] / o["median_step_seconds"]
                                                  for o, t in zip(ours, trl)
                                                  if o.get("median_step_seconds") and t.get("median_step_seconds")])},
-        "mfu": mfu, "rlp_overhead": overhead, "sampling": sampling,
-        "targets": judge(ours, trl, trl_note, mfu, overhead, profile),
+        "mfu": mfu, "rlp_overhead": overhead, "sampling": sampling, "workloads": workloads,
+        "targets": judge(ours, trl, trl_note, mfu, overhead, profile, workloads),
         "seconds": time.time() - started,
     }
     write_json(out, result)

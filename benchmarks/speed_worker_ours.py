@@ -3,6 +3,9 @@
 Runs with ``.venv/bin/python``. Same settings as speed_worker_trl.py: one rollout batch of ``--batch``
 prompts per step, one minibatch per PPO epoch, ``--ppo_epochs`` epochs, ``--new_tokens`` sampled at
 temperature 1.0, full fine-tuning in fp32. Gradient clipping is off because TRL's PPO loop does not clip.
+``--mode`` picks the workload: ``ppo`` (full fine-tuning, the one compared step for step with TRL),
+``lora_ppo`` (LoRA adapters, the reference the adapters-off base, ``--critic``), or ``rloo`` (full fine-tuning,
+no critic, ``--rloo_k`` samples per prompt; ``--batch`` then counts sequences, so episodes per step are equal).
 
 A probe passed as ``gold_fn`` (called once per step, right after the PPO update) records the wall time
 and the peak RSS; step k's time is the gap between probes k-1 and k, so model loading is never inside.
@@ -45,6 +48,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--profile_step", type=int, default=0, help="profile this step (0: none)")
     parser.add_argument("--profile_out", default="")
+    parser.add_argument("--mode", choices=["ppo", "lora_ppo", "rloo"], default="ppo")
+    parser.add_argument("--critic", choices=["separate", "lora", "head"], default="lora", help="lora_ppo's critic")
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--rloo_k", type=int, default=2, help="rloo: samples per prompt (TRL's default)")
     args = parser.parse_args()
 
     import torch
@@ -54,7 +61,7 @@ def main() -> None:
     from rlp_align import ppo as ppo_module
     from rlp_align import training
     from rlp_align.ensemble import make_reward_fn
-    from rlp_align.training import OptimConfig, read_metrics
+    from rlp_align.training import LoraConfig, OptimConfig, read_metrics
 
     torch.set_num_threads(args.threads)
     prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -67,6 +74,9 @@ def main() -> None:
         max_new_tokens=args.new_tokens, temperature=1.0, kl_coef=args.kl_coef,
         whiten_rewards=args.batch >= 8, gamma=1.0, lam=1.0, overwrite=True, seed=args.seed,
         optim=OptimConfig(learning_rate=args.learning_rate, max_grad_norm=0.0, save_every=10**9),
+        lora=LoraConfig(enabled=args.mode == "lora_ppo", r=args.lora_r, alpha=2 * args.lora_r),
+        critic=args.critic if args.mode == "lora_ppo" else "separate",
+        estimator="rloo" if args.mode == "rloo" else "gae", rloo_k=args.rloo_k,
     )
     reward_fn = make_reward_fn(args.reward_model, device="cpu", batch_size=args.batch,
                                max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
@@ -102,6 +112,9 @@ def main() -> None:
     last_unprofiled = [p for k, p in enumerate(probes) if k + 1 != profiled]
     result = {
         "framework": "rlp_align",
+        "mode": args.mode,
+        **({"critic": args.critic, "lora_r": args.lora_r} if args.mode == "lora_ppo" else {}),
+        **({"rloo_k": args.rloo_k} if args.mode == "rloo" else {}),
         "versions": {"rlp_align": rlp_align.__version__, "transformers": transformers.__version__,
                      "torch": torch.__version__},
         "steps": len(probes),

@@ -66,6 +66,23 @@ def test_targets_say_why_trl_was_not_measured():
     assert missed["update_mfu"]["passed"] is False and "phase_share_of_step" in missed["update_mfu"]["why"]
 
 
+def test_cheaper_optimisers_are_judged_in_episodes_per_second():
+    speed = _module("speed")
+    trl = [{"batch": 8, "median_step_seconds": 4.0, "peak_rss_mb": 1000.0}]  # 2 episodes/s
+    ours = [{"batch": 8, "median_step_seconds": 2.0, "peak_rss_mb": 800.0}]
+    workloads = {"lora_ppo": {"batch": 8, "median_step_seconds": 1.0, "peak_rss_mb": 500.0},  # 4x TRL, RSS 0.5x
+                 "rloo": {"batch": 8, "median_step_seconds": 2.0, "peak_rss_mb": 700.0}}       # 2x TRL: a miss
+    t = speed.cheaper_targets(workloads, ours, trl, None)
+    assert t["lora_ppo_vs_trl"]["vs_trl"] == pytest.approx(4.0) and t["lora_ppo_vs_trl"]["passed"] is True
+    assert t["lora_ppo_vs_trl"]["rss_vs_trl"] == pytest.approx(0.5)
+    assert t["lora_ppo_vs_trl"]["vs_our_full_ppo"] == pytest.approx(2.0)
+    assert t["rloo_vs_trl"]["vs_trl"] == pytest.approx(2.0) and t["rloo_vs_trl"]["passed"] is False
+    heavy = speed.cheaper_targets({"lora_ppo": {**workloads["lora_ppo"], "peak_rss_mb": 700.0}}, ours, trl, None)
+    assert heavy["lora_ppo_vs_trl"]["passed"] is False  # fast enough, but 0.7x TRL's memory
+    absent = speed.cheaper_targets(workloads, ours, [], "TRL skipped: absent")
+    assert absent["rloo_vs_trl"]["passed"] is None and "absent" in absent["rloo_vs_trl"]["reason"]
+
+
 def test_speed_smoke(tmp_path):
     out = tmp_path / "speed.json"
     run_dir = _fake_run_dir(tmp_path / "run", STAGES)
@@ -83,7 +100,12 @@ def test_speed_smoke(tmp_path):
     assert 0 < d["mfu"]["mfu_matmul"] < d["mfu"]["mfu_6nd"] < 1
     assert [r["batch"] for r in d["sampling"]] == [2, 4] and all(r["tokens_per_second"] > 0 for r in d["sampling"])
     assert d["rlp_overhead"]["worst_ratio"] == pytest.approx(1.5)
-    assert set(d["targets"]) == {"ppo_step_vs_trl", "update_mfu", "rlp_overhead"}
+    assert set(d["targets"]) == {"ppo_step_vs_trl", "update_mfu", "rlp_overhead", "lora_ppo_vs_trl", "rloo_vs_trl"}
+    for mode in ("lora_ppo", "rloo"):  # the cheaper optimisers ran, and are judged against TRL's PPO
+        run = d["workloads"][mode]
+        assert "error" not in run, run.get("log_tail")
+        assert run["mode"] == mode and run["step_seconds"][0] > 0 and run["peak_rss_mb"] > 50
+        assert d["targets"][f"{mode}_vs_trl"]["episodes_per_second"] > 0
     assert all(t["passed"] in (True, False, None) for t in d["targets"].values())
     if (BENCH / ".venv-trl" / "bin" / "python").exists():
         trl = d["ppo"]["trl"][0]

@@ -147,6 +147,10 @@ def test_every_field_reaches_a_stage(tmp_path, recorded):
         if path == "ensemble.uwo_lambda":
             assert {kw["uwo_lambda"] for _, kw in calls if kw.get("aggregate")} == {value}
             continue
+        if path == "policy_optimizer":  # reaches every policy-optimisation stage as its ppo.estimator
+            estimators = {kw["ppo"].estimator for name, kw in calls if name == "train_ppo"}
+            assert estimators == {"rloo"}, estimators
+            continue
         if path in SET_BY_PIPELINE_PATHS or path.removeprefix("ppo.optim.") in PPO_REFUSES:
             continue  # refused: see test_settings_the_pipeline_owns_are_refused
         if not rest:  # a top-level value: some stage receives it under its own name

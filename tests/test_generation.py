@@ -6,11 +6,13 @@ import warnings
 import pytest
 import torch
 
+from rlp_align import generation
 from rlp_align.data.records import user_prompt
 from rlp_align.errors import UserError
 from rlp_align.generation import (
     GenerateConfig,
     generate,
+    inverse_cdf,
     inverse_cdf_sample,
     run_generate,
     sample_next_token,
@@ -146,6 +148,52 @@ def test_inverse_cdf_sampling_matches_the_distribution():
         inverse_cdf_sample(torch.tensor([[0.0, float("nan")]]), gen)
     with pytest.raises(UserError, match="NaN, infinite or all zero"):
         inverse_cdf_sample(torch.zeros(1, 3), gen)
+
+
+def test_two_level_inverse_cdf_matches_one_cumulative_sum():
+    """The block search picks the index a single float64 cumulative sum over the vocabulary picks."""
+    gen = torch.Generator().manual_seed(0)
+    for vocab in (7, 512, 1300):  # smaller than a block, one block, and a ragged last block
+        probs = torch.rand(64, vocab, generator=gen) ** 4
+        probs[:, :: 3] = 0.0  # zero-weight tokens everywhere, never drawn
+        u = torch.rand(64, 1, generator=gen, dtype=torch.float64)
+        cumulative = probs.double().cumsum(-1)
+        expected = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True).squeeze(-1)
+        got = inverse_cdf(probs, u)
+        assert torch.equal(got, expected.clamp(max=vocab - 1)), vocab
+        assert (probs.gather(1, got[:, None]) > 0).all()
+
+
+@pytest.mark.parametrize("group_rows", [16, 5])
+def test_rows_leaving_the_batch_keep_log_probs_exact(tiny, monkeypatch, group_rows):
+    """Rows that said EOS leave the batch (the cache shrinks); the rest still sample what a full forward gives.
+    With 5 rows per prefill group the 12 prompts are prefilled in 3 groups of similar length."""
+    monkeypatch.setattr(generation, "PREFILL_GROUP_ROWS", group_rows)
+    tokenizer, model = tiny
+    prompts = [user_prompt(f"prompt {i} " + "more words " * i) for i in range(12)]
+    ids, mask = collate([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id, side="left")
+    kwargs = {"max_new_tokens": 12, "pad_token_id": tokenizer.pad_token_id, "temperature": 1.5,
+              "with_logprobs": True}
+    first = sample_tokens(model, ids, mask, eos_token_id=tokenizer.eos_token_id,
+                          generator=torch.Generator().manual_seed(0), **kwargs)[0]
+    eos = int(torch.mode(first.flatten()).values)  # a frequent token as "EOS": rows end at different steps
+    response, rmask, logprobs, entropy = sample_tokens(model, ids, mask, eos_token_id=eos,
+                                                       generator=torch.Generator().manual_seed(0), **kwargs)
+    lengths = rmask.sum(-1)
+    assert (lengths < response.shape[1]).sum() >= 3 and len(set(lengths.tolist())) >= 3, lengths  # drops happened
+    assert ((response == eos).long().cumsum(-1) * rmask <= 1).all()  # nothing after a row's EOS is kept
+    full, full_mask = torch.cat([ids, response], 1), torch.cat([mask, rmask], 1)
+    with torch.no_grad():
+        z = model(input_ids=full, attention_mask=full_mask,
+                  position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1 : -1] / 1.5
+    expected = torch.log_softmax(z, -1).gather(-1, response[..., None]).squeeze(-1) * rmask
+    torch.testing.assert_close(logprobs, expected, atol=1e-5, rtol=0)
+    p = torch.softmax(z, -1)
+    torch.testing.assert_close(entropy, -(p * torch.log_softmax(z, -1)).sum(-1) * rmask, atol=1e-5, rtol=0)
+    # one uniform number per original row and step: rows leaving the batch change no other row's draws, so
+    # each row repeats, up to its own end, what it drew when no row ended early
+    for row, n in enumerate(lengths.tolist()):
+        assert torch.equal(response[row, :n], first[row, :n]), row
 
 
 def test_run_generate_writes_answer_rows(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlp_align import ppo
+from rlp_align import ppo, ppo_models
 from rlp_align.data.records import user_prompt
 from rlp_align.dropout import disable_dropout
 from rlp_align.models import load_policy, load_tokenizer, save_model
@@ -57,5 +57,5 @@ def first_log_ratio(monkeypatch, tmp_path, policy: str) -> float:
 def test_first_ppo_ratio_is_one_with_a_dropout_checkpoint(monkeypatch, tmp_path, dropout_policy):
     assert first_log_ratio(monkeypatch, tmp_path / "off", dropout_policy) < 1e-5
     # the control: with dropout left on, the same update sees a ratio far from 1
-    monkeypatch.setattr(ppo, "disable_dropout", lambda model: 0)
+    monkeypatch.setattr(ppo_models, "disable_dropout", lambda model: 0)
     assert first_log_ratio(monkeypatch, tmp_path / "on", dropout_policy) > 1e-2

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "sft": ("rlp_align.sft", "SFTConfig", "run_sft", "supervised fine-tuning on instruction/response data"),
     "reward": ("rlp_align.reward", "RewardConfig", "run_reward", "train a Bradley-Terry reward model"),
     "ppo": ("rlp_align.ppo", "PPOConfig", "run_ppo", "PPO against a reward model (AlpacaFarm-style)"),
+    "rloo": ("rlp_align.rloo", "RLOOConfig", "run_rloo", "RLOO (REINFORCE leave-one-out, no critic) against an RM"),
     "best-of-n": ("rlp_align.best_of_n", "BestOfNConfig", "run_best_of_n", "best-of-n sampling re-ranked by an RM"),
     "sample": ("rlp_align.sample", "SampleConfig", "run_sample", "n policy samples per prompt (RLP step 4)"),
     "spg": ("rlp_align.spg", "SPGConfig", "run_spg", "synthetic preferences from policy samples (RLP-SPG)"),

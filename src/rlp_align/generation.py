@@ -17,13 +17,14 @@ from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StaticCache
+from transformers.cache_utils import StaticLayer
 
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
-from rlp_align.logprobs import entropy_from_logits, tempered, token_logprobs
+from rlp_align.logprobs import tempered
 from rlp_align.templates import collate, encode_prompt
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,19 @@ def sample_next_token(logits: torch.Tensor, top_p: float, generator: torch.Gener
 
     ``logits`` are already `tempered`; greedy decoding (temperature 0) is the caller's argmax.
     """
-    probs = torch.softmax(logits.float(), dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the tokens strictly more likely than it already cover top_p
-        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    probs = nucleus(torch.softmax(logits.float(), dim=-1), top_p)
     return inverse_cdf_sample(probs, generator)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero every token outside the smallest set whose probability covers ``top_p`` (not renormalised)."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # drop a token when the tokens strictly more likely than it already cover top_p
+    drop = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -58,17 +64,87 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -
     Inverse-CDF sampling: the first index whose cumulative weight exceeds u ~ U[0, total). It draws one
     random number per row, where ``torch.multinomial`` on CPU draws one per vocabulary entry: at batch 64
     and a 49k vocabulary that was 128 ms against 15 ms per token (measured here), a quarter of sampling
-    time. The cumulative sum is in float64 so that rounding cannot move tail tokens' boundaries; weights
-    of exactly 0 are never drawn (``right=True`` skips their empty intervals).
+    time. See `inverse_cdf` for the search.
     """
-    cumulative = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
+    return inverse_cdf(probs, u)
+
+
+_BLOCK = 512  # vocabulary entries per block of the two-level search
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first index of each row of weights [B, V] whose cumulative weight exceeds ``u * total`` (u [B, 1]).
+
+    Two levels instead of one cumulative sum over the whole vocabulary: block totals (in float64, so that
+    rounding cannot move tail tokens' boundaries), a search among the blocks, then a cumulative sum inside
+    the one block found. The same u gives the same index as a full float64 cumulative sum (up to rounding
+    at a boundary), for a fraction of the memory traffic. Weights of exactly 0 are never drawn
+    (``right=True`` skips their empty intervals).
+    """
+    rows, vocab = probs.shape
+    blocks = -(-vocab // _BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - vocab)).view(rows, blocks, _BLOCK)
+    block_total = padded.sum(-1, dtype=torch.float64)  # [B, blocks]
+    cumulative = block_total.cumsum(-1)
     total = cumulative[:, -1:]
     if not bool(((total > 0) & torch.isfinite(total)).all()):
         raise UserError("the sampling distribution is NaN, infinite or all zero: the model's logits are broken "
                         "(a diverged checkpoint?)")
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device)
-    index = torch.searchsorted(cumulative, u * total, right=True)
-    return index.squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    target = u * total
+    block = torch.searchsorted(cumulative, target, right=True).clamp(max=blocks - 1)  # [B, 1]
+    before = cumulative.gather(1, block) - block_total.gather(1, block)
+    inside = before + padded[torch.arange(rows, device=probs.device), block.squeeze(1)].double().cumsum(-1)
+    index = block * _BLOCK + torch.searchsorted(inside, target, right=True).clamp(max=_BLOCK - 1)
+    return index.squeeze(-1).clamp(max=vocab - 1)
+
+
+def _drop_rows(cache: StaticCache, keep: torch.Tensor) -> None:
+    """Keep only the ``keep`` rows of every layer's preallocated keys and values (finished rows leave)."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
+            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+            if hasattr(layer, "batch_size"):
+                layer.batch_size = int(keep.shape[0])
+
+
+PREFILL_GROUP_ROWS = 16  # rows per prefill group (larger: better matmul shapes; smaller: less padding)
+
+
+def _prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+             cache: StaticCache) -> torch.Tensor:
+    """Run the prompts into ``cache``; returns the logits after each prompt's last token [B, V].
+
+    Left padding makes every row as wide as the longest prompt, and pads cost as much as tokens. Rows are
+    prefilled in groups of similar length instead (sorted, ``PREFILL_GROUP_ROWS`` at a time), each group only as wide
+    as its own longest prompt, and its keys and values are copied into the right-aligned columns of the
+    preallocated cache: keys carry their positions (RoPE from ``positions``), not their columns, so the
+    result is the one-batch prefill's. Caches of another layout (e.g. sliding-window layers) get that.
+    """
+    batch, width = input_ids.shape
+    group_rows = PREFILL_GROUP_ROWS
+    if batch <= group_rows or any(type(layer) is not StaticLayer for layer in cache.layers):
+        full = torch.nn.functional.pad(attention_mask, (0, cache.layers[0].max_cache_len - width))
+        return model(input_ids=input_ids, attention_mask=full, position_ids=positions, use_cache=True,
+                     logits_to_keep=1, cache=cache).logits[:, -1]
+    logits = None
+    for rows in attention_mask.sum(-1).argsort().split(group_rows):
+        w = max(1, int(attention_mask[rows].sum(-1).max()))
+        part = DynamicCache()
+        out = model(input_ids=input_ids[rows, width - w :], attention_mask=attention_mask[rows, width - w :],
+                    position_ids=positions[rows, width - w :], use_cache=True, logits_to_keep=1,
+                    cache=part).logits[:, -1]
+        logits = out.new_empty(batch, out.shape[-1]) if logits is None else logits
+        logits[rows] = out
+        for layer, new in zip(cache.layers, part.layers):
+            if not layer.is_initialized:  # allocated once, for every row, prompt and new tokens
+                layer.lazy_initialization(new.keys[:1].expand(batch, -1, -1, -1),
+                                          new.values[:1].expand(batch, -1, -1, -1))
+            layer.keys[rows, :, width - w : width] = new.keys
+            layer.values[rows, :, width - w : width] = new.values
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(width)
+    return logits
 
 
 @torch.inference_mode()
@@ -92,45 +168,62 @@ def sample_tokens(
     has produced EOS. ``with_logprobs`` adds ``(logprobs [B, T], entropy [B, T])`` of the tempered
     softmax(logits / temperature) the tokens were drawn from (0 after EOS), from the logits sampling
     already computed: PPO then needs no separate forward pass of the policy to score its rollout.
+
+    Speed: the KV cache and the attention mask are allocated once for prompt + max_new_tokens (a
+    ``StaticCache``: no per-token concatenation of every layer's keys and values); prompts are prefilled in
+    groups of similar length (`_prefill`: fewer pad positions computed); rows that have said EOS
+    leave the batch once a quarter of it has finished; one log-softmax per token serves the draw, the
+    log-prob and the entropy. One uniform number is drawn per *original* row and token whatever the rows
+    left, so a seeded call draws the same tokens however the batch shrinks.
     """
     if with_logprobs and temperature <= 0:
         raise UserError("log-probabilities of greedy decoding are undefined: use a temperature > 0")
-    batch = input_ids.shape[0]
+    batch, prompt_length = input_ids.shape
     device = input_ids.device
-    mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()  # filled in place by every forward (`cache=`: transformers >= 5.24 renamed past_key_values)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1)
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    alive = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+    logprobs = torch.zeros(batch, max_new_tokens, device=device)
+    entropy = torch.zeros(batch, max_new_tokens, device=device)
+    if max_new_tokens < 1:
+        return (tokens, alive, logprobs, entropy) if with_logprobs else (tokens, alive)
+    mask = torch.zeros(batch, prompt_length + max_new_tokens, dtype=torch.long, device=device)
+    mask[:, :prompt_length] = attention_mask
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = StaticCache(config=model.config, max_cache_len=prompt_length + max_new_tokens)
+    logits = _prefill(model, input_ids, attention_mask.long(), positions, cache)
     next_position = positions[:, -1:] + 1
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, alive, logprobs, entropy = [], [], [], []
-    for _ in range(max_new_tokens):
-        logits = out.logits[:, -1, :]
+    rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
+    live = torch.ones(batch, dtype=torch.bool, device=device)  # False: said EOS, waiting to be dropped
+    steps = 0
+    for t in range(max_new_tokens):
+        steps = t + 1
         if temperature <= 0:
             token = logits.argmax(-1)
         else:
-            z = tempered(logits, temperature)  # the sampled distribution's logits, once per token
-            token = sample_next_token(z, top_p, generator)
-        token = token.masked_fill(finished, pad_token_id)
-        tokens.append(token)
-        alive.append(~finished)
+            u = torch.rand(batch, 1, generator=generator, dtype=torch.float64, device=device)[rows]
+            logp = torch.log_softmax(tempered(logits, temperature), dim=-1)  # the sampled distribution
+            probs = logp.exp()
+            token = inverse_cdf(nucleus(probs, top_p), u)
+        out_rows = rows[live]
+        tokens[out_rows, t] = token[live]
+        alive[out_rows, t] = 1
         if with_logprobs:
-            live = (~finished).float()
-            logprobs.append(token_logprobs(z, token) * live)
-            entropy.append(entropy_from_logits(z) * live)
-        finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            logprobs[out_rows, t] = logp.gather(-1, token[:, None]).squeeze(-1)[live]
+            entropy[out_rows, t] = -(probs * logp).sum(-1)[live]
+        live = live & (token != eos_token_id)
+        finished = int((~live).sum())
+        if finished == live.shape[0] or t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    cache=cache, use_cache=True)
+        if finished and finished * 4 >= live.shape[0]:  # drop finished rows (copies the cache once)
+            rows, token, next_position, mask = rows[live], token[live], next_position[live], mask[live]
+            _drop_rows(cache, live.nonzero().squeeze(1))
+            live = live[live]
+        mask[:, prompt_length + t] = 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
+                       cache=cache).logits[:, -1]
         next_position = next_position + 1
-    if not tokens:
-        empty = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        return (empty, empty, empty.float(), empty.float()) if with_logprobs else (empty, empty)
-    sampled = (torch.stack(tokens, 1), torch.stack(alive, 1).long())
-    return (*sampled, torch.stack(logprobs, 1), torch.stack(entropy, 1)) if with_logprobs else sampled
+    sampled = (tokens[:, :steps], alive[:, :steps])
+    return (*sampled, logprobs[:, :steps], entropy[:, :steps]) if with_logprobs else sampled
 
 
 @dataclass

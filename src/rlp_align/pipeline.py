@@ -13,6 +13,7 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from rlp_align import stages_impl as S
 from rlp_align.errors import UserError
 from rlp_align.io import check_writable
 from rlp_align.pipeline_config import DataConfig, EnsembleConfig, PipelineConfig, split, write_instructions
-from rlp_align.ppo import check_optim
+from rlp_align.ppo import PPOConfig, check_optim
 from rlp_align.refine import RefineConfig, inherit_reward_settings
 from rlp_align.run_folder import folder_kind, lock_holder
 from rlp_align.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
@@ -65,7 +66,7 @@ SET_BY_PIPELINE = {
     "sft": ("model", "train_file", "eval_file", "output_dir", "seed"),
     "reward": ("model", "train_file", "eval_file", "output_dir", "seed"),
     "ppo": ("policy", "reward_model", "output_dir", "reference", "prompts_file", "reward_ensemble",
-            "ensemble_aggregate", "uwo_lambda", "seed"),
+            "ensemble_aggregate", "uwo_lambda", "seed", "estimator"),
     "sample": ("policy", "prompts_file", "output_file", "seed"),
     "spg": ("samples_file", "reward_model", "output_file", "seed"),
     "refine": ("method", "base_model", "previous_rm", "preference_file", "synthetic_file", "samples_file",
@@ -74,7 +75,14 @@ SET_BY_PIPELINE = {
     "generate": ("policy", "instructions_file", "output_file", "seed"),
 }
 INSTEAD = {"seed": "the top-level seed", "method": "refine_methods", "uwo_lambda": "ensemble.uwo_lambda",
-           "ensemble_aggregate": "ensemble.aggregates", "reward_ensemble": "ensemble.k", "output_dir": "output_dir"}
+           "ensemble_aggregate": "ensemble.aggregates", "reward_ensemble": "ensemble.k", "output_dir": "output_dir",
+           "estimator": "policy_optimizer"}
+
+
+def ppo_section(cfg: PipelineConfig) -> PPOConfig:
+    """The settings of every policy-optimisation stage (PPO1, PPO2, the ensembles'): `ppo`, with the estimator
+    that `policy_optimizer` names (RLOO keeps PPO's settings and drops the critic)."""
+    return dataclasses.replace(cfg.ppo, estimator="rloo" if cfg.policy_optimizer == "rloo" else "gae")
 
 
 def refine_section(cfg: PipelineConfig) -> RefineConfig:
@@ -136,7 +144,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                         pair_temperature=cfg.pair_temperature, max_new_tokens=gen.max_new_tokens,
                         batch_size=gen.batch_size, seed=seed)
     rm0 = cache.stage("03_rm0", S.train_rm, reward=cfg.reward, sft_model=sft_model, prefs=prefs, seed=seed)
-    ppo_args = {"ppo": cfg.ppo, "annotator": cfg.annotator, "sft_model": sft_model, "pools": pools, "seed": seed}
+    ppo_args = {"ppo": ppo_section(cfg), "annotator": cfg.annotator, "sft_model": sft_model, "pools": pools, "seed": seed}
     ppo1 = cache.stage("04_ppo1", S.train_ppo, **ppo_args, reward_models=[rm0["model"]])
 
     policies = {"SFT": sft_model, "PPO": ppo1["model"]}

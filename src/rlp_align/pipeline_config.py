@@ -60,6 +60,7 @@ class PipelineConfig:
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
     eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
     oracle_labels: int | None = None  # fresh gold labels for the oracle RM; None: as many as SPG kept pairs
+    policy_optimizer: Literal["ppo", "rloo"] = "ppo"  # for PPO1, every PPO2 and the ensembles (settings: ppo.*)
     data: DataConfig = field(default_factory=DataConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

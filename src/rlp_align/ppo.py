@@ -9,6 +9,10 @@ One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
              truncation penalty; optional reward whitening; GAE advantages, whitened;
   4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.
 Losses and GAE are pure functions in `rlp_align.ppo_losses`. The value model starts as a copy of the RM.
+``estimator: rloo`` swaps step 3 for REINFORCE leave-one-out (Ahmadian et al. 2024): k samples per prompt, each
+sample's baseline the mean KL-penalised reward of the other k-1, and no critic. With ``lora`` the reference is
+the policy's own base with the adapters off; the critic is ``critic: separate | lora | head``
+(`rlp_align.ppo_models`).
 Multi-process: each rank takes its shard of the global rollout batch; metrics are averaged over ranks.
 The run checkpoints every ``save_every`` steps and resumes from there; at the end it writes ``model/`` and drops
 ``checkpoint/`` unless ``keep_checkpoint``.
@@ -30,12 +34,11 @@ from accelerate import Accelerator
 
 from rlp_align.data.records import Messages
 from rlp_align.device import default_device
-from rlp_align.dropout import disable_dropout
 from rlp_align.ensemble import RewardFn, make_reward_fn, same_vocabulary
 from rlp_align.errors import UserError
 from rlp_align.generation import seeded_generator
 from rlp_align.logprobs import token_logprobs
-from rlp_align.models import apply_lora, load_policy, load_tokenizer, load_value_model
+from rlp_align.models import load_tokenizer
 from rlp_align.ppo_eval import evaluation_point
 from rlp_align.ppo_losses import (
     AdaptiveKLController,
@@ -44,9 +47,11 @@ from rlp_align.ppo_losses import (
     kl_penalty_rewards,
     masked_mean,
     policy_loss,
+    rloo_advantages,
     value_loss,
     whiten,
 )
+from rlp_align.ppo_models import build_models
 from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.run_folder import config_inputs
 from rlp_align.training import (
@@ -80,6 +85,13 @@ class PPOConfig:
     micro_batch_size: int | None = None  # per-rank chunk of a minibatch (gradient accumulation); None = all
     rollout_chunk_size: int = 64  # per-rank sequences per generation / scoring forward
     ppo_epochs: int = 2
+    # advantages: "gae" = PPO with a critic (AlpacaFarm); "rloo" = REINFORCE leave-one-out, k samples per
+    # prompt, no critic (Ahmadian et al. 2024); rollout_batch_size then counts sequences (prompts x rloo_k)
+    estimator: Literal["gae", "rloo"] = "gae"
+    rloo_k: int = 4
+    # where V(s) comes from (ignored by RLOO): its own value model, a LoRA adapter on the policy's base
+    # (needs lora.enabled), or a head on the policy's trunk; memory costs in docs/decisions.md
+    critic: Literal["separate", "lora", "head"] = "separate"
     value_learning_rate: float | None = None  # defaults to optim.learning_rate
     clip_range: float = 0.2
     value_clip_range: float = 0.2
@@ -103,7 +115,8 @@ class PPOConfig:
     # warmup_steps counts optimiser updates (linear, then constant, independent of `steps`); keep_checkpoint
     # keeps checkpoint/ (3 GB for SmolLM2) after the run
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5, save_every=10))
-    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters on policy and value model
+    # adapters on the policy, whose base with adapters off is then the reference (one copy in memory)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     overwrite: bool = False  # start afresh even when output_dir holds a finished run or a checkpoint
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -148,6 +161,24 @@ def _check(cfg: PPOConfig, num_processes: int) -> None:
                         f"({cfg.step_batch_size})")
     if cfg.temperature <= 0:
         raise UserError("PPO samples from the policy: temperature must be > 0")
+    if cfg.estimator == "rloo" and (cfg.rloo_k < 2 or cfg.rollout_batch_size % (cfg.rloo_k * num_processes)):
+        raise UserError(f"RLOO needs rloo_k >= 2 (got {cfg.rloo_k}) and a rollout_batch_size "
+                        f"({cfg.rollout_batch_size}) that is a multiple of rloo_k x processes ({num_processes}): "
+                        "each prompt's k samples stay together on one rank")
+
+
+def shape_rloo(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor:
+    """Step 3 for RLOO: the sequence's leave-one-out advantage on every one of its tokens; returns the KL [B, T].
+
+    The policy loss is then PPO's clipped surrogate over tokens, as TRL's RLOOTrainer uses (with one epoch
+    of one minibatch it is exactly REINFORCE with the leave-one-out baseline, averaged over tokens).
+    """
+    mask = rollout.mask.to(rollout.logprobs.dtype)
+    advantages, _ = rloo_advantages(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
+                                    cfg.rloo_k)
+    rollout.advantages = advantages[:, None] * mask
+    rollout.returns = torch.zeros_like(mask)
+    return (rollout.logprobs - rollout.ref_logprobs) * mask
 
 
 def ppo_update(
@@ -165,8 +196,11 @@ def ppo_update(
     parameters, so the gradients are those of the summed loss; peak memory drops by about one model's
     activations. Under DDP one forward and one backward must cover all parameters, so it stays off there.
     """
-    split = accelerator.num_processes == 1 if split_backward is None else split_backward
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
+    has_critic = actor_critic.critic != "none"
+    # a value head on the policy's trunk shares its forward pass: one pass, one backward
+    split = accelerator.num_processes == 1 if split_backward is None else split_backward
+    split = split and actor_critic.critic != "head"
     local_minibatch = cfg.step_batch_size // accelerator.num_processes
     micro = cfg.micro_batch_size or local_minibatch
     updates_per_step = cfg.ppo_epochs * (cfg.rollout_batch_size // cfg.step_batch_size)
@@ -191,24 +225,29 @@ def ppo_update(
                 # gradients are all-reduced across ranks only on the minibatch's last micro-batch
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
-                    if split:
+                    if not has_critic:  # RLOO: the policy loss alone
+                        logits = model(*inputs, cfg.temperature)[0]
+                    elif split:
                         logits = actor_critic.logits(*inputs, cfg.temperature)
                     else:
                         logits, values = model(*inputs, cfg.temperature)
                     logprobs = token_logprobs(logits, b["response"])
                     pg_loss, clip_fraction, approx_kl = policy_loss(
                         logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
-                    if split:
+                    stats = {"policy_loss": pg_loss, "clip_fraction": clip_fraction, "approx_kl": approx_kl}
+                    if has_critic and split:
                         accelerator.backward(pg_loss * share)  # frees the policy's graph
                         del logits, logprobs
                         pg_loss, values = pg_loss.detach(), actor_critic.values(*inputs)
-                    vf_loss, vf_clip_fraction = value_loss(
-                        values.float(), b["values"], b["returns"], b["mask"], cfg.value_clip_range)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    loss = pg_loss
+                    if has_critic:
+                        vf_loss, vf_clip_fraction = value_loss(
+                            values.float(), b["values"], b["returns"], b["mask"], cfg.value_clip_range)
+                        loss = pg_loss + cfg.vf_coef * vf_loss
+                        stats.update(value_loss=vf_loss, value_clip_fraction=vf_clip_fraction)
                     accelerator.backward(loss * share)
                 check_finite("loss", loss, step + 1, cfg.output_dir)
-                for key, v in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_fraction", clip_fraction),
-                               ("value_clip_fraction", vf_clip_fraction), ("approx_kl", approx_kl)):
+                for key, v in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(v.detach()) * float(share) / updates_per_step
             if cfg.optim.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
@@ -240,21 +279,7 @@ def train_ppo(
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-    policy = load_policy(cfg.policy, **trust)
-    ref = load_policy(cfg.reference or cfg.policy, **trust).to(device).eval().requires_grad_(False)
-    value = load_value_model(cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0], **trust)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        value.gradient_checkpointing_enable()
-    if cfg.lora.enabled:
-        policy = apply_lora(policy, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
-        value = apply_lora(value, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
-    for m in (policy, value):  # rollouts and updates must compute one function: the first ratio is 1 (TRL)
-        disable_dropout(m)
-    actor_critic = ActorCritic(policy, value)
-    groups = [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.optim.learning_rate},
-              {"params": [p for p in value.parameters() if p.requires_grad],
-               "lr": cfg.value_learning_rate or cfg.optim.learning_rate}]
+    actor_critic, ref, groups = build_models(cfg, device, **trust)
     base_lrs = [g["lr"] for g in groups]
     optimizer = adamw(groups, weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(actor_critic, optimizer)
@@ -282,16 +307,20 @@ def train_ppo(
     for step in range(start, cfg.steps):
         # ---- 1-2. rollout and scoring
         timings: dict[str, float] = {}
-        indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size, step, cfg.seed), accelerator)
-        batch_prompts = [prompts[i] for i in indices]
+        k = cfg.rloo_k if cfg.estimator == "rloo" else 1  # RLOO: k consecutive samples of each prompt
+        indices = shard(batch_indices(len(prompts), cfg.rollout_batch_size // k, step, cfg.seed), accelerator)
+        batch_prompts = [prompts[i] for i in indices for _ in range(k)]
         generator = seeded_generator(cfg.seed, step, accelerator.process_index, device=device)
         with accelerator.autocast():  # the rollout's forwards bypass the prepared (autocast) forward
             rollout, texts = make_rollout(unwrapped, ref, tokenizer, reward_fn, batch_prompts, cfg, generator,
                                           score_tokens, timings)
         check_finite("reward", rollout.raw_scores, step + 1, out_dir)
 
-        # ---- 3. KL-shaped rewards, GAE, whitened advantages
-        kl = shape_rewards(rollout, cfg, kl_ctl.value, reduce=sum_over_ranks)
+        # ---- 3. KL-shaped rewards, GAE, whitened advantages (PPO), or leave-one-out advantages (RLOO)
+        if cfg.estimator == "rloo":
+            kl = shape_rloo(rollout, cfg, kl_ctl.value)
+        else:
+            kl = shape_rewards(rollout, cfg, kl_ctl.value, reduce=sum_over_ranks)
 
         # ---- 4. PPO epochs over minibatches
         t0 = time.perf_counter()

@@ -4,7 +4,8 @@ Every tensor is [B, T] over response tokens with a 0/1 ``mask`` (1 up to and inc
 and nothing is ever read where the mask is 0: padded positions contribute exactly zero.
 References: Schulman et al. 2016 (GAE, "High-Dimensional Continuous Control Using Generalized Advantage
 Estimation"), Schulman et al. 2017 (PPO, "Proximal Policy Optimization Algorithms"), Ziegler et al. 2019
-("Fine-Tuning Language Models from Human Preferences"), Dubois et al. 2023 (AlpacaFarm).
+("Fine-Tuning Language Models from Human Preferences"), Dubois et al. 2023 (AlpacaFarm), Ahmadian et al. 2024
+("Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs", RLOO).
 """
 
 from __future__ import annotations
@@ -95,6 +96,28 @@ def gae(
     discount = torch.where(exponent >= 0, (gamma * lam) ** exponent.clamp(min=0), 0.0)
     advantages = (deltas @ discount) * mask_f
     return advantages, (advantages + values) * mask_f
+
+
+def rloo_advantages(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, Sec. 3.2; Kool et al. 2019):
+
+    R_i = r(x, y_i) - beta * sum_t (log pi(y_i,t | .) - log pi_ref(y_i,t | .)),
+    A_i = R_i - 1/(k-1) * sum_{j != i} R_j,
+    for the k samples y_1..y_k of one prompt, which are consecutive rows (row g * k + i is sample i of prompt g).
+    The baseline is the mean of the *other* samples' KL-penalised rewards, so it does not depend on y_i and
+    the estimator stays unbiased; no critic. Returns ``(advantages [B], penalised rewards R [B])``.
+    """
+    if k < 2 or scores.shape[0] % k:
+        raise ValueError(f"RLOO needs k >= 2 samples per prompt and a batch of whole groups (k={k}, "
+                         f"batch={scores.shape[0]})")
+    kl = ((logprobs - ref_logprobs) * mask.to(logprobs.dtype)).sum(-1)
+    rewards = scores.to(kl.dtype) - kl_coef * kl
+    groups = rewards.view(-1, k)
+    baseline = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).reshape(-1), rewards
 
 
 def policy_loss(

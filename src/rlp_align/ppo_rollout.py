@@ -12,9 +12,11 @@ per-token quantity is multiplied by the response mask (1 up to and including EOS
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.ensemble import RewardFn
 from rlp_align.generation import sample_tokens
-from rlp_align.logprobs import entropy_from_logits, response_logits, token_logprobs
+from rlp_align.logprobs import entropy_from_logits, response_logits, tempered, token_logprobs
 from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.reward_path import append_eos, apply_missing_eos_penalty
 from rlp_align.templates import collate, encode_prompt
@@ -41,34 +43,108 @@ class RolloutSettings(Protocol):
 
 
 class ActorCritic(nn.Module):
-    """Policy and value model under one module: one DDP wrapper, one optimiser (AlpacaFarm)."""
+    """Policy and critic under one module: one DDP wrapper, one optimiser (AlpacaFarm).
 
-    def __init__(self, policy: nn.Module, value: nn.Module):
+    ``critic`` says where V(s_t) comes from (the memory each costs: docs/decisions.md):
+      "separate": ``value`` is a sequence classifier of its own (initialised from the RM, AlpacaFarm);
+      "lora":     ``value`` is a linear value head on the policy's frozen base running a second LoRA adapter
+                  named "critic" (the policy is a peft model; adapters are switched, nothing is copied);
+      "head":     ``value`` is a linear value head on the policy's own trunk (the value loss trains the trunk too);
+      "none":     no critic (RLOO); ``values`` is all zeros and never trained.
+    """
+
+    def __init__(self, policy: nn.Module, value: nn.Module | None, critic: str = "separate"):
         super().__init__()
-        self.policy, self.value = policy, value
+        self.policy, self.value, self.critic = policy, value, critic
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tempered logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T positions."""
+        """Tempered logits predicting each response token [B, T, V] and values V(s_t) [B, T] for the last T
+        positions."""
+        if self.critic == "head":  # one pass of the shared trunk for both
+            logits, hidden = self._policy_forward(input_ids, attention_mask, response_length, temperature,
+                                                  hidden=True)
+            return logits, self.value(hidden[:, -response_length - 1 : -1]).squeeze(-1)
         return self.logits(input_ids, attention_mask, response_length, temperature), \
             self.values(input_ids, attention_mask, response_length)
+
+    def _policy_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float,
+        hidden: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not hidden:
+            return response_logits(self.policy, input_ids, attention_mask, response_length, temperature), None
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                          logits_to_keep=response_length + 1, use_cache=False, output_hidden_states=True)
+        return tempered(out.logits[:, :-1], temperature), out.hidden_states[-1]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
                temperature: float) -> torch.Tensor:
         """Logits of the sampling distribution for each of the last T tokens [B, T, V] (the policy alone)."""
-        return response_logits(self.policy, input_ids, attention_mask, response_length, temperature)
+        return self._policy_forward(input_ids, attention_mask, response_length, temperature)[0]
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int) -> torch.Tensor:
-        """V(s_t) [B, T] for the last T positions (the value model alone)."""
+        """V(s_t) [B, T] for the last T positions (the critic alone)."""
+        if self.critic == "none":
+            return torch.zeros(input_ids.shape[0], response_length, device=input_ids.device)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inner = unwrap_model(self.value)
-        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=positions).last_hidden_state
-        return reward_head(inner)(hidden[:, -response_length - 1 : -1]).squeeze(-1)
+        if self.critic == "separate":
+            inner = unwrap_model(self.value)
+            head = reward_head(inner)
+        else:
+            inner, head = unwrap_model(self.policy), self.value
+        with use_adapter(self.policy, "critic") if self.critic == "lora" else contextlib.nullcontext():
+            hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=positions).last_hidden_state
+        return head(hidden[:, -response_length - 1 : -1]).squeeze(-1)
 
 
-def reference_logprobs(ref: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+@contextlib.contextmanager
+def keep_trainable(model: nn.Module) -> Iterator[None]:
+    """Undo, on exit, peft's freezing of inactive adapters.
+
+    peft's ``set_adapter`` (also called when ``disable_adapter`` ends) sets requires_grad=False on every
+    adapter but the active one, which would stop a second adapter (the LoRA critic) from training. Which
+    parameters train is decided once, by the optimiser's groups.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def use_adapter(peft_model: nn.Module, name: str) -> Iterator[None]:
+    """Run the peft model's LoRA adapter ``name`` for the duration, then switch back."""
+    model = getattr(peft_model, "module", peft_model)
+    previous = model.active_adapter
+    with keep_trainable(model):
+        model.base_model.set_adapter(name)
+        try:
+            yield
+        finally:
+            model.base_model.set_adapter(previous)
+
+
+class AdaptersOff:
+    """The frozen reference policy as the LoRA policy's own base with every adapter switched off.
+
+    Called like a model; holds no weights of its own, so PPO keeps one copy of the base in memory.
+    """
+
+    def __init__(self, peft_model: nn.Module):
+        self.model = peft_model
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with keep_trainable(self.model), self.model.disable_adapter():
+            return self.model(**kwargs)
+
+
+def reference_logprobs(ref: nn.Module | AdaptersOff, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     return token_logprobs(response_logits(ref, input_ids, attention_mask, tokens.shape[1], temperature), tokens)
 
@@ -107,7 +183,7 @@ class Rollout:
 
 @torch.inference_mode()
 def evaluate_responses(
-    actor_critic: ActorCritic, ref: nn.Module, query: torch.Tensor, query_mask: torch.Tensor,
+    actor_critic: ActorCritic, ref: nn.Module | AdaptersOff, query: torch.Tensor, query_mask: torch.Tensor,
     response: torch.Tensor, mask: torch.Tensor, temperature: float, chunk_size: int,
     sampled: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -137,8 +213,9 @@ def evaluate_responses(
 
 
 def make_rollout(
-    actor_critic: ActorCritic, ref: nn.Module, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, prompts: list[Messages],
-    cfg: RolloutSettings, generator: torch.Generator, score_tokens: bool, timings: dict[str, float],
+    actor_critic: ActorCritic, ref: nn.Module | AdaptersOff, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn,
+    prompts: list[Messages], cfg: RolloutSettings, generator: torch.Generator, score_tokens: bool,
+    timings: dict[str, float],
 ) -> tuple[Rollout, list[str]]:
     """Steps 1-2 of a PPO step: sample, then score once (policy, reference, values, reward)."""
     device = next(actor_critic.parameters()).device

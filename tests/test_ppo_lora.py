@@ -1,0 +1,116 @@
+"""LoRA PPO on one base model: the reference is the base with adapters off; each critic mode trains and resumes."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_ppo import PROMPTS, Crash, count_e, small_cfg
+
+from rlp_align.ensemble import RewardModelFn
+from rlp_align.errors import UserError
+from rlp_align.models import load_policy, load_reward_model, load_tokenizer, resolve_model
+from rlp_align.ppo import ppo_update, shape_rewards, train_ppo
+from rlp_align.ppo_models import build_models
+from rlp_align.ppo_rollout import AdaptersOff, make_rollout, reference_logprobs
+from rlp_align.training import LoraConfig, adamw, make_accelerator, read_metrics
+
+
+def lora_cfg(out, **kw):
+    return small_cfg(out, lora=LoraConfig(enabled=True, r=4), **kw)
+
+
+def perturb_adapters(model, seed=0):
+    """LoRA's B matrices start at zero (adapters are then a no-op): give them values so the policy differs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def test_adapters_off_is_exactly_the_base_model(tmp_path):
+    ac, ref, _ = build_models(lora_cfg(tmp_path), torch.device("cpu"))
+    assert isinstance(ref, AdaptersOff) and ref.model is ac.policy  # no second copy of the base
+    perturb_adapters(ac.policy)
+    base = load_policy("tiny").eval()
+    ac.eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    tokens = ids[:, -3:]
+    with torch.inference_mode():
+        shared = reference_logprobs(ref, ids, mask, tokens, temperature=0.7)
+        alone = reference_logprobs(base, ids, mask, tokens, temperature=0.7)
+        policy = reference_logprobs(ac.policy, ids, mask, tokens, temperature=0.7)
+    assert torch.equal(shared, alone)
+    assert not torch.allclose(policy, alone, atol=1e-3)  # the adapters are on again outside the context
+    # a reference of its own is loaded only when it is not the policy's starting point
+    _, separate_ref, _ = build_models(lora_cfg(tmp_path, reference=str(resolve_model("tiny"))), torch.device("cpu"))
+    assert not isinstance(separate_ref, AdaptersOff)
+
+
+MODES = [(True, "separate"), (True, "lora"), (True, "head"), (False, "head")]
+
+
+@pytest.mark.parametrize("lora,critic", MODES)
+def test_each_critic_mode_trains_one_step(tmp_path, lora, critic):
+    cfg = small_cfg(tmp_path, lora=LoraConfig(enabled=lora, r=4), critic=critic, rollout_batch_size=4,
+                    step_batch_size=4, max_new_tokens=6, ppo_epochs=1)
+    rm = load_reward_model("tiny")
+    ac, ref, groups = build_models(cfg, torch.device("cpu"))
+    assert len(groups) == 2 and all(g["params"] for g in groups)
+    if critic == "lora":  # V starts at 0 (a zero head); give the head weights so its gradient reaches the adapter
+        torch.nn.init.normal_(ac.value.weight, std=0.5)
+    tokenizer = load_tokenizer("tiny")
+    rollout, _ = make_rollout(ac, ref, tokenizer, RewardModelFn(rm, tokenizer), PROMPTS[:4], cfg,
+                              torch.Generator().manual_seed(0), True, {})
+    shape_rewards(rollout, cfg, kl_coef=0.1)
+    rollout.returns = rollout.returns + 1.0  # a value target away from V, so the critic must move
+    b = rollout.rows(torch.arange(4))
+    with torch.no_grad():  # the joint forward and the two separate ones agree (head: one trunk pass)
+        logits, values = ac(b["input_ids"], b["attention_mask"], b["response"].shape[1], 1.0)
+        torch.testing.assert_close(values, ac.values(b["input_ids"], b["attention_mask"], b["response"].shape[1]))
+    before = {k: v.clone() for k, v in ac.state_dict().items()}
+    optimizer = adamw(groups, weight_decay=0.0)
+    stats = ppo_update(ac, optimizer, make_accelerator(0), rollout, cfg, 0, [g["lr"] for g in groups])
+    assert stats["value_loss"] > 0
+    after = ac.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("value" in k for k in changed), "the critic did not train"
+    if critic == "lora":
+        assert any(".critic." in k for k in changed) and any(".default." in k for k in changed), changed
+    if lora:  # only adapters and heads train; the shared base (the reference) never moves
+        assert all("lora_" in k or k.startswith("value.") or "modules_to_save" in k for k in changed), changed
+    else:
+        assert any(k.startswith("policy.") for k in changed)
+
+
+@pytest.mark.parametrize("lora,critic", MODES)
+def test_each_critic_mode_resumes_exactly(tmp_path, lora, critic):
+    cfg = dict(steps=3, save_every=1, rollout_batch_size=4, step_batch_size=4, max_new_tokens=6,
+               lora=LoraConfig(enabled=lora, r=4), critic=critic, kl_coef=0.05)
+    train_ppo(small_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
+
+    def crash_at_step_2(prompts, responses, calls=[]):  # noqa: B006 - counts calls across this test only
+        calls.append(1)
+        if len(calls) == 2:
+            raise Crash
+        return torch.zeros(len(responses))
+
+    with pytest.raises(Crash):
+        train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash_at_step_2)
+    train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e)
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    start = load_file(resolve_model("tiny") / "model.safetensors")
+    assert a.keys() == start.keys()  # a plain merged HF folder: no adapter or value-head tensors
+    for key in a:
+        assert torch.equal(a[key], b[key]) or torch.allclose(a[key], b[key], atol=1e-6), key
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    rows_a, rows_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    for key in ("reward", "kl", "value_loss"):
+        assert [r[key] for r in rows_a] == pytest.approx([r[key] for r in rows_b], abs=1e-6), key
+    load_policy(tmp_path / "b" / "model")
+
+
+def test_lora_critic_needs_a_lora_policy(tmp_path):
+    with pytest.raises(UserError, match="lora.enabled: true"):
+        build_models(small_cfg(tmp_path, critic="lora"), torch.device("cpu"))
