@@ -12,7 +12,8 @@ POINT is one of
 A kill sent by the test from a timer lands wherever the machine's load has got the command to: on a loaded
 machine the command may even finish first. These points are reached by the command itself, so the test
 kills at the same point every time, however busy the machine is. The process ends with SIGKILL (exit -9):
-no handler, no flush, no cleanup, exactly like an external kill -9.
+no handler, no flush, no cleanup, exactly like an external kill -9. ``stop@POINT`` stops the process there
+(SIGSTOP) instead: frozen, it still holds its run lock, until the test kills it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import signal
 import sys
 from pathlib import Path
 
+SIGNAL = signal.SIGKILL
+
 
 def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL)
 
 
 def checkpoint_step(folder: Path) -> int:
@@ -82,6 +85,8 @@ def arm(point: str) -> None:
 if __name__ == "__main__":
     point, separator, *rlp_args = sys.argv[1:]
     assert separator == "--", __doc__
+    if point.startswith("stop@"):
+        SIGNAL, point = signal.SIGSTOP, point.removeprefix("stop@")
     arm(point)
     from rlp_align.cli import main
 

@@ -492,6 +492,114 @@ CASES = [
 ]
 
 
+# ---- run folders (issue 16): path safety, run fingerprints, the run lock, `rlp run --status`
+
+
+def tree(path: Path) -> dict[str, str]:
+    """A file's bytes, or every file and folder under a folder: what must not change."""
+    if path.is_file():
+        return {str(path): path.read_bytes().hex()}
+    return {str(p): p.read_bytes().hex() if p.is_file() else "folder" for p in sorted(path.rglob("*"))}
+
+
+def snapshot(tmp: Path, path: Path) -> None:
+    (tmp / "snapshot.json").write_text(json.dumps({"path": str(path), "tree": tree(path)}))
+
+
+def unchanged(tmp: Path, _: str) -> None:
+    saved = json.loads((tmp / "snapshot.json").read_text())
+    assert tree(Path(saved["path"])) == saved["tree"]
+
+
+def ppo_into_its_policy(tmp: Path) -> list[str]:
+    ow = tmp / "ow"
+    shutil.copytree(resolve_model("tiny"), ow / "model")
+    snapshot(tmp, ow)
+    prompts = jsonl(tmp, [{"instruction": "Name a fruit."}], "prompts.jsonl")
+    return ["ppo", "--policy", str(ow / "model"), "--reward_model", "tiny", "--prompts_file", str(prompts),
+            "--output_dir", str(ow), "--overwrite", "true", "--steps", "1"]
+
+
+def output_file_is_input(command: str) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        s = jsonl(tmp, [{"prompt": [{"role": "user", "content": "Hi?"}], "responses": ["a", "b"]}], "S.jsonl")
+        snapshot(tmp, s)
+        args = (["spg", "--samples_file", str(s), "--reward_model", "tiny"] if command == "spg"
+                else ["sample", "--prompts_file", str(s), "--n", "2"])
+        return [*args, "--output_file", str(s)]
+
+    return build
+
+
+def finished_reward_run(tmp: Path, command: str = "reward", checkpoint: bool = False,
+                        settings: dict | None = None) -> list[str]:
+    """`reward(...)` arguments, with ``out/`` holding what a run of ``command`` with other settings left."""
+    from rlp_align.config import load_config, parse_overrides
+    from rlp_align.reward import RewardConfig
+    from rlp_align.run_folder import FINGERPRINT, fingerprint
+
+    args = reward(tmp, jsonl(tmp, [GOOD]))
+    earlier = args + [x for k, v in (settings or {}).items() for x in (f"--{k}", str(v))]
+    fp = fingerprint(command, load_config(RewardConfig, None, parse_overrides(earlier[1:])))
+    write(tmp, f"out/{FINGERPRINT}", json.dumps(fp))
+    write(tmp, "out/checkpoint/trainer_state.json" if checkpoint else "out/summary.json", json.dumps({"step": 1}))
+    snapshot(tmp, tmp / "out")
+    return args
+
+
+HELD: list = []  # the process `locked_output` starts to hold a run lock, until `released` ends it
+
+
+def locked_output(tmp: Path) -> list[str]:
+    code = ("import sys, time; from rlp_align.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(300)")
+    HELD.append(subprocess.Popen([sys.executable, "-c", code, str(tmp / "out")], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}))
+    assert HELD[-1].stdout.readline().strip() == "locked"
+    return reward(tmp, jsonl(tmp, [GOOD]))
+
+
+def released(tmp: Path, output: str) -> None:
+    holder = HELD.pop()
+    holder.kill()
+    holder.wait()
+    assert f"(PID {holder.pid})" in output and not (tmp / "out" / "metrics.jsonl").exists()
+
+
+CASES += [
+    Case("ppo-overwrite-output-holds-policy", "cli", "`rlp ppo --policy ow/model --output_dir ow --overwrite true`",
+         "exit 2 before anything is written: the output contains an input; `ow/` stays byte-identical",
+         ppo_into_its_policy, ("the output", "contains the input policy"), check=unchanged),
+    Case("spg-output-is-samples-file", "cli", "`rlp spg --samples_file S --output_file S`",
+         "exit 2; S stays byte-identical", output_file_is_input("spg"), ("is the input samples_file",),
+         check=unchanged),
+    Case("sample-output-is-prompts-file", "cli", "`rlp sample --prompts_file S --output_file S` (or a symlink to S)",
+         "exit 2; S stays byte-identical", output_file_is_input("sample"), ("is the input prompts_file",),
+         check=unchanged),
+    Case("output-file-is-a-folder", "cli", "`--output_file` naming an existing folder",
+         "exit 2 before any model is loaded",
+         lambda tmp: ["sample", "--prompts_file", str(jsonl(tmp, [{"instruction": "Hi"}])), "--output_file",
+                      str(tmp)], ("is an existing folder",)),
+    Case("rerun-finished-other-settings", "training",
+         "a rerun into a finished output folder with another learning rate (or steps, or data)",
+         "exit 2 naming the differing keys and offering `--overwrite true`; the old result is not returned",
+         lambda tmp: finished_reward_run(tmp, settings={"optim.learning_rate": 0.5, "optim.max_steps": 4}),
+         ("optim.learning_rate (0.5 -> 0.001)", "optim.max_steps (4 -> 1)", "--overwrite true"), check=unchanged),
+    Case("resume-other-settings", "training", "a rerun into a folder holding a checkpoint made with other settings",
+         "exit 2 naming the keys: resuming would mix two runs", lambda tmp: finished_reward_run(
+             tmp, checkpoint=True, settings={"optim.batch_size": 4}), ("holds a checkpoint", "optim.batch_size (4 -> 2)"),
+         check=unchanged),
+    Case("folder-of-another-command", "training", "`rlp reward --output_dir` a folder written by `rlp ppo`",
+         "exit 2 naming the command that wrote it", lambda tmp: finished_reward_run(tmp, command="ppo"),
+         ("was written by `rlp ppo`",), check=unchanged),
+    Case("output-folder-in-use", "training", "a second process on an output folder whose run lock is held",
+         "exit 2 naming the holder's PID (a dead holder's lock is taken over, with a message)", locked_output,
+         ("in use by another rlp process",), check=released),
+    Case("status-not-a-run-folder", "cli", "`rlp run --status` on a folder with no stage manifests, or no folder",
+         "exit 2: not a run folder", lambda tmp: ["run", "--status", str(tmp)], ("not a run folder",)),
+]
+
+
 # --------------------------------------------------------------------------------------------------
 # Running a case
 

@@ -82,7 +82,10 @@ def _run_command(name: str, argv: list[str]) -> int:
         elif not os.path.exists(config_file) and os.path.exists(pipeline.preset_path(config_file)):
             config_file = pipeline.preset_path(config_file)
     cfg = load_config(cls, config_file, parse_overrides(argv))
-    result = run(cfg)
+    from rlp_align.run_folder import claim_output
+
+    with claim_output(name, cfg):  # path safety, the run lock, the run fingerprint
+        result = run(cfg)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -23,6 +23,7 @@ from rlp_align.io import check_writable
 from rlp_align.pipeline_config import DataConfig, EnsembleConfig, PipelineConfig, split, write_instructions
 from rlp_align.ppo import PPOConfig, check_optim
 from rlp_align.refine import RefineConfig, inherit_reward_settings
+from rlp_align.run_folder import folder_kind, lock_holder
 from rlp_align.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
 
 __all__ = ["NOT_IN_STAGE_KEYS", "DataConfig", "EnsembleConfig", "PipelineConfig", "run_pipeline", "split",
@@ -38,14 +39,23 @@ def preset_path(name: str) -> str:
 
 
 def format_status(run_dir: str) -> str:
+    """Each stage's state. A stage whose manifest says "running" while no live process holds the run lock
+    was interrupted or crashed."""
     rows = stage_status(run_dir)
-    if not rows:
-        return f"{run_dir}: no stages yet"
-    lines = [f"{run_dir}:"]
+    if not rows and folder_kind(Path(run_dir)) != "run":
+        raise UserError(f"{run_dir}: not a run folder (it holds no stage manifests); `rlp run --output_dir "
+                        f"{run_dir}` makes one")
+    holder = lock_holder(run_dir)
+    crashed = holder is None and any(r["status"] == "running" for r in rows)
+    report = Path(run_dir) / "report.md"
+    state = (f"running (PID {holder})" if holder else "interrupted/crashed: rerun the same command to resume"
+             if crashed else "finished" if report.exists() else "stopped before the report: rerun to continue")
+    lines = [f"{run_dir}: {state}"]
     for r in rows:
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.0f}s"
-        lines.append(f"  {r['stage']:<28} {r['status']:<8} {seconds}")
-    report = Path(run_dir) / "report.md"
+        status = "crashed" if r["status"] == "running" and crashed else r["status"]
+        note = "  interrupted/crashed, rerun to resume" if status == "crashed" else ""
+        lines.append(f"  {r['stage']:<28} {status:<8} {seconds}{note}")
     lines.append(f"  report: {report if report.exists() else 'not yet written'}")
     return "\n".join(lines)
 

@@ -53,6 +53,7 @@ from rlp_align.ppo_losses import (
 )
 from rlp_align.ppo_models import build_models
 from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
+from rlp_align.run_folder import config_inputs
 from rlp_align.training import (
     LoraConfig,
     OptimConfig,
@@ -271,7 +272,7 @@ def train_ppo(
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     _check(cfg, accelerator.num_processes)
     out_dir = Path(cfg.output_dir)
-    run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim)
+    run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
         return run.finished
     device = accelerator.device

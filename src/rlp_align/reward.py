@@ -39,6 +39,7 @@ from rlp_align.models import (
     load_tokenizer,
     reward_scores,
 )
+from rlp_align.run_folder import HOW_NOT_WHAT, config_inputs, flatten
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     LoraConfig,
@@ -206,7 +207,9 @@ def gather_views(h: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
 
 
 def _warn_changed(saved: dict | None, current: dict) -> None:
-    changed = sorted(k for k in (saved or {}) if k in current and saved[k] != current[k] and k != "overwrite")
+    saved, current = flatten(saved or {}), flatten(current)  # dotted keys: optim.learning_rate, ...
+    changed = sorted(k for k in saved if k in current and saved[k] != current[k]
+                     and k.split(".")[-1] not in HOW_NOT_WHAT)
     if changed:
         warnings.warn(f"resuming with a changed configuration ({', '.join(changed)}); the run continues from "
                       "the checkpoint with the new values", RuntimeWarning, stacklevel=3)
@@ -227,7 +230,7 @@ def train_reward_model(
     """Train r on ``train_prefs`` (+ ``extra_loss``), evaluate on ``eval_prefs``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
-    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim)
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
         return run.finished
     if not train_prefs:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from rlp_align.data.records import Instruction
 from rlp_align.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_tokenizer
+from rlp_align.run_folder import config_inputs
 from rlp_align.templates import collate, encode_pair
 from rlp_align.training import (
     LoraConfig,
@@ -119,7 +120,7 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     """Fine-tune ``cfg.model`` on the reference answers of ``records``; write ``cfg.output_dir``."""
     acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
-    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim)
+    run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
         return run.finished
     if cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps:

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlp_align.config import config_hash
 from rlp_align.io import write_json
+from rlp_align.run_folder import input_digest
 
 
 def library_versions() -> dict[str, str]:
@@ -66,8 +67,8 @@ class StageCache:
     def key_of(self, value: Any) -> Any:
         """What an argument of a stage contributes to its key: a config section without its run knobs, an
         upstream stage's outputs as that stage's hash, a path a stage wrote as that stage's hash."""
-        if dataclasses.is_dataclass(value):
-            return _without_run_knobs(dataclasses.asdict(value))
+        if dataclasses.is_dataclass(value):  # its paths (data files, a local model) count by content too
+            return self.key_of(_without_run_knobs(dataclasses.asdict(value)))
         if isinstance(value, dict) and "hash" in value and "stage" in value:
             return value["hash"]
         if isinstance(value, dict):
@@ -79,12 +80,16 @@ class StageCache:
         return value
 
     def stamp(self, path: str | Path) -> str:
-        """A path's identity for keys: the hash of the stage that wrote it (or the path itself)."""
+        """A path's identity for keys: the hash of the stage that wrote it; for an existing file or folder
+        from outside the run, the path and a digest of its content (an edited data file reruns what reads it);
+        else the string itself (a built-in model name, a method)."""
         p = Path(path)
         for parent in (p, *p.parents):
             manifest = self.read_manifest(parent.name) if parent.parent == self.run_dir else None
             if manifest:
                 return manifest["hash"]
+        if str(path).strip() and p.exists():
+            return f"{path} content:{input_digest(p)}"
         return str(path)
 
     def stage(self, name: str, fn: Callable[..., dict[str, Any]], /, **inputs: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.errors import NonFiniteError
 from rlp_align.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
 from rlp_align.models import merge_lora, save_model
+from rlp_align.run_folder import RunLock, check_paths
 
 
 @dataclass
@@ -321,10 +322,18 @@ class TrainingRun:
     ``resume`` must come after every module is built, so the restored RNG states are the ones step k saw.
     """
 
-    def __init__(self, out_dir: str | Path, accelerator: Accelerator, overwrite: bool, optim: Any):
+    def __init__(self, out_dir: str | Path, accelerator: Accelerator, overwrite: bool, optim: Any,
+                 inputs: dict[str, Path] | None = None):
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         self.save_every, self.keep_checkpoint = optim.save_every, optim.keep_checkpoint
+        # The output folder may not hold an input (``inputs``: `run_folder.config_inputs`), so ``overwrite``
+        # below never deletes one; one process per folder, a second stops here naming the first (the lock is
+        # re-entrant under the CLI's `run_folder.claim_output`, which also checks the run fingerprint).
+        check_paths(inputs or {}, [(self.out_dir, "folder")])
+        self.lock = RunLock(self.out_dir).acquire() if accelerator.is_main_process else None
         self.finished = finished_summary(self.out_dir, overwrite, accelerator)
+        if self.finished is not None:
+            self.release()
         self.started = time.time()
         self.start_step = 0
         self.checkpointer: Checkpointer | None = None
@@ -354,7 +363,14 @@ class TrainingRun:
              extra_modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
         save_final_outputs(self.accelerator, self.out_dir, model, tokenizer, summary, self.keep_checkpoint,
                            extra_modules)
+        self.release()
         return summary
+
+    def release(self) -> None:
+        """Let other processes have the folder: after the final save, or when the run ends in an error."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def close(self) -> None:
         if self.logger is not None:
@@ -363,5 +379,7 @@ class TrainingRun:
     def __enter__(self) -> TrainingRun:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         self.close()
+        if exc_type is not None:
+            self.release()
