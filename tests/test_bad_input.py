@@ -488,7 +488,7 @@ CASES = [
          patch=permission_denied, check=nothing_trained),
     Case("output-dir-is-a-file", "training", "an existing file given as output_dir", "exit 2 before training",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD])) + ["--output_dir", str(write(tmp, "taken", "x"))],
-         ("taken", "a file already has this name"), check=nothing_trained),
+         ("taken", "is an existing file"), check=nothing_trained),
 ]
 
 

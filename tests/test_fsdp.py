@@ -32,8 +32,8 @@ def run(out, nproc: int) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
 
 
-def scores(folder) -> torch.Tensor:
-    model, tokenizer = load_reward_model(folder).eval(), load_tokenizer(folder)
+def scores(folder, new_head: bool = False) -> torch.Tensor:
+    model, tokenizer = load_reward_model(folder, new_head=new_head).eval(), load_tokenizer(folder)
     prompts = [user_prompt(f"Question {i}: what is it?") for i in range(4)]
     seqs = [encode_pair(tokenizer, p, f"answer {i} banana" if i % 2 else f"answer {i}", 64).input_ids
             for i, p in enumerate(prompts)]
@@ -53,6 +53,6 @@ def test_fsdp_two_ranks_save_a_model_equal_to_one_process(tmp_path):
     assert two[0]["loss"] == pytest.approx(one["loss"], abs=1e-5)
 
     s_two, s_one = scores(tmp_path / "two/run/model"), scores(tmp_path / "one/run/model")
-    s_base = scores(resolve_model("tiny"))
+    s_base = scores(resolve_model("tiny"), new_head=True)  # the untrained start
     assert (s_one - s_base).abs().max() > 1e-3  # training moved the scores (the head starts at zero) ...
     torch.testing.assert_close(s_two, s_one, atol=1e-4, rtol=0)  # ... and the sharded run moved them identically

@@ -299,18 +299,25 @@ class Crash(Exception):
     pass
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    cfg = dict(steps=4, save_every=2, rollout_batch_size=8, step_batch_size=4, max_new_tokens=8)
-    train_ppo(small_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
+def run_then_crash_and_resume(make_cfg, tmp_path, crash_at_step: int, **cfg) -> None:
+    """Train ``a`` straight through, and ``b`` until the gold judge raises at ``crash_at_step``; the callers
+    then rerun ``b`` (it resumes from its checkpoint) and compare the two."""
+    train_ppo(make_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
+    calls = []
 
-    def crash_at_step_3(prompts, responses, calls=[]):  # noqa: B006 - counts calls across this test only
+    def crash(prompts, responses):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == crash_at_step:
             raise Crash
         return torch.zeros(len(responses))
 
     with pytest.raises(Crash):
-        train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash_at_step_3)
+        train_ppo(make_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = dict(steps=4, save_every=2, rollout_batch_size=8, step_batch_size=4, max_new_tokens=8)
+    run_then_crash_and_resume(small_cfg, tmp_path, 3, **cfg)
     assert not (tmp_path / "b" / "model").exists()
     assert (tmp_path / "b" / "checkpoint").is_dir()  # the step-2 checkpoint it resumes from
     train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ppo import PROMPTS, Crash, count_e, small_cfg
+from test_ppo import PROMPTS, count_e, run_then_crash_and_resume, small_cfg
 
 from rlp_align.ensemble import RewardModelFn
 from rlp_align.errors import UserError
@@ -87,16 +87,7 @@ def test_each_critic_mode_trains_one_step(tmp_path, lora, critic):
 def test_each_critic_mode_resumes_exactly(tmp_path, lora, critic):
     cfg = dict(steps=3, save_every=1, rollout_batch_size=4, step_batch_size=4, max_new_tokens=6,
                lora=LoraConfig(enabled=lora, r=4), critic=critic, kl_coef=0.05)
-    train_ppo(small_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
-
-    def crash_at_step_2(prompts, responses, calls=[]):  # noqa: B006 - counts calls across this test only
-        calls.append(1)
-        if len(calls) == 2:
-            raise Crash
-        return torch.zeros(len(responses))
-
-    with pytest.raises(Crash):
-        train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash_at_step_2)
+    run_then_crash_and_resume(small_cfg, tmp_path, 2, **cfg)
     train_ppo(small_cfg(tmp_path / "b", **cfg), PROMPTS, count_e)
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")

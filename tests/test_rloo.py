@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_ppo import PROMPTS, Crash, count_e
+from test_ppo import PROMPTS, count_e, run_then_crash_and_resume
 
 from rlp_align.errors import UserError
 from rlp_align.models import load_policy
@@ -59,16 +59,7 @@ def test_rloo_raises_a_learnable_reward_without_a_critic(tmp_path):
 
 def test_rloo_resume_matches_an_uninterrupted_run(tmp_path):
     cfg = dict(steps=4, save_every=2, rollout_batch_size=8, step_batch_size=4, rloo_k=2, max_new_tokens=8)
-    train_ppo(rloo_cfg(tmp_path / "a", **cfg), PROMPTS, count_e)
-
-    def crash_at_step_3(prompts, responses, calls=[]):  # noqa: B006 - counts calls across this test only
-        calls.append(1)
-        if len(calls) == 3:
-            raise Crash
-        return torch.zeros(len(responses))
-
-    with pytest.raises(Crash):
-        train_ppo(rloo_cfg(tmp_path / "b", **cfg), PROMPTS, count_e, gold_fn=crash_at_step_3)
+    run_then_crash_and_resume(rloo_cfg, tmp_path, 3, **cfg)
     train_ppo(rloo_cfg(tmp_path / "b", **cfg), PROMPTS, count_e)
     a = load_file(tmp_path / "a" / "model" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "model.safetensors")

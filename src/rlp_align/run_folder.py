@@ -358,24 +358,43 @@ def claim_output(command: str, cfg: Any) -> Iterator[dict[str, Any] | None]:
     """
     inputs = config_inputs(cfg)
     outputs = config_outputs(command, cfg)
-    check_paths(inputs, outputs)
     folders = [path for path, kind in outputs if kind == "folder"]
-    if not folders:
-        yield None
+    created = bool(folders) and not folders[0].exists()  # before check_paths, which creates it to test it
+    try:
+        check_paths(inputs, outputs)
+        if not folders:
+            yield None
+            return
+        folder = folders[0]
+        overwrite = bool(getattr(cfg, "overwrite", False))
+        new = fingerprint(command, cfg, inputs)
+        check_folder(command, folder, new, overwrite)  # before locking: a refused folder is left as it was
+        with RunLock(folder) if _is_main_rank() else contextlib.nullcontext():
+            check_folder(command, folder, new, overwrite)  # again under the lock, which makes it final
+            if _is_main_rank():
+                legacy_finished = (folder / "summary.json").exists() and read_fingerprint(folder) is None
+                if overwrite and command in TRAINERS:
+                    (folder / "summary.json").unlink(missing_ok=True)  # before the new fingerprint: never a mix
+                elif legacy_finished:
+                    print(f"note: {folder} holds a finished run from before run fingerprints; its settings cannot "
+                          "be compared (use --overwrite true to retrain)", file=sys.stderr)
+                if not legacy_finished or overwrite:
+                    write_json(folder / FINGERPRINT, new)
+            yield new
+    except BaseException:
+        if created and _is_main_rank():
+            remove_if_only_bookkeeping(folders[0])  # a command refused before any work leaves no folder behind
+        raise
+
+
+def remove_if_only_bookkeeping(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but the lock and fingerprint files that `claim_output` wrote."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
         return
-    folder = folders[0]
-    overwrite = bool(getattr(cfg, "overwrite", False))
-    new = fingerprint(command, cfg, inputs)
-    check_folder(command, folder, new, overwrite)  # before locking: a refused folder is left as it was
-    with RunLock(folder) if _is_main_rank() else contextlib.nullcontext():
-        check_folder(command, folder, new, overwrite)  # again under the lock, which makes it final
-        if _is_main_rank():
-            legacy_finished = (folder / "summary.json").exists() and read_fingerprint(folder) is None
-            if overwrite and command in TRAINERS:
-                (folder / "summary.json").unlink(missing_ok=True)  # before the new fingerprint: never a mix
-            elif legacy_finished:
-                print(f"note: {folder} holds a finished run from before run fingerprints; its settings cannot be "
-                      "compared (use --overwrite true to retrain)", file=sys.stderr)
-            if not legacy_finished or overwrite:
-                write_json(folder / FINGERPRINT, new)
-        yield new
+    if names <= {LOCK, FINGERPRINT}:
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
