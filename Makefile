@@ -34,8 +34,11 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+# Two pytest workers (pytest-xdist), one per core; --dist loadfile keeps each test file on one worker, so a
+# module's fixture (the tiny pipeline run, say) runs once. Tests run one thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 # Rewrite constraints.txt from the venv (after `pip install -U ...` and a green `make test`): every package
 # but pip, the editable rlp-align and the --no-deps model wheels, torch without its local +cpu label.

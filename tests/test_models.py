@@ -88,3 +88,29 @@ def test_builtin_smollm2_converts_loads_and_answers():
     out = policy.generate(**ids, max_new_tokens=20, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_build_once_builds_a_cached_model_once_when_asked_at_the_same_time(tmp_path):
+    import threading
+    import time
+
+    from rlp_align.models.registry import build_once
+
+    calls, start = [], threading.Barrier(3)
+
+    def build(folder):
+        calls.append(folder)
+        time.sleep(0.5)  # long enough for the other callers to arrive while it builds
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+
+    def ask():
+        start.wait()
+        build_once(tmp_path / "cache" / "m", build)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [tmp_path / "cache" / "m"] and (tmp_path / "cache" / "m" / "config.json").exists()

@@ -9,9 +9,11 @@ A model argument is one of
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,15 +38,9 @@ def resolve_model(name_or_path: str | os.PathLike, *, allow_pickle: bool = False
     """Turn a model argument into a local Hugging Face folder, building built-in models on first use."""
     name = str(name_or_path)
     if name == BUILTIN_MODEL:
-        folder = cache_dir() / BUILTIN_MODEL
-        if not (folder / "config.json").exists():
-            convert_builtin_model(folder)
-        return folder
+        return build_once(cache_dir() / BUILTIN_MODEL, convert_builtin_model)
     if name == TINY_MODEL:
-        folder = cache_dir() / "tiny-llama"
-        if not (folder / "config.json").exists():
-            build_tiny_model(folder)
-        return folder
+        return build_once(cache_dir() / "tiny-llama", build_tiny_model)
     folder = Path(name).expanduser()
     if not folder.exists():
         raise UserError(
@@ -122,6 +118,18 @@ _CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """Build a cached model folder on first use, once, even when several processes ask at the same time
+    (parallel test workers, two commands): the others wait on a lock beside it, then find it built."""
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            if not (folder / "config.json").exists():
+                build(folder)
+    return folder
 
 
 def build_tiny_model(folder: Path, *, vocab_size: int = 512, hidden_size: int = 64, seed: int = 0) -> None:
