@@ -83,6 +83,14 @@ def synthesize_preferences(
     return prefs, spg_stats(len(sample_sets), confidences, prefs, dropped, gamma)
 
 
+def distinct_indices(responses: list[str]) -> list[int]:
+    """The index of each distinct text's first occurrence, in order: identical samples count once."""
+    first_of: dict[str, int] = {}
+    for j, r in enumerate(responses):
+        first_of.setdefault(r, j)
+    return list(first_of.values())
+
+
 def rm_rank_preferences(
     sample_sets: list[SampleSet], rm_scores: list[list[float]], seed: int = 0
 ) -> tuple[list[Preference], dict[str, Any]]:
@@ -100,13 +108,11 @@ def rm_rank_preferences(
         if not s.responses:
             dropped["empty"] += 1
             continue
-        first_of: dict[str, int] = {}  # text -> index of its first occurrence
-        for j, r in enumerate(s.responses):
-            first_of.setdefault(r, j)
-        if len(first_of) < 2:
+        distinct = distinct_indices(s.responses)
+        if len(distinct) < 2:
             dropped["no_rejected"] += 1
             continue
-        a, b = rng.sample(list(first_of.values()), 2)
+        a, b = rng.sample(distinct, 2)
         chosen, rejected = (a, b) if scores[a] >= scores[b] else (b, a)
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
@@ -133,7 +139,7 @@ def west_of_n_preferences(
         if not s.responses:
             dropped["empty"] += 1
             continue
-        distinct = [j for j, r in enumerate(s.responses) if s.responses.index(r) == j]
+        distinct = distinct_indices(s.responses)
         if len(distinct) < 2:
             dropped["no_rejected"] += 1
             continue
