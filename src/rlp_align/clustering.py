@@ -1,6 +1,6 @@
 """Semantic clustering of the n policy samples of one instruction (RLP-SPG step 1).
 
-Two backends behind `cluster_responses`:
+Three backends behind `cluster_responses`:
 
 - ``nli``: bidirectional entailment (Kuhn et al., "Semantic Uncertainty", ICLR 2023), the paper's method.
   Greedy: each response is compared with the *first member* of each existing cluster, in order of
@@ -12,6 +12,10 @@ Two backends behind `cluster_responses`:
   greedy rule against each cluster's first member, equivalent when similarity >= ``similarity_threshold``.
   It measures topical closeness, not answer identity: answers that differ in one entity or number
   ("Twitter" vs "Telegram", "11 mph" vs "24 km/h") look alike to it. Use ``nli`` when that matters.
+
+- ``key``: exact match of a canonical answer that the world computes (``key_fn(instruction, response)``, a
+  world's ``cluster_key``; the micro world's is the stated digits). Equivalence is then transitive and exact;
+  a response without a key is a cluster of its own.
 
 Cluster ids are assigned in order of first appearance: response 0 is always in cluster 0.
 """
@@ -28,8 +32,9 @@ from rlp_align.errors import UserError
 
 Label = Literal["entailment", "neutral", "contradiction"]
 Rule = Literal["loose", "strict"]
-Backend = Literal["embedding", "nli"]
+Backend = Literal["embedding", "nli", "key"]
 EntailFn = Callable[[str, str], Label]
+KeyFn = Callable[[str | None, str], "str | None"]  # (instruction, response) -> canonical answer
 
 # Chosen on ../shared/data/alpacafarm_multisamples_sft.json (4 SFT samples x 8 instructions, MiniLM cosine):
 # samples of creative instructions ("Invent a mythological creature", "Describe a difficult decision") are at
@@ -226,6 +231,26 @@ def cluster_sizes(ids: list[int]) -> list[int]:
     return sizes
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Key backend
+
+
+def cluster_by_key(keys: list[str | None]) -> list[int]:
+    """Cluster ids by exact key (a world's canonical answer), in order of first appearance; a response without
+    a key (None: it states no answer) is a cluster of its own."""
+    first: dict[str, int] = {}
+    ids, n_clusters = [], 0
+    for key in keys:
+        if key is None or key not in first:
+            if key is not None:
+                first[key] = n_clusters
+            ids.append(n_clusters)
+            n_clusters += 1
+        else:
+            ids.append(first[key])
+    return ids
+
+
 def cluster_responses(
     responses: list[str],
     backend: Backend = "embedding",
@@ -235,6 +260,7 @@ def cluster_responses(
     rule: Rule = "loose",
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
     encoder: TextEncoder | None = None,
+    key_fn: KeyFn | None = None,
 ) -> list[int]:
     """Cluster id per response, ids in order of first appearance.
 
@@ -251,7 +277,11 @@ def cluster_responses(
         return cluster_by_entailment(responses, entail_fn, rule, instruction)
     if backend == "embedding":
         return cluster_by_similarity(_encoder(encoder).encode(responses), similarity_threshold)
-    raise UserError(f"unknown clustering backend '{backend}': choose 'embedding' or 'nli'")
+    if backend == "key":
+        if key_fn is None:
+            raise UserError("the 'key' clustering backend needs a world with a canonical answer (its cluster_key)")
+        return cluster_by_key([key_fn(instruction, r) for r in responses])
+    raise UserError(f"unknown clustering backend '{backend}': choose 'embedding', 'nli' or 'key'")
 
 
 def cluster_many(
@@ -264,12 +294,13 @@ def cluster_many(
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
     encoder: TextEncoder | None = None,
     batch_size: int = 64,
+    key_fn: KeyFn | None = None,
 ) -> list[list[int]]:
     """`cluster_responses` for many instructions; the embedding backend encodes all responses in one pass."""
     instructions = instructions if instructions is not None else [None] * len(response_sets)
     if backend != "embedding":
         return [
-            cluster_responses(rs, backend, instruction=ins, entail_fn=entail_fn, rule=rule)
+            cluster_responses(rs, backend, instruction=ins, entail_fn=entail_fn, rule=rule, key_fn=key_fn)
             for rs, ins in zip(response_sets, instructions)
         ]
     flat = [r for rs in response_sets for r in rs]

@@ -25,6 +25,7 @@ from rlp_align.ppo import PPOConfig, check_optim
 from rlp_align.refine import RefineConfig, inherit_reward_settings
 from rlp_align.run_folder import folder_kind, lock_holder
 from rlp_align.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
+from rlp_align.worlds import load_world
 
 __all__ = ["NOT_IN_STAGE_KEYS", "DataConfig", "EnsembleConfig", "PipelineConfig", "run_pipeline", "split",
            "write_instructions"]
@@ -68,13 +69,13 @@ SET_BY_PIPELINE = {
     "ppo": ("policy", "reward_model", "output_dir", "reference", "prompts_file", "reward_ensemble",
             "ensemble_aggregate", "uwo_lambda", "seed", "estimator"),
     "sample": ("policy", "prompts_file", "output_file", "seed"),
-    "spg": ("samples_file", "reward_model", "output_file", "seed"),
+    "spg": ("samples_file", "reward_model", "output_file", "seed", "world"),
     "refine": ("method", "base_model", "previous_rm", "preference_file", "synthetic_file", "samples_file",
                "eval_file", "output_dir", "seed"),
     "best_of_n": ("policy", "reward_model", "instructions_file", "output_file", "seed"),
     "generate": ("policy", "instructions_file", "output_file", "seed"),
 }
-INSTEAD = {"seed": "the top-level seed", "method": "refine_methods", "uwo_lambda": "ensemble.uwo_lambda",
+INSTEAD = {"seed": "the top-level seed", "world": "world.name", "method": "refine_methods", "uwo_lambda": "ensemble.uwo_lambda",
            "ensemble_aggregate": "ensemble.aggregates", "reward_ensemble": "ensemble.k", "output_dir": "output_dir",
            "estimator": "policy_optimizer"}
 
@@ -100,9 +101,14 @@ def _validate(cfg: PipelineConfig) -> None:
                                 f"{INSTEAD.get(name, 'the stage upstream')}): remove it from the config")
     check_optim(cfg.ppo)
     refine_section(cfg)  # refuses unknown or ill-typed refine.optim / refine.lora keys before any stage runs
-    bad = [m for m in cfg.refine_methods if m not in ("uml", "spg", "uml+spg", "oracle")]
+    bad = [m for m in cfg.refine_methods if m not in LABELS]
     if bad:
-        raise UserError(f"unknown refine method(s) {bad}: choose from uml, spg, uml+spg, oracle")
+        raise UserError(f"unknown refine method(s) {bad}: choose from {', '.join(LABELS)}")
+    world = load_world(cfg.world.name)  # refuses an unknown world
+    if cfg.model == cfg.world.name and not hasattr(world, "build_model"):
+        raise UserError(f"model {cfg.model!r}: the world {cfg.world.name!r} builds no model of its own; give a model")
+    if cfg.model == cfg.world.name and cfg.data.n_sft < 1:
+        raise UserError(f"a {cfg.world.name!r} model built from random init needs SFT: set data.n_sft >= 1")
     if cfg.rounds < 1:
         raise UserError("rounds must be >= 1 (1 reproduces the paper)")
     if not 0 <= cfg.label_noise <= 0.5:
@@ -119,6 +125,10 @@ def _validate(cfg: PipelineConfig) -> None:
                         "in refine_methods, or set oracle_labels")
 
 
+# refine method -> the report's label for its PPO₂ policy and refined RM
+LABELS = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "west_of_n": "West-of-N", "oracle": "Oracle"}
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run (or resume) every stage and write the report; returns the evaluation summary.
 
@@ -128,23 +138,26 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     _validate(cfg)
     run_dir = Path(cfg.output_dir)
-    check_writable(run_dir, need_bytes=2 * 2**30 if cfg.model != "tiny" else 0)
+    check_writable(run_dir, need_bytes=2 * 2**30 if cfg.model not in ("tiny", cfg.world.name) else 0)
     cache = StageCache(run_dir)
     print(f"rlp run: {run_dir} (model {cfg.model}, refine {cfg.refine_methods}, rounds {cfg.rounds})")
     seed, gen = cfg.seed, cfg.generate
 
-    pools = cache.stage("00_instructions", S.build_pools, data=cfg.data, seed=seed)
+    pools = cache.stage("00_instructions", S.build_pools, data=cfg.data, world=cfg.world, seed=seed)
     sft_model = cfg.model
+    if cfg.model == cfg.world.name:  # the world's own policy, from random initialisation
+        sft_model = cache.stage("00_model", S.build_model, world=cfg.world, seed=seed)["model"]
     if cfg.data.n_sft > 0:
-        sft_model = cache.stage("01_sft", S.train_sft, sft=cfg.sft, model=cfg.model, pools=pools, seed=seed)["model"]
+        sft_model = cache.stage("01_sft", S.train_sft, sft=cfg.sft, model=sft_model, pools=pools, seed=seed)["model"]
 
-    prefs = cache.stage("02_preferences", S.collect_preferences, annotator=cfg.annotator, sft_model=sft_model,
+    prefs = cache.stage("02_preferences", S.collect_preferences, annotator=cfg.annotator, world=cfg.world,
+                        sft_model=sft_model,
                         pools=pools, preference_file=cfg.data.preference_file, skip_invalid=cfg.data.skip_invalid,
                         heldout_fraction=cfg.data.heldout_fraction, label_noise=cfg.label_noise,
                         pair_temperature=cfg.pair_temperature, max_new_tokens=gen.max_new_tokens,
                         batch_size=gen.batch_size, seed=seed)
     rm0 = cache.stage("03_rm0", S.train_rm, reward=cfg.reward, sft_model=sft_model, prefs=prefs, seed=seed)
-    ppo_args = {"ppo": ppo_section(cfg), "annotator": cfg.annotator, "sft_model": sft_model, "pools": pools, "seed": seed}
+    ppo_args = {"ppo": ppo_section(cfg), "annotator": cfg.annotator, "world": cfg.world, "sft_model": sft_model, "pools": pools, "seed": seed}
     ppo1 = cache.stage("04_ppo1", S.train_ppo, **ppo_args, reward_models=[rm0["model"]])
 
     policies = {"SFT": sft_model, "PPO": ppo1["model"]}
@@ -160,11 +173,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             samples = cache.stage(f"05_samples{tag}_{src_policy['hash'][:6]}", S.sample_policy, sample=cfg.sample,
                                   policy=src_policy["model"], pools=pools, seed=seed)
             synthetic = None
+            spg = dataclasses.replace(cfg.spg, world=cfg.world.name)
             if method in ("spg", "uml+spg") or (method == "oracle" and cfg.oracle_labels is None):
-                synthetic = cache.stage(f"06_spg{tag}_{samples['hash'][:6]}", S.synthesize, spg=cfg.spg,
+                synthetic = cache.stage(f"06_spg{tag}_{samples['hash'][:6]}", S.synthesize, spg=spg,
                                         samples=samples, rm=src_rm["model"], seed=seed)
+            if method == "west_of_n":  # the RM's best against its worst sample (Pace et al. 2024), no clustering
+                synthetic = cache.stage(f"06_west_of_n{tag}_{samples['hash'][:6]}", S.synthesize,
+                                        spg=dataclasses.replace(spg, selection="west_of_n"), samples=samples,
+                                        rm=src_rm["model"], seed=seed)
             if method == "oracle":  # a fixed label budget, or as many labels as SPG kept pairs
-                synthetic = cache.stage(f"06_oracle{tag}", S.oracle_labels, annotator=cfg.annotator, samples=samples,
+                synthetic = cache.stage(f"06_oracle{tag}", S.oracle_labels, annotator=cfg.annotator, world=cfg.world,
+                                        samples=samples,
                                         n_pairs=cfg.oracle_labels or synthetic["pairs"], label_noise=cfg.label_noise,
                                         seed=seed, pools=pools)
             name = method.replace("+", "_")
@@ -173,7 +192,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                   seed=seed)
             ppo2 = cache.stage(f"08_ppo2_{name}{tag}", S.train_ppo, **ppo_args, reward_models=[refined["model"]])
             previous[method] = (ppo2, refined)
-            label = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "oracle": "Oracle"}[method]
+            label = LABELS[method]
             label += "" if cfg.rounds == 1 else f" (round {rnd})"
             policies[label], rms[label] = ppo2["model"], refined["model"]
             own = [samples["stage"], *([synthetic["stage"]] if synthetic else []), refined["stage"], ppo2["stage"]]
@@ -200,10 +219,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                             seed=seed)
         answers[label] = stage["answers"]
     # on-policy pairs are sampled like step 4's policy samples, batched like generation
-    on_policy = cache.stage("13_onpolicy_pairs", S.on_policy_pairs, annotator=cfg.annotator, policy=ppo1["model"],
+    on_policy = cache.stage("13_onpolicy_pairs", S.on_policy_pairs, annotator=cfg.annotator, world=cfg.world,
+                            policy=ppo1["model"],
                             pools=pools, temperature=cfg.sample.temperature, max_new_tokens=cfg.sample.max_new_tokens,
                             batch_size=gen.batch_size, seed=seed)
-    evaluation = cache.stage("14_evaluate", S.evaluate, annotator=cfg.annotator, answers=answers, rms=rms,
+    evaluation = cache.stage("14_evaluate", S.evaluate, annotator=cfg.annotator, world=cfg.world,
+                             answers=answers, rms=rms,
                              on_policy=on_policy, eval_baseline=cfg.eval_baseline,
                              rm_batch_size=cfg.reward.optim.eval_batch_size, rm_max_length=cfg.reward.max_length,
                              seed=seed, heldout=prefs["heldout"])

@@ -41,6 +41,17 @@ class DataConfig:
 
 
 @dataclass
+class WorldConfig:
+    """Which world (`rlp_align.worlds`) supplies the built-in prompt pool, the gold judge and SPG's canonical
+    answers, with options for its ``pool``, ``judge`` and (a world trained from scratch) ``build_model``."""
+
+    name: str = "instructions"  # instructions (constrained instructions, `annotator` judges) | micro
+    pool: dict = field(default_factory=dict)
+    judge: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+
+@dataclass
 class EnsembleConfig:
     """Reward-model ensembles (Coste et al. 2024): k RMs on D with different seeds; 0 disables."""
 
@@ -52,8 +63,9 @@ class EnsembleConfig:
 @dataclass
 class PipelineConfig:
     output_dir: str = "runs/default"
-    model: str = "smollm2-135m-instruct"
+    model: str = "smollm2-135m-instruct"  # or the world's name: its own model, built from random init
     seed: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
     rounds: int = 1
     refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)

@@ -218,7 +218,8 @@ class SPGConfig:
     output_file: str = ""  # TRL-format JSONL {prompt, chosen, rejected, meta}; stats: <output_file>.stats.json
     gamma: float = 0.5
     selection: Selection = "spg"
-    backend: Literal["embedding", "nli"] = "embedding"
+    backend: Literal["embedding", "nli", "key"] = "embedding"  # key: the world's canonical answer (cluster_key)
+    world: str = "instructions"  # whose cluster_key the key backend uses (`rlp_align.worlds`)
     nli_model: str | None = None  # local NLI checkpoint folder, needed by backend "nli"
     rule: Literal["loose", "strict"] = "loose"
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
@@ -241,6 +242,9 @@ def _validate(cfg: SPGConfig) -> None:
     if cfg.selection not in ("rm_rank", "west_of_n") and cfg.backend == "nli" and not cfg.nli_model:
         raise UserError("spg backend 'nli' needs nli_model: a local NLI checkpoint folder (e.g. a DeBERTa MNLI "
                         "model); or use backend 'embedding', which needs no download")
+    if cfg.selection not in ("rm_rank", "west_of_n") and cfg.backend == "key" and cfg.world == "instructions":
+        raise UserError("spg backend 'key' groups answers by a world's canonical answer, and the instruction world's "
+                        "free-text answers have none: use backend 'embedding' or 'nli', or a world such as 'micro'")
     if cfg.batch_size < 1 or cfg.max_length < 8:
         raise UserError(f"spg batch_size must be >= 1 and max_length >= 8 (got {cfg.batch_size}, {cfg.max_length})")
 
@@ -285,13 +289,17 @@ def run_spg(cfg: SPGConfig) -> dict[str, Any]:
                         else west_of_n_preferences(sample_sets, scores))
     else:
         gamma = 0.0 if cfg.selection == "select_all" else cfg.gamma
-        entail_fn = None
+        entail_fn, key_fn = None, None
+        if cfg.backend == "key":
+            from rlp_align.worlds import load_world
+
+            key_fn = load_world(cfg.world).cluster_key
         if cfg.backend == "nli":
             entail_fn = NLIEntailment(cfg.nli_model, max_length=cfg.nli_max_length, device=default_device())
         cluster_ids = cluster_many(
             [s.responses for s in sample_sets], cfg.backend,
             instructions=[prompt_text(s.prompt) for s in sample_sets], entail_fn=entail_fn, rule=cfg.rule,
-            similarity_threshold=cfg.similarity_threshold,
+            similarity_threshold=cfg.similarity_threshold, key_fn=key_fn,
         )
         scores = _score(cfg, sample_sets, [needs_scores(ids, gamma) for ids in cluster_ids])
         prefs, stats = synthesize_preferences(sample_sets, cluster_ids, scores, gamma, cfg.seed)

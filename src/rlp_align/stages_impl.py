@@ -20,7 +20,7 @@ from rlp_align.data import read_instructions, read_preferences, read_sample_sets
 from rlp_align.data.records import Instruction, Preference, without_empty_responses
 from rlp_align.generation import GenerateConfig
 from rlp_align.io import write_json, write_jsonl
-from rlp_align.pipeline_config import DataConfig, split, write_instructions
+from rlp_align.pipeline_config import DataConfig, WorldConfig, split, write_instructions
 from rlp_align.ppo import PPOConfig
 from rlp_align.refine import RefineConfig
 from rlp_align.reward import RewardConfig
@@ -29,10 +29,11 @@ from rlp_align.sft import SFTConfig
 from rlp_align.spg import SPGConfig
 
 
-def _annotator(annotator: AnnotatorConfig):
-    from rlp_align.annotators import make_annotator
+def _annotator(annotator: AnnotatorConfig, world: WorldConfig):
+    """The gold judge: the world's, which in the instruction world is the configured `annotator`."""
+    from rlp_align.worlds import load_world
 
-    return make_annotator(annotator)
+    return load_world(world.name).judge(annotator, **world.judge)
 
 
 def _two_samples(policy: str, instructions: list[Instruction], temperature: float, max_new_tokens: int,
@@ -55,14 +56,23 @@ def _two_samples(policy: str, instructions: list[Instruction], temperature: floa
     return [x for x, _, _ in kept], [p for _, p, _ in kept], len(instructions) - len(kept), [c for _, _, c in kept]
 
 
-def build_pools(data: DataConfig, seed: int, folder: Path) -> dict[str, Any]:
-    """Disjoint SFT / preference / unlabelled instruction pools and the eval set."""
-    from rlp_align.instructions import builtin_pool, load_instruction_pool
+def build_model(world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
+    """A world's policy built from random initialisation (the micro world's tiny Llama), before SFT."""
+    from rlp_align.worlds import load_world
+
+    load_world(world.name).build_model(folder / "model", seed=seed, **world.model)
+    return {"model": str(folder / "model")}
+
+
+def build_pools(data: DataConfig, world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
+    """Disjoint SFT / preference / unlabelled instruction pools and the eval set (built-in: the world's pool)."""
+    from rlp_align.instructions import load_instruction_pool
+    from rlp_align.worlds import load_world
 
     d = data
     sizes = [d.n_sft, d.n_preference, d.n_unlabelled]
     if d.source == "builtin":
-        pool = builtin_pool(sum(sizes) + d.n_eval, seed=seed)
+        pool = load_world(world.name).pool(sum(sizes) + d.n_eval, seed=seed, **world.pool)
         sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], seed)
     else:
         train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=seed,
@@ -85,7 +95,7 @@ def train_sft(sft: SFTConfig, model: str, pools: dict, seed: int, folder: Path) 
     return {"model": str(folder / "model"), "final_loss": (summary.get("train") or {}).get("loss")}
 
 
-def collect_preferences(annotator: AnnotatorConfig, sft_model: str, pools: dict, preference_file: str | None,
+def collect_preferences(annotator: AnnotatorConfig, world: WorldConfig, sft_model: str, pools: dict, preference_file: str | None,
                         skip_invalid: bool, heldout_fraction: float, label_noise: float, pair_temperature: float,
                         max_new_tokens: int, batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
@@ -97,7 +107,7 @@ def collect_preferences(annotator: AnnotatorConfig, sft_model: str, pools: dict,
     else:
         instructions, pairs, empty, cut = _two_samples(sft_model, read_instructions(pools["preference"]),
                                                        pair_temperature, max_new_tokens, batch_size, seed=seed)
-        prefs = label_pairs(_annotator(annotator), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
+        prefs = label_pairs(_annotator(annotator, world), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
                             noise=label_noise, temperature=annotator.temperature, seed=seed,
                             truncated_a=[c[0] for c in cut], truncated_b=[c[1] for c in cut])
     heldout = max(1, int(len(prefs) * heldout_fraction))
@@ -116,7 +126,7 @@ def train_rm(reward: RewardConfig, sft_model: str, prefs: dict, seed: int, folde
     return {"model": str(folder / "model"), "heldout_accuracy": (summary.get("eval") or {}).get("accuracy")}
 
 
-def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward_models: list[str], pools: dict,
+def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, world: WorldConfig, sft_model: str, reward_models: list[str], pools: dict,
               seed: int, folder: Path, aggregate: str | None = None, uwo_lambda: float = 0.5) -> dict[str, Any]:
     """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves).
 
@@ -136,7 +146,7 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
                                max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
     evaluation = read_instructions(pools["eval"]) if ppo.eval_every else []  # evaluation points along PPO
     by_prompt = {x.text: x for x in instructions + evaluation}
-    judge = _annotator(annotator)
+    judge = _annotator(annotator, world)
 
     def gold_fn(prompts: list, responses: list[str]) -> list[float]:
         return judge.score([by_prompt[p[-1]["content"]] for p in prompts], responses)
@@ -165,7 +175,7 @@ def synthesize(spg: SPGConfig, samples: dict, rm: str, seed: int, folder: Path) 
             "pairs": stats["pairs"], "acceptance_rate": stats["acceptance_rate"]}
 
 
-def oracle_labels(annotator: AnnotatorConfig, samples: dict, n_pairs: int, label_noise: float, seed: int,
+def oracle_labels(annotator: AnnotatorConfig, world: WorldConfig, samples: dict, n_pairs: int, label_noise: float, seed: int,
                   folder: Path, pools: dict | None = None) -> dict[str, Any]:
     """The upper bound RLP approximates: fresh (noisy) annotator labels on up to ``n_pairs`` policy-sample pairs.
 
@@ -187,7 +197,7 @@ def oracle_labels(annotator: AnnotatorConfig, samples: dict, n_pairs: int, label
                     for i, _, _ in picked]
     flags = [sets[i].meta.get("truncated") for i, _, _ in picked]
     known = all(isinstance(f, list) for f in flags)
-    prefs = label_pairs(_annotator(annotator), instructions, [sets[i].responses[j] for i, j, _ in picked],
+    prefs = label_pairs(_annotator(annotator, world), instructions, [sets[i].responses[j] for i, j, _ in picked],
                         [sets[i].responses[k] for i, _, k in picked], noise=label_noise,
                         temperature=annotator.temperature, seed=seed + 7,
                         truncated_a=[f[j] for f, (_, j, _) in zip(flags, picked)] if known else None,
@@ -202,7 +212,7 @@ def refine_rm(refine: RefineConfig, method: str, sft_model: str, rm: dict, prefs
     from rlp_align.refine import run_refine
 
     refine_cfg = dataclasses.replace(
-        refine, method="spg" if method == "oracle" else method, base_model=sft_model,
+        refine, method="spg" if method in ("oracle", "west_of_n") else method, base_model=sft_model,
         previous_rm=rm["model"], preference_file=prefs["train"], eval_file=prefs["heldout"],
         synthetic_file=synthetic["synthetic"] if synthetic else None, samples_file=samples["samples"],
         output_dir=str(folder), seed=seed)
@@ -228,7 +238,7 @@ def answer_eval(generate: GenerateConfig, policy: str, pools: dict, seed: int, f
     return {"answers": str(folder / "answers.jsonl"), "mean_chars": summary.get("mean_response_chars")}
 
 
-def on_policy_pairs(annotator: AnnotatorConfig, policy: str, pools: dict, temperature: float, max_new_tokens: int,
+def on_policy_pairs(annotator: AnnotatorConfig, world: WorldConfig, policy: str, pools: dict, temperature: float, max_new_tokens: int,
                     batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy.
 
@@ -236,7 +246,7 @@ def on_policy_pairs(annotator: AnnotatorConfig, policy: str, pools: dict, temper
     ``sample.max_new_tokens``) with generation's ``batch_size``."""
     instructions, pairs, _, cut = _two_samples(policy, read_instructions(pools["eval"]), temperature,
                                                max_new_tokens, batch_size, seed=seed + 3)
-    probs = _annotator(annotator).compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
+    probs = _annotator(annotator, world).compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
     prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a,
                         {"gold_p": p, "truncated_chosen": c[0] if p > 0.5 else c[1],
                          "truncated_rejected": c[1] if p > 0.5 else c[0]})
@@ -265,7 +275,7 @@ def paired_evaluation(gold_by_label: dict[str, list[float]], correct: dict[str, 
             "rm_accuracy_vs_rm0": vs_rm0(correct), "refined_fit_d": vs_rm0(heldout_correct or {})}
 
 
-def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
+def evaluate(annotator: AnnotatorConfig, world: WorldConfig, answers: dict[str, str], rms: dict[str, str], on_policy: dict,
              eval_baseline: str, rm_batch_size: int, rm_max_length: int, seed: int, folder: Path,
              heldout: str | None = None) -> dict[str, Any]:
     """Gold win-rate (vs reference answers or vs SFT), mean gold reward, on-policy RM accuracy, and the paired
@@ -275,7 +285,7 @@ def evaluate(annotator: AnnotatorConfig, answers: dict[str, str], rms: dict[str,
     from rlp_align.io import read_rows
     from rlp_align.models import load_reward_model, load_tokenizer
 
-    judge = _annotator(annotator)
+    judge = _annotator(annotator, world)
     rows = {label: [r for _, r in read_rows(path)] for label, path in answers.items()}
     instructions = [Instruction(r["prompt"], r.get("reference"), r.get("constraints") or [], r.get("meta") or {})
                     for r in next(iter(rows.values()))]
