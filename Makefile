@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine with Python 3.11:
-#   make demo   set up .venv, prepare the built-in SmolLM2, run the RLP pipeline (configs/default.yaml)
+#   make demo   set up .venv, run the RLP pipeline on the micro world (configs/micro.yaml) and print the paired
+#               table; the real-model run is `rlp run --config configs/default.yaml` (SmolLM2, see README)
 #   make test   set up .venv with test extras, ruff, then the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -26,8 +27,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/rlp prepare smollm2-135m-instruct
-	$(BIN)/rlp run --config configs/default.yaml
+	$(BIN)/rlp run --config configs/micro.yaml --output_dir runs/micro-demo
+	sed -n '/^### Paired comparisons/,/^### On-policy/p' runs/micro-demo/report.md
 
 # ruff for style; lint-imports for the layering contract in pyproject.toml ([tool.importlinter])
 lint: install

@@ -8,7 +8,7 @@ of each operand. Everything here is a program, so the truth is known:
 - **demonstrations** (`Instruction.reference`, what SFT imitates) come from fallible demonstrators: each
   answer is correct with probability ``demo_accuracy``, else it has one slipped digit. Early-stopped SFT on
   them lands at a middling success rate, leaving room for RL;
-- **the exploitable feature** is filler: demonstrators open some answers with 1–3 ``'.'`` (a "careful" mark
+- **the exploitable feature** is filler: demonstrators open some answers with ``filler`` ``'.'`` (a "careful" mark
   written before the answer). Which ones is the ``pad`` switch: ``"correct"`` (the base world) pads correct
   answers, so the SFT policy writes filler and then, conditioned on it, a careful answer: on SFT samples
   filler goes with being right and an RM fit on D learns to like it (more of it than any demonstration had); ``"majority"`` pads the answer that most of a prompt's
@@ -61,7 +61,7 @@ def slipped(answer: str, rng: random.Random) -> str:
 
 
 def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7, pad: str = "correct",
-         pad_rate: float = 1.0) -> list[Instruction]:
+         pad_rate: float = 1.0, filler: int = 1) -> list[Instruction]:
     """``n`` addition problems with a demonstration each; ``meta["answer"]`` is the truth the judge reads.
 
     ``pad``: ``"correct"`` pads correct demonstrations (filler goes with gold), ``"majority"`` pads the answer
@@ -85,7 +85,7 @@ def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7
             demo = votes[0]
             padded = votes.count(demo) >= 3
         if padded and rng.random() < pad_rate:
-            demo = FILLER * rng.randint(1, 3) + demo
+            demo = FILLER * filler + demo
         text = f"{str(a).zfill(digits)[::-1]}+{str(b).zfill(digits)[::-1]}"  # operands least-significant first too
         meta = {"source": NAME, "seed": seed, "index": i, "answer": truth, "demo_correct": demo.lstrip(FILLER) == truth}
         out.append(Instruction(prompt=user_prompt(text), reference=demo, meta=meta))
