@@ -15,8 +15,8 @@ import collections
 import json
 import statistics
 
-from rlp_align.generation import generate
 from rlp_align.models import load_policy, load_tokenizer
+from rlp_align.models.generation import generate
 from rlp_align.worlds import micro
 
 

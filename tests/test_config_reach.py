@@ -17,17 +17,22 @@ from typing import Any, Literal
 
 import pytest
 
-from rlp_align import config as config_module
-from rlp_align import pipeline, stages_impl
-from rlp_align.config import build_config
-from rlp_align.errors import UserError
-from rlp_align.pipeline import SET_BY_PIPELINE, PipelineConfig
-from rlp_align.ppo import PPO_REFUSES
-from rlp_align.training import LoraConfig, OptimConfig
+from rlp_align.core import config as config_module
+from rlp_align.core.config import build_config
+from rlp_align.core.errors import UserError
+from rlp_align.pipeline import run as pipeline
+from rlp_align.pipeline import stages_impl
+from rlp_align.pipeline.run import SET_BY_PIPELINE, PipelineConfig
+from rlp_align.train.ppo import PPO_REFUSES
+from rlp_align.train.training import LoraConfig, OptimConfig
+from rlp_align.worlds import WORLDS
 
 # Values a generic rule cannot pick (they must stay valid choices for the pipeline).
 SPECIAL = {"refine_methods": ["uml", "spg", "uml+spg", "oracle"], "ensemble.aggregates": ["uwo"],
-           "data.source": "files", "eval_baseline": "reference", "rounds": 2, "ensemble.k": 2}
+           "data.source": "files", "eval_baseline": "reference", "rounds": 2, "ensemble.k": 2,
+           # the world (chosen below: micro) builds its own model from world_options.model, with these options
+           "model": "micro", "world_options.pool": {"digits": 3}, "world_options.judge": {"filler_penalty": 0.2},
+           "world_options.model": {"hidden_size": 32}}
 
 
 def _other(tp: Any, default: Any, path: str) -> Any:
@@ -49,6 +54,8 @@ def _other(tp: Any, default: Any, path: str) -> Any:
         return (default or 0) + 3 * step
     if tp is float:
         return round((default or 0.0) + 0.125 * step, 6)
+    if tp is str and path == "world":  # a name from the worlds table: another world when there is one
+        return next((w for w in sorted(WORLDS) if w != default), default)
     if tp is str:
         return f"x-{path}"
     if typing.get_origin(tp) is list:
@@ -90,6 +97,7 @@ def leaves(obj: Any, where: str = "") -> dict[str, Any]:
 
 OUTPUTS = {  # what each recorded stage returns: just enough for the stages downstream
     "build_pools": lambda d: {n: str(d / f"{n}.jsonl") for n in ("sft", "preference", "unlabelled", "eval")},
+    "build_model": lambda d: {"model": str(d / "model")},
     "train_sft": lambda d: {"model": str(d / "model")},
     "collect_preferences": lambda d: {"train": str(d / "t.jsonl"), "heldout": str(d / "h.jsonl"), "pairs": 4},
     "train_rm": lambda d: {"model": str(d / "model")},
@@ -114,7 +122,7 @@ def recorded(monkeypatch):
             calls.append((_name, kwargs))
             return _output(folder)
         monkeypatch.setattr(stages_impl, name, fake)
-    monkeypatch.setattr("rlp_align.report.write_report", lambda cfg, cache, evaluation, costs: "report.md")
+    monkeypatch.setattr("rlp_align.pipeline.report.write_report", lambda cfg, cache, evaluation, costs: "report.md")
     return calls
 
 
@@ -147,6 +155,16 @@ def test_every_field_reaches_a_stage(tmp_path, recorded):
         if path == "ensemble.uwo_lambda":
             assert {kw["uwo_lambda"] for _, kw in calls if kw.get("aggregate")} == {value}
             continue
+        if path == "model":  # the world's name: the world builds the model that SFT starts from
+            assert [kw["world"].name for name, kw in calls if name == "build_model"] == [value]
+            continue
+        if path == "world":  # every stage that reads the world receives its name and options
+            assert {kw["world"].name for _, kw in calls if "world" in kw} == {value}
+            continue
+        if section == "world_options":  # they arrive inside the world the stages receive
+            if not any(getattr(kw["world"], rest) == value for _, kw in calls if "world" in kw):
+                missing.append(path)
+            continue
         if path == "policy_optimizer":  # reaches every policy-optimisation stage as its ppo.estimator
             estimators = {kw["ppo"].estimator for name, kw in calls if name == "train_ppo"}
             assert estimators == {"rloo"}, estimators
@@ -154,7 +172,7 @@ def test_every_field_reaches_a_stage(tmp_path, recorded):
         if path in SET_BY_PIPELINE_PATHS or path.removeprefix("ppo.optim.") in PPO_REFUSES:
             continue  # refused: see test_settings_the_pipeline_owns_are_refused
         if not rest:  # a top-level value: some stage receives it under its own name
-            names = {"model": "model", "seed": "seed", "label_noise": "label_noise",
+            names = {"model": "model", "world": "world", "seed": "seed", "label_noise": "label_noise",
                      "pair_temperature": "pair_temperature", "eval_baseline": "eval_baseline",
                      "oracle_labels": "n_pairs"}
             if not any(kw.get(names[path]) == value for _, kw in calls):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rlp_align.clustering import cluster_by_key, cluster_responses
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.errors import UserError
+from rlp_align.data.templates import encode_prompt
 from rlp_align.models import load_tokenizer
-from rlp_align.templates import encode_prompt
+from rlp_align.rlp.clustering import cluster_by_key, cluster_responses
 from rlp_align.worlds import WORLDS, load_world, micro
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_micro_smoke_run_writes_every_stage(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RLP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     small = ["--data.n_sft", "256", "--data.n_preference", "32", "--data.n_unlabelled", "16", "--data.n_eval", "16",
-             "--world.model.hidden_size", "32", "--world.model.layers", "1", "--sft.optim.max_steps", "4",
+             "--world_options.model.hidden_size", "32", "--world_options.model.layers", "1", "--sft.optim.max_steps", "4",
              "--oracle_labels", "16", "--ppo.steps", "1", "--ppo.eval_every", "1", "--ppo.rollout_batch_size", "8",
              "--ppo.step_batch_size", "8", "--reward.optim.epochs", "1", "--ensemble.k", "2",
              "--ensemble.aggregates", "[mean]", "--sample.n", "4", "--best_of_n.n", "2"]

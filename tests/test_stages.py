@@ -2,7 +2,7 @@
 
 import json
 
-from rlp_align.stages import StageCache, stage_status
+from rlp_align.pipeline.stages import StageCache, stage_status
 
 
 def _pipeline(cache, calls, knob_a=1, knob_b=1):
@@ -49,8 +49,10 @@ def test_killed_stage_reruns_in_place_and_keeps_its_files(tmp_path):
 
 def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
     """A policy that says EOS at once gives an empty answer; a preference row over it would be invalid."""
-    from rlp_align import generation, stages_impl
     from rlp_align.data.records import Instruction, user_prompt
+    from rlp_align.models import generation
+    from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import WorldConfig
 
     def fake_generate(model, tokenizer, prompts, n, **kwargs):
         return generation.Generations(n=n, texts=["a", "b", "", "c", "d", "  ", "e", "f"],
@@ -64,10 +66,11 @@ def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
 
 
 def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
-    from rlp_align import stages_impl
-    from rlp_align.annotators import AnnotatorConfig
+    from rlp_align.core.io import write_jsonl
     from rlp_align.data import read_preferences
-    from rlp_align.io import write_jsonl
+    from rlp_align.judge.annotators import AnnotatorConfig
+    from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import WorldConfig
 
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [
@@ -76,7 +79,7 @@ def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
         {"prompt": [{"role": "user", "content": "q2"}], "responses": [" ", "only one"],
          "meta": {"truncated": [False, False]}},
     ])
-    out = stages_impl.oracle_labels(AnnotatorConfig(), {"samples": str(samples)}, n_pairs=8, label_noise=0.25,
+    out = stages_impl.oracle_labels(AnnotatorConfig(), WorldConfig(), {"samples": str(samples)}, n_pairs=8, label_noise=0.25,
                                     seed=0, folder=tmp_path)
     assert out["pairs"] == 1 and out["empty_samples_removed"] == 2
     (pref,) = read_preferences(out["synthetic"])  # before the filter, "" was side a and the reader refused it
@@ -86,17 +89,19 @@ def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
 
 
 def test_oracle_label_budget_takes_disjoint_pairs_round_by_round(tmp_path):
-    from rlp_align import stages_impl
-    from rlp_align.annotators import AnnotatorConfig
+    from rlp_align.core.io import write_jsonl
     from rlp_align.data import read_preferences
-    from rlp_align.io import write_jsonl
+    from rlp_align.judge.annotators import AnnotatorConfig
+    from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import WorldConfig
 
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [
         {"prompt": [{"role": "user", "content": "q1"}], "responses": ["a", "a", "b", "c", "d", "e"]},
         {"prompt": [{"role": "user", "content": "q2"}], "responses": ["x", "y", "x"]},
     ])
-    args = dict(annotator=AnnotatorConfig(), samples={"samples": str(samples)}, label_noise=0.0, seed=0)
+    args = dict(annotator=AnnotatorConfig(), world=WorldConfig(), samples={"samples": str(samples)}, label_noise=0.0,
+                seed=0)
     small = stages_impl.oracle_labels(**args, n_pairs=2, folder=tmp_path / "s")
     big = stages_impl.oracle_labels(**args, n_pairs=100, folder=tmp_path / "b")
     assert small["pairs"] == 2 and big["pairs"] == 3  # q1 has 5 distinct answers: 2 disjoint pairs; q2 one

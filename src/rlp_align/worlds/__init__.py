@@ -1,10 +1,17 @@
-"""Worlds: where prompts, demonstrations and the gold judge come from. One module per world.
+"""Task worlds: where the prompts come from, who judges the answers, and how answers group.
 
-A world module exposes ``NAME``; ``pool(n, seed, **options) -> list[Instruction]`` (prompts, with what its
-judge needs in ``constraints``/``meta``/``reference``); ``judge(cfg, **options) -> Annotator`` (the gold);
-``cluster_key(instruction, response) -> str | None`` (the canonical answer SPG's ``key`` clustering backend
-groups by, None where the world has none); and optionally ``build_model(folder, **options)`` for a world whose
-policy is built from scratch. ``rlp run`` picks one with its ``world:`` section.
+A world is one module that exposes:
+- ``NAME``;
+- ``pool(n, seed) -> list[Instruction]``: built-in prompts, carrying what the judge needs
+  (``constraints``, ``meta``, ``reference``);
+- ``judge(**options) -> Annotator``: the gold annotator (the truth the study is measured against);
+- ``cluster_key(instruction, response) -> str | None``: the canonical answer SPG's ``key`` clustering backend
+  groups by, or None where the world has none (then SPG clusters by meaning);
+- optionally ``build_model(folder)``, for a world whose policy is built from scratch.
+
+The table below is the whole registry: a config's ``world:`` names one of its keys.
+
+May import: core, data, models, train, judge. The rlp and pipeline layers import worlds.
 """
 
 from __future__ import annotations
@@ -12,16 +19,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
 
-WORLDS = {
-    "instructions": "rlp_align.worlds.instructions",  # the built-in constrained-instruction world (default)
-    "micro": "rlp_align.worlds.micro",  # reversed multi-digit addition, a policy trained from scratch
+WORLDS: dict[str, str] = {
+    "instructions": "rlp_align.worlds.instructions",  # constrained instructions, the rule annotator as gold
+    "micro": "rlp_align.worlds.micro",  # reversed addition with a filler exploit, a policy built from scratch
 }
 
 
 def load_world(name: str) -> ModuleType:
-    """The world module called ``name``."""
+    """The world module that ``name`` names; a clear error for an unknown name."""
     if name not in WORLDS:
-        raise UserError(f"unknown world {name!r}: choose one of {', '.join(WORLDS)}")
+        raise UserError(f"unknown world {name!r}; the built-in worlds are: {', '.join(sorted(WORLDS))}")
     return importlib.import_module(WORLDS[name])

@@ -29,9 +29,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rlp_align.annotators.base import Annotator, AnnotatorConfig
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, prompt_text, user_prompt
-from rlp_align.errors import UserError
+from rlp_align.judge.annotators.base import Annotator
 
 NAME = "micro"
 DIGITS = 4  # operand length; the answer has DIGITS + 1 digits
@@ -136,9 +136,9 @@ def truth_of(instruction: Instruction) -> str:
         raise UserError(f"micro world: {text!r} is not an addition problem 'a+b'") from None
 
 
-def judge(cfg: AnnotatorConfig | None = None, filler_penalty: float = 0.1) -> Annotator:
-    """The gold annotator (``cfg.temperature`` is the Bradley–Terry temperature of its comparisons)."""
-    return MicroJudge(temperature=cfg.temperature if cfg else 0.0, filler_penalty=filler_penalty)
+def judge(temperature: float = 0.0, filler_penalty: float = 0.1) -> Annotator:
+    """The gold annotator (``temperature``: the Bradley–Terry temperature of its comparisons; 0 = argmax)."""
+    return MicroJudge(temperature=temperature, filler_penalty=filler_penalty)
 
 
 def build_tokenizer():
