@@ -52,7 +52,6 @@ def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
     from rlp_align.data.records import Instruction, user_prompt
     from rlp_align.models import generation
     from rlp_align.pipeline import stages_impl
-    from rlp_align.pipeline.pipeline_config import WorldConfig
 
     def fake_generate(model, tokenizer, prompts, n, **kwargs):
         return generation.Generations(n=n, texts=["a", "b", "", "c", "d", "  ", "e", "f"],
