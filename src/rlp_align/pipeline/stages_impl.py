@@ -105,12 +105,17 @@ def collect_preferences(annotator: AnnotatorConfig, world: WorldConfig, sft_mode
     """D: a human file, or two SFT samples per instruction labelled by the noisy simulated annotator."""
     from rlp_align.judge.annotate import label_pairs
 
-    empty = 0  # instructions dropped because a sample was empty
+    empty = identical = 0  # instructions dropped because a sample was empty / the two samples were the same
     if preference_file:
         prefs = read_preferences(preference_file, skip_invalid=skip_invalid)
     else:
         instructions, pairs, empty, cut = _two_samples(sft_model, read_instructions(pools["preference"]),
                                                        pair_temperature, max_new_tokens, batch_size, seed=seed)
+        # Two identical answers carry no preference: their label would be a coin flip that no RM can fit (a
+        # peaked policy on a short-answer task samples the same answer twice often: 21 % of the micro world's D)
+        differ = [i for i, (a, b) in enumerate(pairs) if a != b]
+        identical = len(pairs) - len(differ)
+        instructions, pairs, cut = [instructions[i] for i in differ], [pairs[i] for i in differ], [cut[i] for i in differ]
         prefs = label_pairs(_annotator(annotator, world), instructions, [p[0] for p in pairs], [p[1] for p in pairs],
                             noise=label_noise, temperature=annotator.temperature, seed=seed,
                             truncated_a=[c[0] for c in cut], truncated_b=[c[1] for c in cut])
@@ -119,7 +124,8 @@ def collect_preferences(annotator: AnnotatorConfig, world: WorldConfig, sft_mode
     write_preferences(folder / "train.jsonl", train)
     write_preferences(folder / "heldout.jsonl", test)
     return {"train": str(folder / "train.jsonl"), "heldout": str(folder / "heldout.jsonl"),
-            "pairs": len(train), "heldout_pairs": len(test), **({"dropped_empty": empty} if empty else {})}
+            "pairs": len(train), "heldout_pairs": len(test), **({"dropped_empty": empty} if empty else {}),
+            **({"dropped_identical": identical} if identical else {})}
 
 
 def train_rm(reward: RewardConfig, sft_model: str, prefs: dict, seed: int, folder: Path) -> dict[str, Any]:
