@@ -128,7 +128,7 @@ def paired_section(evaluation: dict[str, Any]) -> list[str]:
                "| reward model | accuracy − RM0's | 95 % CI | only it right | only RM0 right | McNemar p |",
                "|---|---|---|---|---|---|"]
         md += [f"| {label} | {100 * r['diff']:+.1f} pts | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
-               f"| {r['only_new']} | {r['only_ref']} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
+               f"| {r['only_new']:g} | {r['only_ref']:g} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
     return md
 
 
@@ -166,10 +166,12 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     md += ["## KL and response length\n", "![KL and length](plots/kl_length.png)\n" if made["kl_len"] else "(none)\n"]
     md += ["## On-policy reward-model accuracy\n",
            f"Accuracy on {evaluation.get('on_policy_pairs', 0)} gold-labelled pairs of PPO₁ samples (the "
-           "distribution RLP refines the RM for).\n", "| reward model | accuracy % |", "|---|---|"]
+           "distribution RLP refines the RM for); a tie in the RM's scores counts ½.\n",
+           "| reward model | accuracy % | ties % |", "|---|---|---|"]
     for label, acc in evaluation.get("rm_accuracy_on_policy", {}).items():
         value = acc["accuracy"] if isinstance(acc, dict) else acc
-        md.append(f"| {label} | {100 * value:.1f} |")
+        tie_rate = acc.get("tie_rate") if isinstance(acc, dict) else None
+        md.append(f"| {label} | {100 * value:.1f} | {'–' if tie_rate is None else f'{100 * tie_rate:.1f}'} |")
     heldout = {}
     for name in ("03_rm0", *sorted(p.name for p in run_dir.glob("07_refine_*"))):
         manifest = cache.read_manifest(name)
