@@ -224,13 +224,74 @@ def majority(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"n_seeds": len(records), "controls": controls(records), "vs_ppo": vs_ppo(records),
-            "label_accuracy": label_accuracy(records), "majority_vs_single": majority(records),
-            "sizes": {"n_eval": min(r["evaluation"].get("n_eval") or 0 for r in records),
-                      "n_onpolicy_pairs": min(r["evaluation"].get("on_policy_pairs") or 0 for r in records),
-                      "n_heldout_d_pairs": min(r["evaluation"].get("heldout_d_pairs") or 0 for r in records),
-                      "spg_pairs_per_seed": [r.get("spg_pairs") for r in records]},
-            "seconds_per_seed": [r["seconds"] for r in records]}
+    out = {"n_seeds": len(records), "controls": controls(records), "vs_ppo": vs_ppo(records),
+           "label_accuracy": label_accuracy(records), "majority_vs_single": majority(records),
+           "sizes": {"n_eval": min(r["evaluation"].get("n_eval") or 0 for r in records),
+                     "n_onpolicy_pairs": min(r["evaluation"].get("on_policy_pairs") or 0 for r in records),
+                     "n_heldout_d_pairs": min(r["evaluation"].get("heldout_d_pairs") or 0 for r in records),
+                     "spg_pairs_per_seed": [r.get("spg_pairs") for r in records]},
+           "seconds_per_seed": [r["seconds"] for r in records]}
+    out["checks"] = checks(out)
+    return out
+
+
+def checks(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 21's "How it is checked", judged on the aggregate: ``passed`` True/False, or None where the figure
+    cannot be judged yet (a pooled interval needs 2 seeds)."""
+    c, n = d["controls"], d["n_seeds"]
+
+    def seeds_above(entry: dict | None) -> int:
+        return sum(s["ci_low"] > 0 for s in entry["per_seed"]) if entry else 0
+
+    def pooled_low(entry: dict | None) -> float | None:
+        return entry["pooled"]["ci_low"] if entry else None
+
+    def judged(ok: bool | None, measured: str, target: str) -> dict[str, Any]:
+        return {"target": target, "measured": measured, "passed": ok}
+
+    out = {}
+    for key, extra in (("ppo_vs_sft_gold", None), ("oracle_rm_vs_rm0_accuracy", 0.10)):
+        e, low = c[key], pooled_low(c[key])
+        ok = None if low is None else (low > 0 and seeds_above(e) >= math.ceil(0.8 * n)
+                                       and (extra is None or e["pooled"]["diff"] >= extra))
+        out[key] = judged(ok, f"CI above 0 in {seeds_above(e)} of {n} seeds; pooled "
+                          f"{_fmt(e['pooled']) if e else 'not measured'}",
+                          "CI above 0 in at least 4 of 5 seeds and pooled" + (", pooled gain >= 10 points"
+                                                                               if extra else ""))
+    e = c["oracle_vs_ppo_gold"]
+    out["oracle_vs_ppo_gold"] = judged(None if pooled_low(e) is None else pooled_low(e) > 0,
+                                       f"pooled {_fmt(e['pooled']) if e else 'not measured'}", "pooled CI above 0")
+    over = c["overoptimisation"]["pooled"]
+    out["overoptimisation"] = judged(
+        None if not over or over["gold_final_minus_peak"]["ci_high"] is None else over["shown"],
+        "not measured" if not over else f"gold final − peak {_fmt(over['gold_final_minus_peak'])}, proxy final − "
+        f"at peak {_fmt(over['proxy_final_minus_at_peak'])}",
+        "gold's final value below its peak beyond the CI while the proxy still rises")
+    fits = c["refined_fit_d"]
+    highs = {m: e["pooled"]["ci_high"] for m, e in fits.items()}
+    out["refined_fit_d"] = judged(None if not highs or None in highs.values() else min(highs.values()) >= -0.03,
+                                  ", ".join(f"{m} {_fmt(e['pooled'])}" for m, e in fits.items()) or "not measured",
+                                  "pooled CI high >= -0.03 for every refined RM")
+    mi = c["uml_mi_above_floor"]
+    finals = [f"seed {e['seed']} {e['rm']} " + ("–" if e["final_i_jsd"] is None else f"{e['final_i_jsd']:.3f}")
+              for e in mi["per_seed"]]
+    out["uml_mi_above_floor"] = judged(mi["passed"], ", ".join(finals) or mi.get("reason", "–"),
+                                       "final I_JSD >= -2 ln 2 + 0.1 in every seed")
+    sizes = d["sizes"]
+    spg = [x for x in sizes["spg_pairs_per_seed"] if x is not None]
+    out["sizes"] = judged(sizes["n_eval"] >= 512 and sizes["n_onpolicy_pairs"] >= 1000 and bool(spg)
+                          and min(spg) >= 128, f"n_eval {sizes['n_eval']}, on-policy pairs "
+                          f"{sizes['n_onpolicy_pairs']}, SPG pairs per seed {sizes['spg_pairs_per_seed']}",
+                          ">= 512 eval prompts, >= 1000 on-policy pairs, >= 128 SPG pairs per seed")
+    worst = max(d["seconds_per_seed"])
+    out["budget"] = judged(worst * 5 <= 2700, f"slowest seed {worst / 60:.1f} min (x 5 = {worst / 12:.0f} min)",
+                           "5 seeds within 45 minutes")
+    return out
+
+
+def _fmt(p: dict[str, Any]) -> str:
+    ci = "no CI (one seed)" if p["ci_low"] is None else f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+    return f"{p['diff']:+.4f} {ci}"
 
 
 # ---------------------------------------------------------------------------------------------------------
