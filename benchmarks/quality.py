@@ -34,8 +34,17 @@ from quality_aggregate import PPO_STAGES, aggregate, plot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
-PRESETS = {"micro": "configs/micro.yaml", "smollm2": "configs/default.yaml"}
 REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
+# micro: every method, 3-member ensembles. smollm2: the real-model world, sized as issue 21 measured it (RLOO with
+# LoRA, 40 steps of 32 samples, 256 preference prompts, 128 eval prompts, 256 oracle labels, the oracle only):
+# controls a, c and d, about 1.5 hours a seed on the 2-core machine.
+WORLDS = {
+    "micro": {"preset": "configs/micro.yaml", "refine": REFINE, "ensemble_k": 3, "bon_prompts": 128, "config": {}},
+    "smollm2": {"preset": "configs/default.yaml", "refine": ["oracle"], "ensemble_k": 0, "bon_prompts": 16,
+                "config": {"data": {"n_preference": 256, "n_unlabelled": 64, "n_eval": 128}, "oracle_labels": 256,
+                           "policy_optimizer": "rloo", "ppo": {"lora": {"enabled": True}, "steps": 40,
+                                   "rollout_batch_size": 32, "step_batch_size": 32, "eval_every": 10}}},
+}
 TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", "spg": "SPG (gamma = 0.5)",
           "west_of_n": "West-of-N (RM0's best vs worst)"}
 BON_MAX, MAJORITY_N = 64, 8
@@ -45,8 +54,8 @@ SMOKE = {"data": {"n_preference": 16, "n_unlabelled": 8, "n_eval": 8},
          "sample": {"n": 4}, "oracle_labels": 8}
 
 
-def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
-    """The preset with the study's methods, seed and folder (data paths made absolute)."""
+def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
+    """The world's preset with the study's methods, sizes, seed and folder (data paths made absolute)."""
     from rlp_align.config import build_config, merge, read_yaml
     from rlp_align.pipeline import PipelineConfig
 
@@ -55,7 +64,8 @@ def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k:
         path = values.get("data", {}).get(key)
         if path and not Path(path).is_absolute():
             values["data"][key] = str((ROOT / path).resolve())
-    overrides: dict[str, Any] = {"output_dir": str(run_dir), "seed": seed, "refine_methods": REFINE,
+    values = merge(values, WORLDS[world]["config"])
+    overrides: dict[str, Any] = {"output_dir": str(run_dir), "seed": seed, "refine_methods": WORLDS[world]["refine"],
                                  "ensemble": {"k": ensemble_k, "aggregates": ["mean", "wco", "uwo"]}}
     if not values.get("ppo", {}).get("eval_every"):
         overrides["ppo"] = {"eval_every": max(1, values.get("ppo", {}).get("steps", 10) // 10)}
@@ -220,25 +230,27 @@ def git_commit() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", choices=sorted(PRESETS), default="micro")
+    parser.add_argument("--world", choices=sorted(WORLDS), default="micro")
     parser.add_argument("--smoke", action="store_true", help="plumbing sizes, 1 seed, temp dir")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 3 4 (smoke: 0)")
     parser.add_argument("--max_seeds_per_call", type=int, default=None, help="run at most this many unfinished seeds")
     parser.add_argument("--preset", default=None, help="a config other than the world's preset")
     parser.add_argument("--work_dir", default=None, help="default benchmarks/work/quality-<world> (smoke: temp dir)")
-    parser.add_argument("--ensemble_k", type=int, default=3, help="RMs per ensemble (0: no ensemble rows)")
+    parser.add_argument("--ensemble_k", type=int, default=None, help="RMs per ensemble, 0: no ensemble rows "
+                        "(default: micro 3, smollm2 0)")
     parser.add_argument("--bon_prompts", type=int, default=None, help="eval prompts of the best-of-n curve "
-                        "(default 128; smoke 4)")
+                        "(default: micro 128, smollm2 16; smoke 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default=None, help="default benchmarks/results/quality-<world>.json")
     args = parser.parse_args()
     smoke, world = args.smoke, args.world
     seeds = args.seeds if args.seeds is not None else ([0] if smoke else [0, 1, 2, 3, 4])
-    preset = Path(args.preset or ROOT / PRESETS[world])
+    preset = Path(args.preset or ROOT / WORLDS[world]["preset"])
+    ensemble_k = WORLDS[world]["ensemble_k"] if args.ensemble_k is None else args.ensemble_k
     work = Path(args.work_dir or (tempfile.mkdtemp(prefix="rlp_quality_") if smoke else
                                   BENCH / "work" / f"quality-{world}"))
     out = Path(args.out or BENCH / "results" / f"quality-{world}{'_smoke' if smoke else ''}.json")
-    bon_prompts = args.bon_prompts or (4 if smoke else 128)
+    bon_prompts = args.bon_prompts or (4 if smoke else WORLDS[world]["bon_prompts"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["RLP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -250,7 +262,7 @@ def main() -> None:
     started, records, ran = time.time(), [], 0
     for seed in seeds:
         run_dir = work / f"seed{seed}"
-        cfg = seed_config(preset, seed, run_dir, smoke, args.ensemble_k)
+        cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k)
         key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts})[:12]
         path = run_dir / "quality_seed.json"
         record = json.loads(path.read_text()) if path.exists() else None
@@ -269,7 +281,7 @@ def main() -> None:
     result = {"benchmark": "quality", "world": world, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               **git_commit(), "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset),
               "work_dir": str(work), "seeds_requested": seeds, "seeds_finished": [r["seed"] for r in records],
-              "settings": {"refine_methods": REFINE, "ensemble_k": args.ensemble_k, "threads": args.threads,
+              "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": args.threads,
                            "best_of_n_curve": {"n_max": BON_MAX, "prompts": bon_prompts, "policy": "SFT"},
                            "majority_samples": MAJORITY_N,
                            "matched_kl": "PPO1's final evaluation-point KL; each run's per-prompt gold interpolated "

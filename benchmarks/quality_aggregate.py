@@ -337,16 +337,15 @@ def plot(path: Path, result: dict[str, Any]) -> list[str]:
                 (axes[0], (over["pooled"] or {}).get("points") or [], lambda r: r["sqrt_kl"], "PPO₁ against RM₀"),
                 (axes[1], (over["best_of_n"] or {}).get("pooled") or [], lambda r: math.sqrt(r["kl_analytic"]),
                  "best-of-n against RM₀ (n = 1 … 64)")):
-            for key, color in (("gold", "#55A868"), ("proxy", "#C44E52")):
+            for axis, key, color in ((ax, "gold", "#55A868"), (ax.twinx(), "proxy", "#C44E52")):  # own scales
                 xs = [x_of(r) for r in rows]
-                ys = [r[key]["diff"] for r in rows]
-                ax.plot(xs, ys, marker="o", markersize=3, color=color, label=key)
+                axis.plot(xs, [r[key]["diff"] for r in rows], marker="o", markersize=3, color=color)
                 if rows and rows[0][key]["ci_low"] is not None:
-                    ax.fill_between(xs, [r[key]["ci_low"] for r in rows], [r[key]["ci_high"] for r in rows],
-                                    color=color, alpha=0.2)
+                    axis.fill_between(xs, [r[key]["ci_low"] for r in rows], [r[key]["ci_high"] for r in rows],
+                                      color=color, alpha=0.2)
+                axis.set_ylabel(f"{key} (pooled mean, 95 % CI)", color=color)
             ax.set_xlabel("√KL")
             ax.set_title(title)
-            ax.legend()
         fig.tight_layout()
         over_path = path.with_name(path.stem + "-overopt.png")
         fig.savefig(over_path, dpi=110)
