@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -50,8 +49,10 @@ TABLE5 = {"rm_rank": "RM ranks a pair", "select_all": "select-all (gamma = 0)", 
 BON_MAX, MAJORITY_N = 64, 8
 # --smoke: the world's preset at plumbing sizes (its numbers mean nothing; CI checks that every key is written)
 SMOKE = {"data": {"n_preference": 16, "n_unlabelled": 8, "n_eval": 8},
-         "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "eval_every": 1},
+         "ppo": {"steps": 1, "rollout_batch_size": 4, "step_batch_size": 4, "eval_every": 1},
          "sample": {"n": 4}, "oracle_labels": 8}
+SMOKE_SCRATCH = {"data": {"n_sft": 256}, "sft": {"optim": {"max_steps": 5}},  # a policy built from scratch
+                 "world": {"model": {"hidden_size": 32, "layers": 1}}}
 
 
 def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
@@ -70,7 +71,11 @@ def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool,
     if not values.get("ppo", {}).get("eval_every"):
         overrides["ppo"] = {"eval_every": max(1, values.get("ppo", {}).get("steps", 10) // 10)}
     values = merge(values, overrides)
-    return build_config(PipelineConfig, merge(values, SMOKE) if smoke else values)
+    if smoke:
+        values = merge(values, SMOKE)
+        if values["data"].get("n_sft"):
+            values = merge(values, SMOKE_SCRATCH)
+    return build_config(PipelineConfig, values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,9 +123,20 @@ def expected_best_of(proxy: list[float], gold: list[float], k: int) -> tuple[flo
     return (sum(w * proxy[j] for w, j in zip(weights, order)), sum(w * gold[j] for w, j in zip(weights, order)))
 
 
-def sft_samples_extras(cfg: Any, run_dir: Path, world: str, n_prompts: int) -> dict[str, Any]:
+def world_of(cfg: Any) -> Any:
+    """The world module of a pipeline config (its ``world:`` section)."""
+    from rlp_align.worlds import load_world
+
+    return load_world(cfg.world.name)
+
+
+def gold_judge(cfg: Any) -> Any:
+    """The pipeline's gold judge for this config: the world's (`stages_impl._annotator`), without label noise."""
+    return world_of(cfg).judge(cfg.annotator, **cfg.world.judge)
+
+
+def sft_samples_extras(cfg: Any, run_dir: Path, n_prompts: int) -> dict[str, Any]:
     """Best-of-n from SFT against RM0, n = 1 ... 64, on the first eval prompts; P(majority) against P(single)."""
-    from rlp_align.annotators import make_annotator
     from rlp_align.best_of_n import best_of_n
     from rlp_align.data.readers import read_instructions
     from rlp_align.device import default_device
@@ -138,19 +154,16 @@ def sft_samples_extras(cfg: Any, run_dir: Path, world: str, n_prompts: int) -> d
                         BON_MAX, temperature=b.temperature, top_p=b.top_p, max_new_tokens=b.max_new_tokens,
                         max_prompt_length=b.max_prompt_length, batch_size=b.batch_size, seed=cfg.seed,
                         missing_eos_penalty=b.missing_eos_penalty)
-    judge = make_annotator(cfg.annotator)
+    judge = gold_judge(cfg)
     gold = [judge.score([x] * BON_MAX, r.responses) for x, r in zip(instructions, results)]
     curve = [[expected_best_of(r.scores, g, k) for r, g in zip(results, gold)] for k in range(1, BON_MAX + 1)]
     out: dict[str, Any] = {"bon_curve": {
         "prompts": len(instructions), "kl_analytic": [math.log(k) - (k - 1) / k for k in range(1, BON_MAX + 1)],
         "per_prompt_proxy": [[p for p, _ in row] for row in curve],
         "per_prompt_gold": [[g for _, g in row] for row in curve]}}
-    try:
-        module = importlib.import_module(f"rlp_align.worlds.{world}")
-    except ImportError:
-        module = None
-    if module is None or not all("answer" in x.meta for x in instructions):
-        out["majority_reason"] = f"the {world} world has no canonical answer to vote on"
+    module = world_of(cfg)
+    if not all("answer" in x.meta for x in instructions):  # the world's truth, which its judge reads
+        out["majority_reason"] = f"the {module.NAME} world has no known answer to vote on"
         return out
     majority, single = [], []
     for x, r in zip(instructions, results):
@@ -167,7 +180,6 @@ def sft_samples_extras(cfg: Any, run_dir: Path, world: str, n_prompts: int) -> d
 def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Table 5: agreement with the gold judge of each selection rule's pairs (RM0 on PPO1's samples); a gold tie
     counts 1/2. The judge sees the unlabelled pool's full instructions, as D's annotator did."""
-    from rlp_align.annotators import make_annotator
     from rlp_align.data import read_instructions, read_preferences
     from rlp_align.data.records import prompt_text
     from rlp_align.spg import run_spg
@@ -177,11 +189,11 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
                    if (m := json.loads(p.read_text())).get("inputs", {}).get("policy") == ppo1)
     pools = manifest(run_dir, "00_instructions")["outputs"]
     pool = {x.text: x for x in read_instructions(pools["unlabelled"])}
-    judge, result = make_annotator(cfg.annotator), {}
+    judge, result = gold_judge(cfg), {}
     for selection, label in TABLE5.items():
         out = run_dir / "quality" / f"table5_{selection}.jsonl"
         stats = run_spg(dataclasses.replace(cfg.spg, samples_file=samples, reward_model=str(run_dir / "03_rm0" /
-                                            "model"), output_file=str(out), selection=selection,
+                                            "model"), output_file=str(out), selection=selection, world=cfg.world.name,
                                             gamma=0.5 if selection == "spg" else 0.0, seed=cfg.seed))
         prefs = read_preferences(out) if stats["pairs"] else []
         probs = judge.compare([pool[prompt_text(p.prompt)] for p in prefs], [p.chosen for p in prefs],
@@ -192,7 +204,7 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def run_seed(cfg: Any, run_dir: Path, world: str, bon_prompts: int, key: str) -> dict[str, Any]:
+def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str) -> dict[str, Any]:
     """Run (or resume) one seed's pipeline and measurements; the seed's record (cached under its config key)."""
     from rlp_align.io import write_json
     from rlp_align.pipeline import run_pipeline
@@ -203,7 +215,7 @@ def run_seed(cfg: Any, run_dir: Path, world: str, bon_prompts: int, key: str) ->
         extras = json.loads(cached.read_text())
     else:
         started = time.time()
-        extras = {**sft_samples_extras(cfg, run_dir, world, bon_prompts), "table5": label_accuracy(cfg, run_dir)}
+        extras = {**sft_samples_extras(cfg, run_dir, bon_prompts), "table5": label_accuracy(cfg, run_dir)}
         extras["seconds"] = time.time() - started
         write_json(cached, extras)
     stage_seconds = sum(m.get("seconds") or 0.0 for p in run_dir.glob("*/manifest.json")
@@ -237,7 +249,7 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="a config other than the world's preset")
     parser.add_argument("--work_dir", default=None, help="default benchmarks/work/quality-<world> (smoke: temp dir)")
     parser.add_argument("--ensemble_k", type=int, default=None, help="RMs per ensemble, 0: no ensemble rows "
-                        "(default: micro 3, smollm2 0)")
+                        "(default: micro 3, smollm2 0; smoke 2)")
     parser.add_argument("--bon_prompts", type=int, default=None, help="eval prompts of the best-of-n curve "
                         "(default: micro 128, smollm2 16; smoke 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -246,7 +258,7 @@ def main() -> None:
     smoke, world = args.smoke, args.world
     seeds = args.seeds if args.seeds is not None else ([0] if smoke else [0, 1, 2, 3, 4])
     preset = Path(args.preset or ROOT / WORLDS[world]["preset"])
-    ensemble_k = WORLDS[world]["ensemble_k"] if args.ensemble_k is None else args.ensemble_k
+    ensemble_k = (2 if smoke else WORLDS[world]["ensemble_k"]) if args.ensemble_k is None else args.ensemble_k
     work = Path(args.work_dir or (tempfile.mkdtemp(prefix="rlp_quality_") if smoke else
                                   BENCH / "work" / f"quality-{world}"))
     out = Path(args.out or BENCH / "results" / f"quality-{world}{'_smoke' if smoke else ''}.json")
@@ -271,7 +283,7 @@ def main() -> None:
                 print(f"seed {seed}: not finished; left for a later call (--max_seeds_per_call)")
                 continue
             print(f"seed {seed}: running in {run_dir}", flush=True)
-            record = run_seed(cfg, run_dir, world, bon_prompts, key)
+            record = run_seed(cfg, run_dir, bon_prompts, key)
             write_json(path, record)
             ran += 1
         records.append(record)

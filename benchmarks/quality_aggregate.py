@@ -177,9 +177,13 @@ def uml_mi(records: list[dict[str, Any]]) -> dict[str, Any]:
                              "margin": None if value is None else value - JSD_FLOOR})
     margins = [e["margin"] for e in per_seed if e["margin"] is not None]
     passed = bool(per_seed) and len(margins) == len(per_seed) and min(margins) >= MI_MARGIN
-    return {"floor": JSD_FLOOR, "required_margin": MI_MARGIN, "per_seed": per_seed,
-            "pooled": {**pooled_t(margins), "passed": passed} if margins else None, "passed": passed,
-            **({} if margins else {"reason": "no refine run logged uml/i_jsd"})}
+    pooled = {}  # per refined RM, its margin over the floor pooled over seeds
+    for rm in sorted({e["rm"] for e in per_seed}):
+        mine = [e["margin"] for e in per_seed if e["rm"] == rm and e["margin"] is not None]
+        if mine:
+            pooled[rm] = {**pooled_t(mine), "passed": min(mine) >= MI_MARGIN}
+    return {"floor": JSD_FLOOR, "required_margin": MI_MARGIN, "per_seed": per_seed, "pooled": pooled or None,
+            "passed": passed, **({} if margins else {"reason": "no refine run logged uml/i_jsd"})}
 
 
 def controls(records: list[dict[str, Any]]) -> dict[str, Any]:

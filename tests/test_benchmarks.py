@@ -128,7 +128,7 @@ VS_PPO = {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "Best-of-n
 def test_quality_micro_smoke_writes_every_key(tmp_path):
     """`quality.py --world micro --smoke` (CI, issue 21 section 4): every key of quality-micro.json is written."""
     out, work = tmp_path / "quality-micro.json", tmp_path / "work"
-    _run("quality.py", "--world", "micro", "--smoke", "--out", str(out), "--work_dir", str(work), timeout=300)
+    _run("quality.py", "--world", "micro", "--smoke", "--out", str(out), "--work_dir", str(work), timeout=900)
     d = json.loads(out.read_text())
     assert QUALITY_KEYS <= set(d) and d["world"] == "micro" and d["seeds_finished"] == [0]
     assert set(d["controls"]) == CONTROLS

@@ -100,9 +100,9 @@ def _validate(cfg: PipelineConfig) -> None:
                                 f"{INSTEAD.get(name, 'the stage upstream')}): remove it from the config")
     check_optim(cfg.ppo)
     refine_section(cfg)  # refuses unknown or ill-typed refine.optim / refine.lora keys before any stage runs
-    bad = [m for m in cfg.refine_methods if m not in METHOD_LABELS]
+    bad = [m for m in cfg.refine_methods if m not in ("uml", "spg", "uml+spg", "oracle")]
     if bad:
-        raise UserError(f"unknown refine method(s) {bad}: choose from {', '.join(METHOD_LABELS)}")
+        raise UserError(f"unknown refine method(s) {bad}: choose from uml, spg, uml+spg, oracle")
     if cfg.rounds < 1:
         raise UserError("rounds must be >= 1 (1 reproduces the paper)")
     if not 0 <= cfg.label_noise <= 0.5:
@@ -117,11 +117,6 @@ def _validate(cfg: PipelineConfig) -> None:
             and "uml+spg" not in cfg.refine_methods):
         raise UserError("refine 'oracle' without oracle_labels labels as many pairs as SPG produced: include 'spg' "
                         "in refine_methods, or set oracle_labels")
-
-
-# refine method -> its label in the evaluation; west_of_n trains like spg on RM₀-ranked best-vs-worst pairs
-METHOD_LABELS = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "oracle": "Oracle",
-                 "west_of_n": "West-of-N"}
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -165,10 +160,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             samples = cache.stage(f"05_samples{tag}_{src_policy['hash'][:6]}", S.sample_policy, sample=cfg.sample,
                                   policy=src_policy["model"], pools=pools, seed=seed)
             synthetic = None
-            if method == "west_of_n":  # Pace et al. 2024: RM₀'s best vs worst sample of each prompt, no clustering
-                synthetic = cache.stage(f"06_won{tag}_{samples['hash'][:6]}", S.synthesize,
-                                        spg=dataclasses.replace(cfg.spg, selection="west_of_n"), samples=samples,
-                                        rm=src_rm["model"], seed=seed)
             if method in ("spg", "uml+spg") or (method == "oracle" and cfg.oracle_labels is None):
                 synthetic = cache.stage(f"06_spg{tag}_{samples['hash'][:6]}", S.synthesize, spg=cfg.spg,
                                         samples=samples, rm=src_rm["model"], seed=seed)
@@ -182,7 +173,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                   seed=seed)
             ppo2 = cache.stage(f"08_ppo2_{name}{tag}", S.train_ppo, **ppo_args, reward_models=[refined["model"]])
             previous[method] = (ppo2, refined)
-            label = METHOD_LABELS[method]
+            label = {"uml": "RLP-UML", "spg": "RLP-SPG", "uml+spg": "RLP-UML+SPG", "oracle": "Oracle"}[method]
             label += "" if cfg.rounds == 1 else f" (round {rnd})"
             policies[label], rms[label] = ppo2["model"], refined["model"]
             own = [samples["stage"], *([synthetic["stage"]] if synthetic else []), refined["stage"], ppo2["stage"]]

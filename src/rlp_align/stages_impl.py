@@ -202,7 +202,7 @@ def refine_rm(refine: RefineConfig, method: str, sft_model: str, rm: dict, prefs
     from rlp_align.refine import run_refine
 
     refine_cfg = dataclasses.replace(
-        refine, method="spg" if method in ("oracle", "west_of_n") else method, base_model=sft_model,
+        refine, method="spg" if method == "oracle" else method, base_model=sft_model,
         previous_rm=rm["model"], preference_file=prefs["train"], eval_file=prefs["heldout"],
         synthetic_file=synthetic["synthetic"] if synthetic else None, samples_file=samples["samples"],
         output_dir=str(folder), seed=seed)
