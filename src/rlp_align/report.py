@@ -99,7 +99,9 @@ def paired_section(evaluation: dict[str, Any]) -> list[str]:
     if paired:
         md += ["\n### Paired comparisons on the same prompts\n",
                "Gold difference per prompt (method − baseline) and head-to-head win-rate of the method's answer "
-               "against the baseline's answer to the same prompt (ties ½), with 95 % paired bootstrap CIs.\n",
+               "against the baseline's answer to the same prompt (ties ½), with 95 % paired bootstrap CIs over prompts. "
+               "A CI that excludes 0 says that *these runs differ* on these prompts: it resamples prompts, not "
+               "training randomness, so whether a method is better needs seeds (`benchmarks/quality.py`).\n",
                "| method | baseline | gold diff | 95 % CI | head-to-head % | 95 % CI |", "|---|---|---|---|---|---|"]
         for base, methods in paired.items():
             for label, c in methods.items():
