@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH, ROOT, git_commit, machine_info, now, write_json  # noqa: E402
 from quality_aggregate import PPO_STAGES, aggregate, plot  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
 # micro: every method, 3-member ensembles. smollm2: the real-model world, sized as issue 21 measured it (RLOO with
 # LoRA, 40 steps of 32 samples, 256 preference prompts, 128 eval prompts, 256 oracle labels, the oracle only):
@@ -57,8 +56,8 @@ SMOKE_SCRATCH = {"data": {"n_sft": 256}, "sft": {"optim": {"max_steps": 5}},  # 
 
 def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
     """The world's preset with the study's methods, sizes, seed and folder (data paths made absolute)."""
-    from rlp_align.config import build_config, merge, read_yaml
-    from rlp_align.pipeline import PipelineConfig
+    from rlp_align.core.config import build_config, merge, read_yaml
+    from rlp_align.pipeline.run import PipelineConfig
 
     values = read_yaml(preset)
     for key in ("train_file", "eval_file", "preference_file"):
@@ -123,25 +122,40 @@ def expected_best_of(proxy: list[float], gold: list[float], k: int) -> tuple[flo
     return (sum(w * proxy[j] for w, j in zip(weights, order)), sum(w * gold[j] for w, j in zip(weights, order)))
 
 
+def world_name(cfg: Any) -> str:
+    """The config's world: ``world: name`` or a ``world:`` section with a ``name``."""
+    return cfg.world if isinstance(cfg.world, str) else cfg.world.name
+
+
 def world_of(cfg: Any) -> Any:
-    """The world module of a pipeline config (its ``world:`` section)."""
     from rlp_align.worlds import load_world
 
-    return load_world(cfg.world.name)
+    return load_world(world_name(cfg))
 
 
 def gold_judge(cfg: Any) -> Any:
-    """The pipeline's gold judge for this config: the world's (`stages_impl._annotator`), without label noise."""
-    return world_of(cfg).judge(cfg.annotator, **cfg.world.judge)
+    """The gold judge exactly as the pipeline builds it (`stages_impl._annotator`), without label noise."""
+    from rlp_align.pipeline import stages_impl
+
+    if isinstance(cfg.world, str):
+        return stages_impl._annotator(cfg.annotator)
+    return stages_impl._annotator(cfg.annotator, cfg.world)
+
+
+def spg_settings(cfg: Any, **changes: Any) -> Any:
+    """The SPG section as the pipeline runs it: with the world, whose canonical answer the ``key`` backend reads."""
+    if "world" in {f.name for f in dataclasses.fields(cfg.spg)}:
+        changes["world"] = world_name(cfg)
+    return dataclasses.replace(cfg.spg, **changes)
 
 
 def sft_samples_extras(cfg: Any, run_dir: Path, n_prompts: int) -> dict[str, Any]:
     """Best-of-n from SFT against RM0, n = 1 ... 64, on the first eval prompts; P(majority) against P(single)."""
-    from rlp_align.best_of_n import best_of_n
+    from rlp_align.core.device import default_device
     from rlp_align.data.readers import read_instructions
-    from rlp_align.device import default_device
-    from rlp_align.ensemble import make_reward_fn
     from rlp_align.models import load_policy, load_tokenizer
+    from rlp_align.train.best_of_n import best_of_n
+    from rlp_align.train.ensemble import make_reward_fn
 
     b = cfg.best_of_n
     pools = manifest(run_dir, "00_instructions")["outputs"]
@@ -182,7 +196,7 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     counts 1/2. The judge sees the unlabelled pool's full instructions, as D's annotator did."""
     from rlp_align.data import read_instructions, read_preferences
     from rlp_align.data.records import prompt_text
-    from rlp_align.spg import run_spg
+    from rlp_align.rlp.spg import run_spg
 
     ppo1 = manifest(run_dir, "04_ppo1")["hash"]
     samples = next(m["outputs"]["samples"] for p in sorted(run_dir.glob("05_samples*/manifest.json"))
@@ -192,9 +206,9 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     judge, result = gold_judge(cfg), {}
     for selection, label in TABLE5.items():
         out = run_dir / "quality" / f"table5_{selection}.jsonl"
-        stats = run_spg(dataclasses.replace(cfg.spg, samples_file=samples, reward_model=str(run_dir / "03_rm0" /
-                                            "model"), output_file=str(out), selection=selection, world=cfg.world.name,
-                                            gamma=0.5 if selection == "spg" else 0.0, seed=cfg.seed))
+        stats = run_spg(spg_settings(cfg, samples_file=samples, reward_model=str(run_dir / "03_rm0" / "model"),
+                                     output_file=str(out), selection=selection,
+                                     gamma=0.5 if selection == "spg" else 0.0, seed=cfg.seed))
         prefs = read_preferences(out) if stats["pairs"] else []
         probs = judge.compare([pool[prompt_text(p.prompt)] for p in prefs], [p.chosen for p in prefs],
                               [p.rejected for p in prefs]) if prefs else []
@@ -206,8 +220,7 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str) -> dict[str, Any]:
     """Run (or resume) one seed's pipeline and measurements; the seed's record (cached under its config key)."""
-    from rlp_align.io import write_json
-    from rlp_align.pipeline import run_pipeline
+    from rlp_align.pipeline.run import run_pipeline
 
     run_pipeline(cfg)
     cached = run_dir / "quality" / f"extras-{key}.json"
@@ -229,15 +242,6 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str) -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------------------
-
-
-def git_commit() -> dict[str, Any]:
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
 def main() -> None:
@@ -267,8 +271,7 @@ def main() -> None:
     os.environ["RLP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    from rlp_align.config import config_hash, config_to_dict
-    from rlp_align.io import write_json
+    from rlp_align.core.config import config_hash, config_to_dict
 
     torch.set_num_threads(args.threads)
     started, records, ran = time.time(), [], 0
@@ -290,8 +293,8 @@ def main() -> None:
     if not records:
         print("no finished seed yet: nothing to aggregate")
         return
-    result = {"benchmark": "quality", "world": world, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              **git_commit(), "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset),
+    result = {"benchmark": "quality", "world": world, "smoke": smoke, "date": now(), **git_commit(),
+              "machine": machine_info(), "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset),
               "work_dir": str(work), "seeds_requested": seeds, "seeds_finished": [r["seed"] for r in records],
               "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": args.threads,
                            "best_of_n_curve": {"n_max": BON_MAX, "prompts": bon_prompts, "policy": "SFT"},

@@ -3,7 +3,7 @@
 Input: the per-seed records `quality.py` writes (``<work>/seed<k>/quality_seed.json``). Every comparison is
 paired: per-prompt (or per-pair) differences on the same eval prompts (pairs) within a seed; a seed's CI is the
 bootstrap over its prompts ("these runs differ"), the pooled CI the t-interval over the per-seed means
-(`rlp_align.stats.seed_summary`), which is the one that speaks to a method.
+(`rlp_align.judge.stats.seed_summary`), which is the one that speaks to a method.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rlp_align.stats import mean_ci, pooled_t, recovered_share, seed_summary
+from rlp_align.judge.stats import mean_ci, pooled_t, recovered_share, seed_summary
 
 JSD_FLOOR = -2 * math.log(2)  # I_JSD's lower bound (a collapsed encoder), issue 22 section 1
 MI_MARGIN = 0.1

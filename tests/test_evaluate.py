@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import tiny_reward_model
 
-from rlp_align.annotators import AnnotatorConfig
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Preference, user_prompt
-from rlp_align.errors import UserError
-from rlp_align.evaluate import (
+from rlp_align.judge.annotators import AnnotatorConfig
+from rlp_align.judge.evaluate import (
     RMAccuracyConfig,
     WinrateConfig,
     rm_accuracy,
@@ -96,8 +96,8 @@ def test_rm_accuracy_counts_pairs_where_chosen_outscores_rejected(tiny_rm):
 
 def test_an_untrained_zero_head_rm_scores_one_half_and_every_pair_is_a_tie(tiny_rm):
     """Issue 22 section 8: equal scores are a coin flip's 1/2, not a wrong answer (the old code said 0 %)."""
+    from rlp_align.judge.stats import rm_accuracy_vs
     from rlp_align.models import reward_head
-    from rlp_align.stats import rm_accuracy_vs
 
     model, tok = copy.deepcopy(tiny_rm[0]), tiny_rm[1]  # the fixture is shared: zero a copy's head
     torch.nn.init.zeros_(reward_head(model).weight)
@@ -124,8 +124,8 @@ def test_run_rm_accuracy_on_a_trl_file(tmp_path, tiny_rm):
 
 
 def test_rm_annotator_scores_with_the_reward_model(tiny_rm, tmp_path):
-    from rlp_align.annotators import make_annotator
     from rlp_align.data.records import Instruction
+    from rlp_align.judge.annotators import make_annotator
     from rlp_align.models import score_texts
 
     judge = make_annotator(AnnotatorConfig(kind="rm", rm_path=str(tiny_reward_model(tmp_path / "rm")), max_length=64))
