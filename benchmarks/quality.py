@@ -135,11 +135,12 @@ def world_of(cfg: Any) -> Any:
 
 def gold_judge(cfg: Any) -> Any:
     """The gold judge exactly as the pipeline builds it (`stages_impl._annotator`), without label noise."""
+    import inspect
+
     from rlp_align.pipeline import stages_impl
 
-    if isinstance(cfg.world, str):
-        return stages_impl._annotator(cfg.annotator)
-    return stages_impl._annotator(cfg.annotator, cfg.world)
+    takes_world = len(inspect.signature(stages_impl._annotator).parameters) > 1  # the judge is the world's
+    return stages_impl._annotator(cfg.annotator, cfg.world) if takes_world else stages_impl._annotator(cfg.annotator)
 
 
 def spg_settings(cfg: Any, **changes: Any) -> Any:
