@@ -91,8 +91,8 @@ def test_view_batches_are_deterministic_per_step_and_distinct():
 
 
 def test_short_uml_refinement_lowers_l_m_and_keeps_accuracy(tmp_path, previous_rm):
-    # The contrastive L_M is used for "L_M falls": on the tiny model the JSD critic of mib/mvi stays at the
-    # uninformative -2 log 2 for hundreds of steps (last-token hidden states differ little between inputs).
+    # The contrastive L_M is used for "L_M falls" in 20 steps: the JSD critic of mib/mvi first sits at the
+    # uninformative -2 log 2 for ~100 steps (see test_tiny_mib_refinement_learns_the_information_term).
     rm_dir, train, held_out, accuracy_before = previous_rm
     out = tmp_path / "uml"
     summary = refine_reward_model(
@@ -237,12 +237,13 @@ def test_tiny_mib_refinement_learns_the_information_term(tmp_path):
     """Issue 22: with the defaults the mutual-information estimate ends at least 0.1 above its floor -2 log 2.
 
     Before (per-example LayerNorm, beta = 1 from the first step, head LR 1e-4 decaying with the RM's) it ended
-    at the floor (-1.386, D_SKL ~ 1e-4): a collapsed encoder, L_M a mere invariance penalty. 100 steps (~12 s
-    on one core) because the critic leaves the floor after ~40-70 steps at the default head LR."""
+    at the floor (-1.388, D_SKL ~ 1e-4): a collapsed encoder, L_M a mere invariance penalty. 200 steps (~20 s
+    on one core) because the critic sits on a plateau at the floor for ~100-130 steps at the default head LR
+    (measured: +1.03 above the floor after 200 steps, +0.44 after 150)."""
     out = tmp_path / "mib"
-    refine_reward_model(refine_cfg(out, optim={"max_steps": 100}, z_dim=16, uml_batch_size=8), marker_prefs(64),
-                        samples=sample_sets(24))
+    refine_reward_model(refine_cfg(out, optim={"max_steps": 200, "logging_every": 5}, z_dim=16, uml_batch_size=8),
+                        marker_prefs(64), samples=sample_sets(24))
     rows = [r for r in read_metrics(out) if "uml/i_jsd" in r]
-    end = sum(r["uml/i_jsd"] for r in rows[-5:]) / 5
+    end = sum(r["uml/i_jsd"] for r in rows[-4:]) / 4  # the last 20 steps, logged every 5
     assert end >= -2 * math.log(2) + 0.1, end
     assert rows[-1]["uml/beta"] == pytest.approx(1.0, rel=0.1)  # the paper's beta is reached by the end

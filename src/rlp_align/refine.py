@@ -61,7 +61,7 @@ class RefineConfig:
     uml_input_norm: Literal["batch", "layer"] = "batch"  # how the view states are normalised (uml.standardise_views)
     z_dim: int = 64
     uml_batch_size: int = 8  # instructions per view batch, over all ranks
-    uml_learning_rate: float | None = 3e-3  # encoder/critic LR, constant (issue 22 measurement); None: the RM's peak
+    uml_learning_rate: float | None = 1e-3  # encoder/critic LR, constant (issue 22: 3e-3 collapses a 576-wide head)
     seed: int = 0
     # How r̂ trains. Unset (None) = like the step-2 reward model: `reward:` in `rlp run`, RewardConfig's
     # defaults alone (`inherit_reward_settings`). optim and lora are per key: the keys given here win.
