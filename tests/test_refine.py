@@ -1,5 +1,6 @@
 import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -231,6 +232,18 @@ def test_uml_refinement_resumes_exactly(tmp_path, monkeypatch):
     for name in ("model/model.safetensors", "uml_head.safetensors"):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
         assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a), name
+
+
+def test_an_information_term_left_at_its_floor_is_warned_about():
+    from rlp_align.refine import warn_if_information_term_at_floor
+
+    with pytest.warns(RuntimeWarning, match="ended at its floor"):
+        warn_if_information_term_at_floor({"uml/i_jsd": -1.38, "uml/d_skl": 1e-4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_information_term_at_floor({"uml/i_jsd": -0.9})  # learned
+        warn_if_information_term_at_floor({"uml/i_nce": 0.1})  # contrastive: no I_JSD
+        warn_if_information_term_at_floor({"uml/i_jsd": 0.0, "uml/skipped": 1.0})
 
 
 def test_tiny_mib_refinement_learns_the_information_term(tmp_path):

@@ -16,6 +16,7 @@ The encoder/critic of L_M are saved beside the RM as ``uml_head.safetensors``, n
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Callable
@@ -200,7 +201,23 @@ def refine_reward_model(
     info = {"method": cfg.method, "lambda": lam, "init": cfg.init, "init_model": str(init_model),
             "preference_pairs": len(preferences), "synthetic_pairs": len(synthetic or []) if uses_synthetic else 0,
             "sample_sets": len(samples or [])}
-    return train_reward_model(rm_cfg, train, eval_prefs, extra_loss=extra, summary_extra={"refine": info})
+    summary = train_reward_model(rm_cfg, train, eval_prefs, extra_loss=extra, summary_extra={"refine": info})
+    warn_if_information_term_at_floor(summary.get("train") or {})
+    return summary
+
+
+def warn_if_information_term_at_floor(last: dict[str, float]) -> None:
+    """Warn when the last logged I_JSD is within 0.05 of its floor -2 log 2: the critic never separated the
+    views, so L_M acted only as an invariance penalty, not as RLP-UML (issue 22)."""
+    i_jsd = last.get("uml/i_jsd")
+    if i_jsd is None or last.get("uml/skipped"):
+        return
+    if i_jsd < -2 * math.log(2) + 0.05:
+        warnings.warn(f"RLP-UML's mutual-information estimate ended at its floor (I_JSD {i_jsd:.3f}, floor "
+                      f"{-2 * math.log(2):.3f}): the encoder did not learn I(z1; z2), so L_M only penalised "
+                      "differences between the views. The critic needs ~150-200 steps with uml_batch_size >= 8 "
+                      "at the default head LR (docs/decisions.md); refine longer or with larger view batches",
+                      RuntimeWarning, stacklevel=2)
 
 
 def run_refine(cfg: RefineConfig) -> dict:
