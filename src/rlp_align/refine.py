@@ -215,8 +215,8 @@ def warn_if_information_term_at_floor(last: dict[str, float]) -> None:
     if i_jsd < -2 * math.log(2) + 0.05:
         warnings.warn(f"RLP-UML's mutual-information estimate ended at its floor (I_JSD {i_jsd:.3f}, floor "
                       f"{-2 * math.log(2):.3f}): the encoder did not learn I(z1; z2), so L_M only penalised "
-                      "differences between the views. The critic needs ~150-200 steps with uml_batch_size >= 8 "
-                      "at the default head LR (docs/decisions.md); refine longer or with larger view batches",
+                      "differences between the views. At the default head LR the critic needs ~120 steps with "
+                      "uml_batch_size 8 and more with 4 (docs/decisions.md): refine longer or with larger view batches",
                       RuntimeWarning, stacklevel=2)
 
 
