@@ -175,6 +175,9 @@ class MultiViewHead(nn.Module):
     infomax/contrastive), ``i_jsd`` (mib, mvi: I(z1; z2); infomax: mean I(h; z)) or ``i_nce`` (contrastive:
     log B - InfoNCE loss), ``beta``.
 
+    beta_t follows ``beta_schedule`` (`beta_at`; refine uses ``exponential`` from ``beta_start`` to ``beta`` over
+    the run, this class defaults to ``constant``); ``input_norm`` picks how h is normalised (`standardise_views`).
+
     A batch with fewer than 2 instructions has no negatives: the loss is a zero tensor (no gradient from
     L_M, so the Bradley-Terry part of a refinement step still runs), a ``RuntimeWarning`` is issued and
     ``stats["skipped"] = 1.0``. Never NaN.
