@@ -10,7 +10,7 @@ from test_ppo import PROMPTS, count_e, run_then_crash_and_resume
 from rlp_align.errors import UserError
 from rlp_align.models import load_policy
 from rlp_align.ppo import train_ppo
-from rlp_align.ppo_losses import rloo_advantages
+from rlp_align.ppo_losses import policy_loss, rloo_advantages, sequence_policy_loss
 from rlp_align.rloo import RLOOConfig
 from rlp_align.training import OptimConfig, read_metrics
 
@@ -31,6 +31,36 @@ def test_rloo_advantages_by_hand():
     assert same.abs().max().item() == 0.0
     with pytest.raises(ValueError, match="whole groups"):
         rloo_advantages(scores, logprobs, ref, mask, kl_coef=0.5, k=4)
+
+
+def test_sequence_and_token_ratios_by_hand():
+    """Per-token ratios 1.5 and 0.7 (a third position is padding, never read), clip 0.2 (issue 22 section 5).
+
+    token level (PPO): each token clipped on its own, the mean over tokens;
+    sequence level (TRL's RLOOTrainer): one ratio 1.5 * 0.7 = 1.05 for the response, inside the clip range.
+    """
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[1, 1, 0]])
+    for a, token_loss, seq_loss in [
+        (2.0, (max(-2 * 1.5, -2 * 1.2) + max(-2 * 0.7, -2 * 0.8)) / 2, -2 * 1.05),  # -1.9 and -2.1
+        (-1.0, (max(1.5, 1.2) + max(0.7, 0.8)) / 2, 1.05),  # 1.15 and 1.05
+    ]:
+        new = torch.tensor([[math.log(1.5), math.log(0.7), 9.0]], requires_grad=True)
+        tok, tok_clip, _ = policy_loss(new, old, torch.full((1, 3), a), mask, clip=0.2)
+        seq, seq_clip, seq_kl = sequence_policy_loss(new, old, torch.tensor([a]), mask, clip=0.2)
+        assert tok.item() == pytest.approx(token_loss) and seq.item() == pytest.approx(seq_loss)
+        assert tok.item() != pytest.approx(seq.item())
+        assert seq_clip.item() == 0.0 and seq_kl.item() == pytest.approx(0.5 * math.log(1.05) ** 2)
+        (grad,) = torch.autograd.grad(seq, new)  # d(-A * rho)/d log pi_t = -A * rho on every real token
+        torch.testing.assert_close(grad, torch.tensor([[-a * 1.05, -a * 1.05, 0.0]]))
+    # A = 2: the first token is clipped (no gradient), the second is not: -A * 0.7 / 2 tokens
+    new = torch.tensor([[math.log(1.5), math.log(0.7), 9.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(policy_loss(new, old, torch.full((1, 3), 2.0), mask, clip=0.2)[0], new)
+    torch.testing.assert_close(grad, torch.tensor([[0.0, -2.0 * 0.7 / 2, 0.0]]))
+    # a product of ratios outside the clip range: 1.5 * 1.5 = 2.25 is clipped to 1.2 for A > 0
+    new = torch.tensor([[math.log(1.5), math.log(1.5), 0.0]])
+    seq, seq_clip, _ = sequence_policy_loss(new, old, torch.tensor([2.0]), mask, clip=0.2)
+    assert seq.item() == pytest.approx(-2 * 1.2) and seq_clip.item() == 1.0
 
 
 def rloo_cfg(out, **kw) -> RLOOConfig:

@@ -48,6 +48,7 @@ from rlp_align.ppo_losses import (
     masked_mean,
     policy_loss,
     rloo_advantages,
+    sequence_policy_loss,
     value_loss,
     whiten,
 )
@@ -89,6 +90,9 @@ class PPOConfig:
     # prompt, no critic (Ahmadian et al. 2024); rollout_batch_size then counts sequences (prompts x rloo_k)
     estimator: Literal["gae", "rloo"] = "gae"
     rloo_k: int = 4
+    # RLOO's importance ratio: "sequence" = one ratio per response, clipped and averaged over sequences (TRL's
+    # RLOOTrainer: the response is one action); "token" = PPO's per-token ratio and clip, averaged over tokens
+    rloo_ratio: Literal["sequence", "token"] = "sequence"
     # where V(s) comes from (ignored by RLOO): its own value model, a LoRA adapter on the policy's base
     # (needs lora.enabled), or a head on the policy's trunk; memory costs in docs/decisions.md
     critic: Literal["separate", "lora", "head"] = "separate"
@@ -170,8 +174,10 @@ def _check(cfg: PPOConfig, num_processes: int) -> None:
 def shape_rloo(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor:
     """Step 3 for RLOO: the sequence's leave-one-out advantage on every one of its tokens; returns the KL [B, T].
 
-    The policy loss is then PPO's clipped surrogate over tokens, as TRL's RLOOTrainer uses (with one epoch
-    of one minibatch it is exactly REINFORCE with the leave-one-out baseline, averaged over tokens).
+    ``rloo_ratio: sequence`` reads it back once per response (`ppo_losses.sequence_policy_loss`, TRL's
+    RLOOTrainer); ``token`` uses it as every token's advantage in PPO's per-token surrogate. With one epoch of one
+    minibatch both are REINFORCE with the leave-one-out baseline, summed over a response's tokens (sequence) or
+    averaged over the minibatch's tokens (token); from the second epoch on they clip differently.
     """
     mask = rollout.mask.to(rollout.logprobs.dtype)
     advantages, _ = rloo_advantages(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
@@ -188,7 +194,8 @@ def ppo_update(
     """Step 4: ``ppo_epochs`` passes over shuffled minibatches of this rank's rollout; one optimiser step each.
 
     A minibatch may be split into micro-batches (gradient accumulation); each micro-batch's masked-mean loss
-    is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean.
+    is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean
+    (RLOO's sequence-level loss is a mean over responses: its share is the micro-batch's share of the rows).
     Returns the token-weighted means of the loss statistics over all updates of this step.
 
     ``split_backward`` (default: on with one process) backpropagates the policy loss before the value model's
@@ -198,6 +205,8 @@ def ppo_update(
     """
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
     has_critic = actor_critic.critic != "none"
+    # RLOO with one ratio per response: its loss is a mean over sequences, so micro-batches weigh by rows
+    per_sequence = cfg.estimator == "rloo" and cfg.rloo_ratio == "sequence"
     # a value head on the policy's trunk shares its forward pass: one pass, one backward
     split = accelerator.num_processes == 1 if split_backward is None else split_backward
     split = split and actor_critic.critic != "head"
@@ -221,7 +230,7 @@ def ppo_update(
             chunks = minibatch.split(micro)
             for i, rows in enumerate(chunks):
                 b = rollout.rows(rows)
-                share = b["mask"].sum() / minibatch_tokens
+                share = len(rows) / len(minibatch) if per_sequence else b["mask"].sum() / minibatch_tokens
                 # gradients are all-reduced across ranks only on the minibatch's last micro-batch
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
@@ -232,8 +241,12 @@ def ppo_update(
                     else:
                         logits, values = model(*inputs, cfg.temperature)
                     logprobs = token_logprobs(logits, b["response"])
-                    pg_loss, clip_fraction, approx_kl = policy_loss(
-                        logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
+                    if per_sequence:  # shape_rloo put the sequence advantage on every token: read the first
+                        pg_loss, clip_fraction, approx_kl = sequence_policy_loss(
+                            logprobs, b["logprobs"], b["advantages"][:, 0], b["mask"], cfg.clip_range)
+                    else:
+                        pg_loss, clip_fraction, approx_kl = policy_loss(
+                            logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     stats = {"policy_loss": pg_loss, "clip_fraction": clip_fraction, "approx_kl": approx_kl}
                     if has_critic and split:
                         accelerator.backward(pg_loss * share)  # frees the policy's graph

@@ -138,6 +138,27 @@ def policy_loss(
     return loss, clip_fraction.detach(), approx_kl.detach()
 
 
+def sequence_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate with the whole response as one action (RLOO as TRL's RLOOTrainer computes it):
+
+    L = E_i[ max(-A_i * rho_i, -A_i * clip(rho_i, 1 - eps, 1 + eps)) ],
+    rho_i = pi(y_i|x) / pi_old(y_i|x) = exp(sum_t (log pi(y_i,t|.) - log pi_old(y_i,t|.))),
+    the mean over sequences, with ``advantages`` [B] one per sequence (Ahmadian et al. 2024, Sec. 3: a response
+    is one action). At rho = 1 the gradient is REINFORCE's, -A_i * grad sum_t log pi(y_i,t|.), per sequence.
+    Returns ``(loss, clip_fraction, approx_kl)`` with approx_kl = E_i[(log rho_i)^2] / 2.
+    """
+    log_ratio = ((logprobs - old_logprobs) * mask.to(logprobs.dtype)).sum(-1)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = torch.maximum(unclipped, clipped).mean()
+    clip_fraction = (clipped > unclipped).to(logprobs.dtype).mean()
+    approx_kl = 0.5 * log_ratio.pow(2).mean()
+    return loss, clip_fraction.detach(), approx_kl.detach()
+
+
 def value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
