@@ -5,7 +5,8 @@ One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
              keeping log pi(y_t | ...) and the entropy of each distribution sampled from;
   2. score:  one batched forward each for the frozen reference's log-probs and the value model's values,
              plus the reward r(x, y) read at the last real token of the response;
-  3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref), plus r(x, y) at the last token; optional
+  3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref) (clamped at 0 per token by default, as
+             AlpacaFarm: ``kl_clamp``), plus r(x, y) at the last token; optional
              truncation penalty; optional reward whitening; GAE advantages, whitened;
   4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.
 Losses and GAE are pure functions in `rlp_align.ppo_losses`. The value model starts as a copy of the RM.
@@ -44,6 +45,7 @@ from rlp_align.ppo_losses import (
     AdaptiveKLController,
     SumOverRanks,
     gae,
+    kl_penalty,
     kl_penalty_rewards,
     masked_mean,
     policy_loss,
@@ -103,6 +105,9 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     kl_coef: float = 0.0067  # AlpacaFarm, simulated preferences
+    # charge max(0, log pi/pi_ref) per token, as AlpacaFarm (whose kl_coef this is) does; false: the plain
+    # log-ratio (Ziegler et al., TRL); the logged `kl` is always the unclamped estimate (docs/decisions.md)
+    kl_clamp: bool = True
     adaptive_kl: bool = False
     kl_target: float = 6.0
     kl_horizon: int = 10000
@@ -134,7 +139,8 @@ def shape_rewards(
 
     ``reduce`` (a sum over ranks) makes the whitening statistics those of the global rollout batch.
     """
-    rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef)
+    rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef,
+                                     cfg.kl_clamp)
     if cfg.whiten_rewards:
         rewards = whiten(rewards, rollout.mask, shift_mean=False, reduce=reduce)
     advantages, rollout.returns = gae(rewards, rollout.values, rollout.mask, cfg.gamma, cfg.lam)
@@ -181,7 +187,7 @@ def shape_rloo(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor
     """
     mask = rollout.mask.to(rollout.logprobs.dtype)
     advantages, _ = rloo_advantages(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
-                                    cfg.rloo_k)
+                                    cfg.rloo_k, cfg.kl_clamp)
     rollout.advantages = advantages[:, None] * mask
     rollout.returns = torch.zeros_like(mask)
     return (rollout.logprobs - rollout.ref_logprobs) * mask
@@ -351,7 +357,7 @@ def train_ppo(
             "entropy": masked_mean(rollout.entropy, rollout.mask),
             "response_length": rollout.mask.sum(-1).float().mean(),
             "truncated_fraction": rollout.truncated.float().mean(),
-            "non_score_reward": (-kl_ctl.value * seq_kl).mean(),
+            "non_score_reward": (-kl_ctl.value * kl_penalty(kl, cfg.kl_clamp).sum(-1)).mean(),
             **{k: torch.tensor(v) for k, v in losses.items()},
             **{k: torch.tensor(v) for k, v in timings.items()},
         }
