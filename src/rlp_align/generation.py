@@ -25,7 +25,7 @@ from rlp_align.device import autocast, default_device
 from rlp_align.errors import UserError
 from rlp_align.io import write_jsonl
 from rlp_align.logprobs import tempered
-from rlp_align.templates import collate, encode_prompt
+from rlp_align.templates import collate, encode_prompts
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    encoded = [encode_prompt(tokenizer, p, max_prompt_length) for p in prompts]
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_length, "sampling")
     flat = [ids for ids in encoded for _ in range(n)]  # prompt-major: i * n + j
     result = Generations(n=n)
     starts = range(0, len(flat), batch_size)

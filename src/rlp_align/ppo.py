@@ -57,6 +57,7 @@ from rlp_align.ppo_losses import (
 from rlp_align.ppo_models import build_models
 from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.run_folder import config_inputs
+from rlp_align.templates import encode_prompts
 from rlp_align.training import (
     LoraConfig,
     OptimConfig,
@@ -290,6 +291,10 @@ def train_ppo(
         raise UserError("PPO needs at least one prompt")
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     _check(cfg, accelerator.num_processes)
+    # every prompt is cut the same way at every step: count (and warn about) the cut ones once, and refuse a
+    # max_prompt_length the chat template does not fit in, before any model is loaded
+    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    encode_prompts(tokenizer, prompts, cfg.max_prompt_length, "ppo")
     out_dir = Path(cfg.output_dir)
     run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:
@@ -297,7 +302,6 @@ def train_ppo(
     device = accelerator.device
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
-    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     actor_critic, ref, groups = build_models(cfg, device, **trust)
     base_lrs = [g["lr"] for g in groups]
     optimizer = adamw(groups, weight_decay=cfg.optim.weight_decay)
@@ -393,5 +397,6 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
-                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
+                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1,
+                               max_prompt_length=cfg.max_prompt_length)
     return train_ppo(cfg, prompts, reward_fn)
