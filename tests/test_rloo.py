@@ -132,3 +132,32 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
     cfg.policy_optimizer = "ppo"
     with pytest.raises(UserError, match="policy_optimizer"):
         _validate(cfg)
+
+
+@pytest.mark.parametrize("ratio", ["sequence", "token"])
+def test_ppo_update_uses_the_chosen_rloo_ratio(tmp_path, ratio):
+    """The update's policy loss is the sequence-level one (default) or the token-level one, per `rloo_ratio`:
+    old log-probs set so that each response's two tokens have ratios 1.5 and 0.7 under the current policy."""
+    from rlp_align.ppo import ppo_update
+    from rlp_align.ppo_models import build_models
+    from rlp_align.ppo_rollout import Rollout
+    from rlp_align.training import adamw, make_accelerator
+
+    cfg = rloo_cfg(tmp_path, rollout_batch_size=4, step_batch_size=4, ppo_epochs=1, rloo_ratio=ratio,
+                   optim=OptimConfig(learning_rate=0.0, max_grad_norm=0.0))
+    ac, _, groups = build_models(cfg, torch.device("cpu"))
+    query, query_mask = torch.tensor([[0, 5, 6], [7, 8, 9]] * 2), torch.tensor([[0, 1, 1], [1, 1, 1]] * 2)
+    response, mask = torch.tensor([[10, 11, 0], [12, 13, 14]] * 2), torch.tensor([[1, 1, 0], [1, 1, 0]] * 2)
+    with torch.no_grad():
+        logits = ac.logits(torch.cat([query, response], 1), torch.cat([query_mask, mask], 1), 3, 1.0)
+        current = logits.log_softmax(-1).gather(-1, response[..., None]).squeeze(-1)
+    old = (current - torch.tensor([math.log(1.5), math.log(0.7), 0.0])) * mask
+    advantages = torch.tensor([2.0, -1.0, 2.0, -1.0])
+    zeros = torch.zeros(4, 3)
+    rollout = Rollout(query, query_mask, response, mask, old, old, zeros, zeros, advantages, advantages,
+                      torch.zeros(4, dtype=torch.bool), advantages=advantages[:, None] * mask, returns=zeros)
+    stats = ppo_update(ac, adamw(groups, weight_decay=0.0), make_accelerator(0), rollout, cfg, 0,
+                       [g["lr"] for g in groups])
+    # per response (A = 2, A = -1): sequence -2 * 1.05 and 1.05; token (-2.4 - 1.4) / 2 and (1.5 + 0.8) / 2
+    expected = {"sequence": (-2.1 + 1.05) / 2, "token": (-1.9 + 1.15) / 2}[ratio]
+    assert stats["policy_loss"] == pytest.approx(expected, abs=1e-4)
