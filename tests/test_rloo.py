@@ -120,7 +120,7 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
                  "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}
     cfg = load_config(PipelineConfig, preset_path("tiny"), overrides)
     _validate(cfg)
-    pools = stages_impl.build_pools(cfg.data, cfg.seed, tmp_path / "pools")
+    pools = stages_impl.build_pools(cfg.data, cfg.world, cfg.seed, tmp_path / "pools")
     save_model(load_reward_model("tiny", new_head=True), load_tokenizer("tiny"), tmp_path / "rm")
     out = stages_impl.train_ppo(ppo_section(cfg), cfg.annotator, "tiny", [str(tmp_path / "rm")], pools, cfg.seed,
                                 tmp_path / "ppo")
