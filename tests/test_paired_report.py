@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 
-from rlp_align.report import paired_section
-from rlp_align.stages_impl import paired_evaluation
+from rlp_align.pipeline.report import paired_section
+from rlp_align.pipeline.stages_impl import paired_evaluation
 
 
 def synthetic(oracle_gain: float, seed: int = 0) -> dict:
@@ -45,7 +45,7 @@ def test_report_shows_the_uml_information_term(tmp_path):
     last I_JSD from its floor -2 log 2; folders without UML metrics (SPG) give no row."""
     import json
 
-    from rlp_align.report import uml_section
+    from rlp_align.pipeline.report import uml_section
 
     (tmp_path / "07_refine_uml").mkdir()
     (tmp_path / "07_refine_spg").mkdir()

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlp_align.data.records import user_prompt
-from rlp_align.ensemble import RewardModelFn
+from rlp_align.data.templates import collate, encode_prompt
 from rlp_align.models import (
     load_policy,
     load_reward_model,
@@ -22,19 +22,20 @@ from rlp_align.models import (
     reward_scores,
     save_model,
 )
-from rlp_align.ppo import PPOConfig, run_ppo, shape_rewards, train_ppo
-from rlp_align.ppo_losses import (
+from rlp_align.train.ensemble import RewardModelFn
+from rlp_align.train.ppo import PPOConfig, run_ppo, shape_rewards, train_ppo
+from rlp_align.train.ppo_losses import (
     AdaptiveKLController,
     gae,
     kl_penalty_rewards,
     masked_mean,
     policy_loss,
+    rloo_advantages,
     value_loss,
     whiten,
 )
-from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
-from rlp_align.templates import collate, encode_prompt
-from rlp_align.training import LoraConfig, OptimConfig, read_metrics
+from rlp_align.train.ppo_rollout import ActorCritic, Rollout, evaluate_responses, make_rollout
+from rlp_align.train.training import LoraConfig, OptimConfig, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 
@@ -95,6 +96,30 @@ def test_kl_penalty_rewards_by_hand():
     close(kl, [[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]])
     # -0.1 * kl, plus the score at the last real token
     close(rewards, [[-0.05, 0.1, 2.0], [-0.1 - 1.0, 0.0, 0.0]])
+
+
+def test_kl_penalty_clamped_at_zero_per_token_by_hand():
+    """AlpacaFarm's clamp (issue 22 section 6): a token less likely than under the reference earns nothing."""
+    scores = torch.tensor([2.0, -1.0])
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -9.0, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    rewards, kl = kl_penalty_rewards(scores, logprobs, ref, mask, kl_coef=0.1, clamp=True)
+    close(kl, [[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]])  # the log-ratio itself, as logged
+    # -0.1 * max(0, kl): the -1.0 token is charged 0 instead of paid 0.1
+    close(rewards, [[-0.05, 0.0, 2.0], [-0.1 - 1.0, 0.0, 0.0]])
+    # RLOO's sequence penalty sums the same clamped terms: row sums 0.5 (not -0.5) and 1.0 (pad never read)
+    adv, penalised = rloo_advantages(scores, logprobs, ref, mask, kl_coef=0.1, k=2, clamp=True)
+    close(penalised, [2.0 - 0.05, -1.0 - 0.1])
+    # the setting reaches PPO's shaping step (on by default): with V = 0, gamma = lam = 1 and no whitening the
+    # return at t is the sum of the rewards from t on
+    assert PPOConfig().kl_clamp is True
+    zeros = torch.zeros(2, 3)
+    for clamp, first_row in [(True, [1.95, 2.0, 2.0]), (False, [2.05, 2.1, 2.0])]:
+        rollout = Rollout(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1), torch.zeros(2, 3, dtype=torch.long),
+                          mask, logprobs, ref, zeros, zeros, scores, scores, torch.zeros(2, dtype=torch.bool))
+        shape_rewards(rollout, PPOConfig(kl_clamp=clamp, whiten_rewards=False), kl_coef=0.1)
+        close(rollout.returns[0], first_row)
 
 
 def test_policy_loss_by_hand():
@@ -180,7 +205,7 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     rollout, texts = make_rollout(ac, ref, tokenizer, reward_fn, prompts, cfg, gen, True, {})
     assert len(texts) == 2 and rollout.truncated.all()  # a random model never says EOS within 6 tokens
     assert rollout.scores.tolist() == [-3.0, -3.0]
-    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.reward_path), alone
+    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.data.reward_path), alone
         n = int(rollout.mask[i].sum())
         ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()
                             + [tokenizer.eos_token_id]])
@@ -200,7 +225,7 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
 def test_temperature_reaches_sampler_update_and_reference_alike(tiny):
     """At T != 1 the sampler's log-probs, a full forward of the policy (as the PPO update computes them) and
     the reference's log-probs are all of softmax(z / T): the policy ratio is 1 and the KL 0 before any update."""
-    from rlp_align.logprobs import token_logprobs
+    from rlp_align.models.logprobs import token_logprobs
 
     tokenizer, policy, ref, rm = tiny
     temperature = 0.6
@@ -230,8 +255,8 @@ def test_split_backward_gives_the_joint_update(tiny):
     the single backward of the summed loss does (DDP)."""
     import copy
 
-    from rlp_align.ppo import ppo_update
-    from rlp_align.training import adamw, make_accelerator
+    from rlp_align.train.ppo import ppo_update
+    from rlp_align.train.training import adamw, make_accelerator
 
     tokenizer, policy, ref, rm = tiny
     cfg = PPOConfig(max_new_tokens=6, rollout_chunk_size=8, rollout_batch_size=4, step_batch_size=2,
@@ -341,8 +366,8 @@ def test_two_ranks_with_torchrun(tmp_path):
         import torch
         from accelerate import PartialState
         from rlp_align.data.records import user_prompt
-        from rlp_align.ppo import PPOConfig, train_ppo
-        from rlp_align.training import OptimConfig
+        from rlp_align.train.ppo import PPOConfig, train_ppo
+        from rlp_align.train.training import OptimConfig
         def reward(prompts, responses):
             return torch.tensor([r.count("e") / 4.0 for r in responses])
         prompts = [user_prompt(f"Write about topic {{i}}") for i in range(16)]
