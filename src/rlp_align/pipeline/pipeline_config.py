@@ -6,6 +6,7 @@ without importing the pipeline that calls it: the dependency runs one way, pipel
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,11 @@ class PipelineConfig:
     best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+def world_config(cfg: PipelineConfig) -> WorldConfig:
+    """The world as the stages receive it: ``world`` (its name) with ``world_options``."""
+    return WorldConfig(cfg.world, **dataclasses.asdict(cfg.world_options))
 
 
 def split(items: list, sizes: list[int], seed: int) -> list[list]:

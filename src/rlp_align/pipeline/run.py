@@ -25,8 +25,8 @@ from rlp_align.pipeline.pipeline_config import (
     DataConfig,
     EnsembleConfig,
     PipelineConfig,
-    WorldConfig,
     split,
+    world_config,
     write_instructions,
 )
 from rlp_align.pipeline.stages import NOT_IN_STAGE_KEYS, StageCache, stage_status
@@ -149,7 +149,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     cache = StageCache(run_dir)
     print(f"rlp run: {run_dir} (model {cfg.model}, refine {cfg.refine_methods}, rounds {cfg.rounds})")
     seed, gen = cfg.seed, cfg.generate
-    world = WorldConfig(cfg.world, **dataclasses.asdict(cfg.world_options))
+    world = world_config(cfg)
 
     pools = cache.stage("00_instructions", S.build_pools, data=cfg.data, world=world, seed=seed)
     sft_model = cfg.model
