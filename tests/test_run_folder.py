@@ -23,10 +23,10 @@ from rlp_align.run_folder import (
     FINGERPRINT,
     LOCK,
     RunLock,
-    check_paths,
     config_inputs,
     differences,
     fingerprint,
+    guard_output,
     lock_holder,
 )
 from rlp_align.training import OptimConfig
@@ -76,26 +76,34 @@ def _holder(folder: Path, *, stopped: bool = False) -> subprocess.Popen:
 # Path safety
 
 
-def test_check_paths_refuses_aliases_containment_and_unwritable_outputs(tmp_path):
+def test_guard_refuses_aliases_containment_nesting_and_unwritable_outputs(tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", PAIRS[:1])
     (tmp_path / "link.jsonl").symlink_to(data)
     model = tmp_path / "run" / "model"
     model.mkdir(parents=True)
     inputs = {"train_file": data, "policy": model}
+
+    def guard(path, kind, inputs=inputs):
+        guard_output(path, kind, "sample" if kind == "file" else "reward", inputs)
+
     with pytest.raises(UserError, match="is the input train_file"):
-        check_paths(inputs, [(tmp_path / "link.jsonl", "file")])  # through a symlink
+        guard(tmp_path / "link.jsonl", "file")  # through a symlink
     with pytest.raises(UserError, match="contains the input policy"):
-        check_paths(inputs, [(tmp_path / "run", "folder")])
+        guard(tmp_path / "run", "folder")
     with pytest.raises(UserError, match="contains the input"):
-        check_paths(inputs, [(tmp_path, "folder")])
+        guard(tmp_path, "folder")
+    with pytest.raises(UserError, match="lies inside the input policy"):
+        guard(model / "inside", "folder")  # writing inside an input changes it
+    with pytest.raises(UserError, match="lies inside the input policy"):
+        guard(model / "model.safetensors", "file")
     with pytest.raises(UserError, match="is an existing folder"):
-        check_paths({}, [(model, "file")])
+        guard(model, "file", {})
     with pytest.raises(UserError, match="is an existing file"):
-        check_paths({}, [(data, "folder")])
+        guard(data, "folder", {})
     with pytest.raises(UserError, match="not writable"):
-        check_paths({}, [(data / "sub" / "out.jsonl", "file")])  # its folder would be under a file
-    check_paths(inputs, [(tmp_path / "out", "folder"), (tmp_path / "samples.jsonl", "file")])
-    check_paths(inputs, [(model / "inside", "folder")])  # writing inside an input folder destroys nothing
+        guard(data / "sub" / "out.jsonl", "file", {})  # its folder would be under a file
+    guard(tmp_path / "out", "folder")
+    guard(tmp_path / "samples.jsonl", "file")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +246,9 @@ def test_a_folder_written_by_another_command_is_refused(finished, tmp_path, caps
     ppo[ppo.index("--output_dir") + 1] = str(tmp_path / "ppo")
     write_json(tmp_path / "ppo" / FINGERPRINT, {"command": "ppo", "hash": "x", "settings": {}, "inputs": {}})
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo"), capsys)
-    assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite true" in text
+    assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite does not change that" in text
+    code, text = _cli(_reward_args(tmp, tmp_path / "ppo", "--overwrite", "true"), capsys)
+    assert code == 2 and "was written by `rlp ppo`" in text  # --overwrite replaces only what `rlp reward` wrote
     code, text = _cli(["run", "--config", "tiny", "--output_dir", str(rm)], capsys)
     assert code == 2 and "was written by `rlp reward`" in text
 
