@@ -133,8 +133,8 @@ UNRECORDED = "the output folder of a training command"  # a trainer's files with
 
 
 def _contents(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING
-                  and not p.name.startswith(".write-probe"))
+    """What a folder holds besides bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the lock)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not p.name.startswith("."))
 
 
 def folder_kind(folder: Path) -> str | None:
