@@ -222,10 +222,13 @@ def output_digests(folder: Path) -> dict[str, str]:
     return found
 
 
-def changed_outputs(folder: Path, recorded: dict[str, str]) -> list[str]:
-    """The recorded outputs of ``folder`` that are gone or differ now, and any result file added since."""
+def changed_outputs(folder: Path, recorded: dict[str, str], *, edits_only: bool = False) -> list[str]:
+    """The recorded outputs of ``folder`` that differ now, and (unless ``edits_only``) those gone and any
+    result file added since: a finished run is only what it recorded; a rerun of any other command loses
+    only what it would overwrite."""
     now = output_digests(folder)
-    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+    names = set(recorded) & set(now) if edits_only else set(recorded) | set(now)
+    return sorted(k for k in names if recorded.get(k) != now.get(k))
 
 
 def record_outputs(command: str, outputs: list[tuple[Path, str]]) -> None:
@@ -269,12 +272,14 @@ def check_folder(command: str, folder: Path, new: dict[str, Any], overwrite: boo
         raise UserError(f"{folder} holds a checkpoint of an `rlp {command}` run made with other settings: {changed}. "
                         "Resuming it would mix the two: rerun with the original settings to resume, choose another "
                         "output folder, or pass --overwrite true to start afresh there.")
-    # A trainer's folder without summary.json is resumed (its outputs are rewritten); any other recorded
-    # folder is either reported finished or replaced, neither of which may happen to changed outputs.
-    verify = "outputs" in old and (held == "a finished run" or command not in TRAINERS)
-    changed = changed_outputs(folder, old["outputs"]) if verify else []
+    # A finished trainer run must be exactly what it recorded to be reported finished; a trainer's folder with
+    # only a checkpoint resumes (rewriting its outputs); any other command's rerun would overwrite edited files
+    # (a removed output, such as a stage folder deleted to rerun it, is simply made again).
+    finished = held == "a finished run"
+    verify = "outputs" in old and (finished or command not in TRAINERS)
+    changed = changed_outputs(folder, old["outputs"], edits_only=not finished) if verify else []
     if changed:
-        what = "a finished run whose" if held == "a finished run" else "outputs of an earlier run; its"
+        what = "a finished run whose" if finished else "outputs of an earlier run; its"
         retry = "pass --overwrite true to train afresh there" if command in TRAINERS else "move them away"
         raise UserError(f"{folder} holds {what} outputs were changed after `rlp {command}` wrote them "
                         f"({', '.join(changed[:5])}), so it is not reported finished and is not replaced: "

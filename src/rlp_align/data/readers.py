@@ -49,6 +49,8 @@ class ReadReport:
         text = f"{self.path}: {self.format}, {self.kept}/{self.rows} rows kept"
         if self.duplicates:
             text += f", {self.duplicates} duplicates dropped"
+        if self.identical:
+            text += f", {self.identical} with chosen == rejected dropped"
         if self.invalid:
             text += f", {len(self.invalid)} invalid skipped"
         return text
@@ -289,7 +291,7 @@ def _read(path: str | Path, kind: str, skip_invalid: bool, expected: tuple[str, 
     if not report.rows:
         raise DataError(path, None, None, "no rows")
     report.kept = len(items)
-    if report.invalid or report.duplicates:
+    if report.invalid or report.duplicates or report.identical:
         log.warning(report.summary())
     if report.identical:  # loud: these rows would train on zero gradient, and a file of them on nothing
         warnings.warn(f"{path}: {report.identical} of {report.rows} preference pairs have chosen identical to "
