@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlp_align.annotators import AnnotatorConfig, make_annotator
-from rlp_align.annotators.llm import parse_verdict
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.errors import UserError
+from rlp_align.judge.annotators import AnnotatorConfig, make_annotator
+from rlp_align.judge.annotators.llm import parse_verdict
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 
@@ -148,7 +148,7 @@ def test_persistent_failure_is_a_user_error_and_cache_makes_reruns_free(server, 
 
 
 def test_the_key_never_appears_in_logs_outputs_or_errors(server, judge_cfg, tmp_path, caplog, capsys):
-    from rlp_align.evaluate import WinrateConfig, run_winrate
+    from rlp_align.judge.evaluate import WinrateConfig, run_winrate
 
     rows = [{"prompt": [{"role": "user", "content": f"Q{i}?"}], "response": f"mine {i} GOOD",
              "reference": f"ref {i}", "subset": "s1" if i % 2 else "s2", "constraints": [], "meta": {}}

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from rlp_align.core.errors import DataError, UserError
 from rlp_align.data import (
     Preference,
     detect_format,
@@ -15,7 +16,6 @@ from rlp_align.data import (
     user_prompt,
     write_preferences,
 )
-from rlp_align.errors import DataError, UserError
 
 # file -> (reader, rows in the file, valid rows). HH-RLHF has 9 dialogues whose last turn is empty and
 # LLMEval² one empty output: those are real bad rows, skipped and reported with --skip-invalid.

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlp_align.core.errors import DataError, UserError
+from rlp_align.core.io import is_malformed, read_rows
 from rlp_align.data.records import Instruction, Messages, Preference, SampleSet, join_instruction, user_prompt
-from rlp_align.errors import DataError, UserError
-from rlp_align.io import is_malformed, read_rows
 
 log = logging.getLogger(__name__)
 
