@@ -294,7 +294,7 @@ CASES = [
     Case("missing-data-file", "data", "a train_file that does not exist", "exit 2",
          lambda tmp: reward(tmp, tmp / "absent.jsonl"), ("absent.jsonl: no such file",)),
     Case("data-file-is-folder", "data", "a folder given as train_file", "exit 2",
-         lambda tmp: reward(tmp, tmp), ("is a folder, expected a JSON or JSONL file",)),
+         lambda tmp: reward(tmp, tmp), ("is a folder, expected a JSON, JSONL or parquet file",)),
     Case("duplicate-rows", "data", "the same pair twice",
          "accepted: exact duplicates are dropped, counted and reported (`rlp data inspect`, a warning in training)",
          lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [GOOD, GOOD]))], ('"duplicates": 1',), code=0,

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlp_align import tables
 from rlp_align.errors import DataError, UserError
 
 
@@ -137,15 +138,23 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (row number starting at 1, parsed object) from a JSON list, JSONL, or their .gz.
+    """Yield (row number starting at 1, parsed object) from a JSON list, JSONL, their .gz, a parquet file or a
+    Hugging Face `datasets` folder (`rlp_align.tables`).
 
     Raises `DataError` naming the file and row for unreadable bytes or malformed JSON.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    if tables.is_dataset_folder(path):
+        yield from tables.dataset_rows(path)
+        return
     if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a JSON or JSONL file")
+        raise UserError(f"{path}: is a folder, expected a JSON, JSONL or parquet file or a `datasets` folder "
+                        "(save_to_disk)")
+    if tables.is_parquet(path):
+        yield from tables.parquet_rows(path)
+        return
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
