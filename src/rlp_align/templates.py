@@ -7,6 +7,7 @@ tokens a reward model scores are the tokens the policy sampled.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +32,28 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> str:
     return "\n\n".join(turns) + "\n\nAssistant:"
 
 
+_LONGEST_TOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def char_budget(tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> int:
+    """Characters that surely hold more than ``max_tokens`` tokens: no token covers more characters than the
+    longest vocabulary entry (byte-level entries count bytes, which is more), doubled for normalisers that
+    drop characters. Text is cut to this many characters before tokenising, so a 50 MB field with
+    ``max_length`` 64 costs what a short one does (issue 23 §3) and yields the same first tokens."""
+    if tokenizer not in _LONGEST_TOKEN:
+        _LONGEST_TOKEN[tokenizer] = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return 2 * (max_tokens + 16) * max(1, _LONGEST_TOKEN[tokenizer])
+
+
+def _keep_ends(prompt: Messages, chars: int) -> Messages:
+    """The prompt with each message cut to its last ``chars`` characters (truncation keeps a prompt's end)."""
+    return [{**m, "content": m["content"][-chars:]} if len(m["content"]) > chars else m for m in prompt]
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages, max_length: int | None = None) -> list[int]:
     """Prompt token ids; an over-long prompt keeps its end (the instruction nearest the answer)."""
+    if max_length is not None:
+        prompt = _keep_ends(prompt, char_budget(tokenizer, max_length))
     ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
     if max_length is not None and len(ids) > max_length:
         ids = ids[-max_length:]
@@ -54,8 +75,9 @@ def encode_pair(
     Truncation keeps the whole response when it can (the prompt loses its start); a response longer
     than the budget keeps its beginning and loses the EOS. ``truncated`` reports either case.
     """
-    response_ids = _response_ids(tokenizer, response)  # the one reward path: EOS always (rlp_align.reward_path)
-    prompt_ids = encode_prompt(tokenizer, prompt)
+    budget = char_budget(tokenizer, max_length)  # cut by characters first: see char_budget
+    response_ids = _response_ids(tokenizer, response[:budget])  # the one reward path: EOS always (reward_path)
+    prompt_ids = encode_prompt(tokenizer, _keep_ends(prompt, budget))
     truncated = False
     min_prompt = min(len(prompt_ids), max(1, max_length // 4))
     if len(response_ids) > max_length - min_prompt:
