@@ -600,6 +600,89 @@ CASES += [
 ]
 
 
+# ---- issue 23 §3-4: memory, tracebacks, misleading messages, columnar data; rows found by tests/test_fuzz.py
+
+
+def same_settings_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]:
+    """`reward(...)` into ``out/`` of a run with the same settings, holding ``files`` (the last one snapshot)."""
+    def build(tmp: Path) -> list[str]:
+        from rlp_align.config import load_config, parse_overrides
+        from rlp_align.reward import RewardConfig
+        from rlp_align.run_folder import FINGERPRINT, config_inputs, fingerprint
+
+        args = reward(tmp, jsonl(tmp, [GOOD]))
+        cfg = load_config(RewardConfig, None, parse_overrides(args[1:]))
+        write(tmp, f"out/{FINGERPRINT}", json.dumps(fingerprint("reward", cfg, config_inputs(cfg))))
+        for name, content in files:
+            snapshot(tmp, write(tmp, f"out/{name}", content))  # the damaged file must stay as it was
+        return args
+
+    return build
+
+
+def table(tmp: Path, name: str, rows: list[dict]) -> Path:
+    """A parquet file of ``rows`` (every row gets every column, as in a real file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), tmp / name)
+    return tmp / name
+
+
+def saved_dataset(tmp: Path) -> Path:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list([GOOD, {**GOOD, "prompt": "Name a stone."}]).save_to_disk(str(tmp / "ds"))
+    return tmp / "ds"
+
+
+HUGE = {**GOOD, "chosen": "word " * 1_000_000}  # a 5 MB field
+
+CASES += [
+    Case("huge-field", "data", "a 5 MB response with `--max_length 64` (the issue's was 50 MB)",
+         "accepted and truncated; the field is cut by characters before tokenising (was: the whole field "
+         "tokenised, 68 s and 9.2 GB for 50 MB)", reward_rows(HUGE, GOOD), ("1 of 2 preference pairs were truncated",),
+         code=0),
+    Case("vocab-size-mismatch", "model", "a model whose config.json vocab_size differs from its weights",
+         "exit 2 naming the embedding's shape and the config's sizes (was: a transformers traceback)",
+         reward_with_model(lambda f: edit_json(f / "config.json", lambda c: c.update(vocab_size=1000))),
+         ("the shapes of its weights differ from its config.json", "[512, 64]", "vocab_size=1000")),
+    Case("int-overflow", "config", "`--optim.batch_size 99999999999999999999`",
+         "exit 2 before any work, no output folder (was: OverflowError, fingerprint.json left behind)",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.batch_size", "99999999999999999999"),
+         ("optim.batch_size = 99999999999999999999 is too large",), check=untouched("out")),
+    Case("metrics-not-json", "training", "an unfinished output folder whose metrics.jsonl is not JSON",
+         "exit 2 naming the file and line; the file is left as it was (was: JSONDecodeError)",
+         same_settings_folder(("metrics.jsonl", "garbage{\n")), ("out/metrics.jsonl, line 1: not a metrics row",),
+         check=unchanged),
+    Case("summary-not-json", "training", "a finished output folder whose summary.json is not JSON",
+         "exit 2 offering --overwrite (was: JSONDecodeError)", same_settings_folder(("summary.json", "{")),
+         ("summary.json is damaged", "--overwrite true"), check=unchanged),
+    Case("diverged-before-checkpoint", "training", "a run diverging (learning rate 1e30) before its first checkpoint",
+         "exit 2 saying no checkpoint exists (was: \"the last good checkpoint is kept in out/checkpoint\")",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.learning_rate", "1e30", "--optim.max_steps", "6"),
+         ("became nan", "no checkpoint had been saved yet"), check=untouched("out/checkpoint")),
+    Case("pipeline-n-preference-1", "config", "`rlp run --data.n_preference 1`",
+         "exit 2 naming the key before stage 1 (was: stage 2 failing on an internal empty file)",
+         lambda tmp: pipeline(tmp) + ["--data.n_preference", "1"], ("data.n_preference = 1 is out of range",),
+         check=untouched("run")),
+    Case("parquet-named-jsonl", "data", "a parquet file named train.jsonl",
+         "read as parquet, recognised by its magic bytes (was: refused as \"not valid UTF-8\")",
+         lambda tmp: ["data", "inspect", "--json", str(table(tmp, "train.jsonl", [GOOD]))], ('"format": "trl"',),
+         code=0, check=report("kept", 1)),
+    Case("parquet-bad-row", "data", "a parquet row with a null `rejected`",
+         "exit 2 naming row and field, as in JSONL (a null cell is a missing field); `--skip_invalid` skips it",
+         lambda tmp: reward(tmp, table(tmp, "d.parquet", [GOOD, {**GOOD, "rejected": None}])),
+         ("d.parquet, row 2, field 'rejected': missing",)),
+    Case("datasets-folder", "data", "a Hugging Face `datasets` folder (save_to_disk) as data",
+         "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
+         lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,
+         check=report("kept", 2)),
+]
+
+
 # --------------------------------------------------------------------------------------------------
 # Running a case
 
