@@ -294,7 +294,8 @@ CASES = [
     Case("missing-data-file", "data", "a train_file that does not exist", "exit 2",
          lambda tmp: reward(tmp, tmp / "absent.jsonl"), ("absent.jsonl: no such file",)),
     Case("data-file-is-folder", "data", "a folder given as train_file", "exit 2",
-         lambda tmp: reward(tmp, tmp), ("is a folder, expected a JSON, JSONL or parquet file",)),
+         lambda tmp: reward(tmp, write(tmp, "folder/x", "").parent),
+         ("is a folder, expected a JSON, JSONL or parquet file",)),
     Case("duplicate-rows", "data", "the same pair twice",
          "accepted: exact duplicates are dropped, counted and reported (`rlp data inspect`, a warning in training)",
          lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [GOOD, GOOD]))], ('"duplicates": 1',), code=0,
@@ -597,6 +598,104 @@ CASES += [
          ("in use by another rlp process",), check=released),
     Case("status-not-a-run-folder", "cli", "`rlp run --status` on a folder with no stage manifests, or no folder",
          "exit 2: not a run folder", lambda tmp: ["run", "--status", str(tmp)], ("not a run folder",)),
+]
+
+
+# ---- issue 23: one guard for every output path; exit 0 only with a right result
+
+
+def users_model_folder(tmp: Path) -> list[str]:
+    """`reward(...)` into ``out/``, a plain folder holding the user's own ``model/`` (no rlp record)."""
+    shutil.copytree(resolve_model("tiny"), tmp / "out" / "model")
+    snapshot(tmp, tmp / "out")
+    return reward(tmp, jsonl(tmp, [GOOD]))
+
+
+def users_file(tmp: Path) -> list[str]:
+    mine = write(tmp, "samples.jsonl", "my own notes\n")
+    snapshot(tmp, mine)
+    return ["sample", "--prompts_file", str(prompts(tmp)), "--n", "2", "--output_file", str(mine)]
+
+
+def inside_a_live_run(tmp: Path) -> list[str]:
+    return locked_output(tmp) + ["--output_dir", str(tmp / "out" / "model")]
+
+
+def judge_replies(refuse: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """An LLM judge answering HTTP 200 with a refusal for every prompt containing ``refuse``."""
+    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
+        def post(self, messages):
+            user = messages[-1]["content"]
+            return "I'm sorry, I can't help with that." if refuse in user else "Output (a)"
+
+        monkeypatch.setattr("rlp_align.annotators.llm.LLMJudge._post", post)
+
+    return patch
+
+
+def annotate_llm(tmp: Path) -> list[str]:
+    rows = [{"prompt": p, "responses": ["A banana.", "A rock."]} for p in ("Name a fruit.", "Name a stone.")]
+    return ["annotate", "--input", str(jsonl(tmp, rows)), "--annotator.kind", "llm", "--annotator.model", "judge",
+            "--annotator.base_url", "http://127.0.0.1:9/v1", "--output_dir", str(tmp / "ann")]
+
+
+def help_default_is_the_runs(_: Path, output: str) -> None:
+    from rlp_align.reward import RewardConfig
+
+    assert f"--optim.learning_rate (float, default {RewardConfig().optim.learning_rate!r})" in output
+
+
+CASES += [
+    Case("output-folder-holds-users-model", "cli", "`rlp reward --output_dir D`, D a plain folder holding the "
+         "user's own `model/` (with or without `--overwrite true`)",
+         "exit 2: a folder holding files rlp did not write is never written into; D stays byte-identical "
+         "(was: silently replaced)", users_model_folder, ("holds files rlp did not write (model)",),
+         check=unchanged),
+    Case("output-file-not-written-by-rlp", "cli", "`--output_file` naming an existing file rlp did not write "
+         "(e.g. a finished RM's `model.safetensors`)", "exit 2: only the same command's own unchanged output is "
+         "replaced (its record: `.NAME.rlp.json`); the file stays byte-identical", users_file,
+         ("was not written by rlp",), check=unchanged),
+    Case("output-inside-live-run", "training", "`rlp reward --output_dir X/model` while another process runs in X",
+         "exit 2 naming the holder's PID: the run lock covers nested paths (was: both exit 0, X's save deletes "
+         "the second run)", inside_a_live_run, ("in use by another rlp process", "lies inside it"), check=released),
+    Case("output-inside-input", "cli", "`rlp generate --policy M --output_file M/answers.jsonl`",
+         "exit 2: an output may not be, contain or lie inside an input",
+         lambda tmp: ["generate", "--policy", causal_lm(tmp), "--instructions_file", str(prompts(tmp)),
+                      "--output_file", str(tmp / "policy" / "answers.jsonl")], ("lies inside the input policy",)),
+    Case("yaml-duplicate-key", "config", "a YAML config with the same key twice (`optim:` twice)",
+         "exit 2 naming the key and both lines (was: the first section silently dropped)",
+         lambda tmp: ["reward", "--config", str(write(tmp, "c.yaml", "optim:\n  learning_rate: 0.1\nmodel: tiny\n"
+                                                       "optim:\n  batch_size: 2\n"))],
+         ("the key 'optim' appears twice", "lines 1 and 4")),
+    Case("chosen-equals-rejected-all", "data", "a preference file whose every pair has chosen == rejected",
+         "exit 2: nothing to learn from (was: trained on zero gradient, exit 0)",
+         reward_rows({**GOOD, "rejected": GOOD["chosen"]}), ("1 with chosen identical to rejected",),
+         check=nothing_trained),
+    Case("chosen-equals-rejected-some", "data", "some pairs with chosen == rejected",
+         "exit 0: those pairs are skipped with a counted warning; `rlp data inspect` counts them",
+         reward_rows(GOOD, {**GOOD, "prompt": "Name a stone.", "rejected": GOOD["chosen"]}),
+         ("1 of 2 preference pairs have chosen identical to rejected and are skipped", '"train_pairs": 1'), code=0),
+    Case("llm-judge-refuses", "data", "an LLM judge answering HTTP 200 with a refusal (\"I'm sorry, I can't help\")",
+         "exit 2 quoting the reply, nothing written (was: tie_rate 1.0 and coin-flip labels)", annotate_llm,
+         ("gave no valid verdict for any of the 2 pairs", "I'm sorry"), patch=judge_replies("Name a"),
+         check=untouched("ann")),
+    Case("llm-judge-refuses-some", "data", "an LLM judge refusing some pairs",
+         "exit 0: those pairs are left out with a counted warning (not labelled by a coin flip)", annotate_llm,
+         ("no valid verdict for 1 of 2 pairs", '"n_pairs_without_verdict": 1', '"tie_rate": 0.0'), code=0,
+         patch=judge_replies("stone")),
+    Case("winrate-n-boot-1", "config", "`rlp eval winrate --n_boot 1`",
+         "exit 2 (was: a CI that excludes its own mean)", lambda tmp: ["eval", "winrate", "--n_boot", "1"],
+         ("n_boot = 1 is out of range: n_boot must be >= 100",)),
+    Case("reward-model-as-policy", "model", "a reward model given as `rlp sample --policy`",
+         "exit 2 (was: sampled with its score head silently dropped)",
+         lambda tmp: ["sample", "--policy", headless_classifier(tmp), "--prompts_file", str(prompts(tmp)), "--n", "2",
+                      "--output_file", str(tmp / "s.jsonl")], ("is a reward model", "not a policy")),
+    Case("inspect-head-negative", "cli", "`rlp data inspect --head -1`", "exit 2 (was: 7 of 8 rows printed)",
+         lambda tmp: ["data", "inspect", "--head", "-1", str(jsonl(tmp, [GOOD]))], ("--head -1",)),
+    Case("help-default-is-the-runs", "cli", "`rlp reward --help`'s learning-rate default",
+         "the help reads each default from the config's default instance, the one definition runs use "
+         "(was: 1e-05 shown, 3e-06 used)", lambda tmp: ["reward", "--help"], ("default 3e-06",), code=0,
+         check=help_default_is_the_runs),
 ]
 
 

@@ -124,7 +124,8 @@ RANGES: dict[str, Range] = {
     "noise": Range(0, 0.5, why="a label-flip probability"),
     "label_noise": Range(0, 0.5, why="a label-flip probability"),
     "pairs_per_prompt": AT_LEAST_1,
-    "n_boot": AT_LEAST_1,
+    "n_boot": Range(100, why="bootstrap resamples: fewer make a 95 % percentile interval from its 2 or 3 most "
+                    "extreme draws, which can exclude the mean itself"),
     "max_workers": AT_LEAST_1,
     "timeout_s": POSITIVE,
     "max_retries": NON_NEGATIVE,

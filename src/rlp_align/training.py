@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.errors import NonFiniteError, UserError
 from rlp_align.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
 from rlp_align.models import merge_lora, save_model
-from rlp_align.run_folder import RunLock, check_paths
+from rlp_align.run_folder import RunLock, guard_output
 
 
 @dataclass
@@ -368,10 +368,11 @@ class TrainingRun:
                  inputs: dict[str, Path] | None = None):
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         self.save_every, self.keep_checkpoint = optim.save_every, optim.keep_checkpoint
-        # The output folder may not hold an input (``inputs``: `run_folder.config_inputs`), so ``overwrite``
-        # below never deletes one; one process per folder, a second stops here naming the first (the lock is
-        # re-entrant under the CLI's `run_folder.claim_output`, which also checks the run fingerprint).
-        check_paths(inputs or {}, [(self.out_dir, "folder")])
+        # The one output guard (`run_folder.guard_output`): the folder holds no input (``inputs``:
+        # `run_folder.config_inputs`) and no files rlp did not write, so ``overwrite`` below deletes neither;
+        # no other process writes at, above or below it; then the run lock, re-entrant under the CLI's
+        # `run_folder.claim_output`, which also checks the run fingerprint.
+        guard_output(self.out_dir, "folder", None, inputs or {}, locks=accelerator.is_main_process)
         self.lock = RunLock(self.out_dir).acquire() if accelerator.is_main_process else None
         self.finished = finished_summary(self.out_dir, overwrite, accelerator)
         if self.finished is not None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlp_align.annotators.base import Annotator, AnnotatorConfig, bradley_terry
+from rlp_align.annotators.base import Annotator, AnnotatorConfig, bradley_terry, without_verdict
 from rlp_align.errors import UserError
 
-__all__ = ["Annotator", "AnnotatorConfig", "annotator_options", "bradley_terry", "make_annotator"]
+__all__ = ["Annotator", "AnnotatorConfig", "annotator_options", "bradley_terry", "make_annotator", "without_verdict"]
 
 
 def annotator_options(cfg: AnnotatorConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from transformers import (
 
 from rlp_align.errors import UserError
 from rlp_align.io import atomic_path
-from rlp_align.model_kind import check_reward_model_folder, check_trained_head
+from rlp_align.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
 from rlp_align.models.registry import resolve_model
 from rlp_align.models.scoring import reward_head, unwrap_model
 
@@ -100,8 +100,9 @@ def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
 def load_policy(
     name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """A causal LM in fp32 (the policy, the reference policy)."""
+    """A causal LM in fp32 (the policy, the reference policy); a reward model is refused (`model_kind`)."""
     folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
+    check_policy_folder(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
