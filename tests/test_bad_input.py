@@ -739,6 +739,20 @@ def saved_dataset(tmp: Path) -> Path:
 
 HUGE = {**GOOD, "chosen": "word " * 1_000_000}  # a 5 MB field
 
+
+def moved_finished_run(tmp: Path) -> list[str]:
+    """`reward(...)` into a copy of a finished run with the same settings (found by the fuzzer)."""
+    args = reward(tmp, jsonl(tmp, [GOOD]))
+    assert cli.main(args) == 0
+    shutil.copytree(tmp / "out", tmp / "moved")
+    shutil.rmtree(tmp / "out")
+    return [*args, "--output_dir", str(tmp / "moved")]
+
+
+def reports_new_place(tmp: Path, output: str) -> None:
+    result, _ = json.JSONDecoder().raw_decode(output[output.rindex('{\n  "output_dir"'):])
+    assert result["output_dir"] == str(tmp / "moved") and result["model_dir"] == str(tmp / "moved/model")
+
 CASES += [
     Case("huge-field", "data", "a 5 MB response with `--max_length 64` (the issue's was 50 MB)",
          "accepted and truncated; the field is cut by characters before tokenising (was: the whole field "
@@ -775,6 +789,13 @@ CASES += [
          "exit 2 naming row and field, as in JSONL (a null cell is a missing field); `--skip_invalid` skips it",
          lambda tmp: reward(tmp, table(tmp, "d.parquet", [GOOD, {**GOOD, "rejected": None}])),
          ("d.parquet, row 2, field 'rejected': missing",)),
+    Case("finished-run-moved", "training", "a rerun into a finished run's folder after it was moved or copied",
+         "exit 0 with the finished result, its paths the folder's new place (found by the fuzzer; was: the old "
+         "paths, which may be gone)", moved_finished_run, ('"steps": 1',), code=0, check=reports_new_place),
+    Case("num-threads-not-a-number", "cli", "`RLP_NUM_THREADS=abc` in the environment",
+         "exit 2 naming the variable (found by the fuzzer; was: ValueError traceback)",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("RLP_NUM_THREADS must be a whole number",),
+         patch=lambda mp: mp.setenv("RLP_NUM_THREADS", "abc"), check=untouched("out")),
     Case("datasets-folder", "data", "a Hugging Face `datasets` folder (save_to_disk) as data",
          "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
          lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,

@@ -82,7 +82,11 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_prec
     if mixed_precision == "no":
         mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
-    torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
+    threads = os.environ.get("RLP_NUM_THREADS", "").strip()
+    if threads and not threads.isdigit():
+        raise UserError(f"RLP_NUM_THREADS must be a whole number of CPU threads, got {threads!r}: set it to a number "
+                        "such as 4, or unset it to use every core")
+    torch.set_num_threads(max(1, int(threads)) if threads else torch.get_num_threads())
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
@@ -292,6 +296,23 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _relocated(summary: Any, out: Path) -> Any:
+    """A finished run's summary with its output paths under ``out``: a folder that was moved or copied since
+    must not report the old place (which may be gone, or hold another run)."""
+    old = summary.get("output_dir") if isinstance(summary, dict) else None
+    if not isinstance(old, str) or Path(old) == out:
+        return summary
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old.rstrip("/") + "/")):
+            return str(out) + value[len(old.rstrip("/")):]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return [move(v) for v in value] if isinstance(value, list) else value
+
+    return move(summary)
+
+
 def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelerator) -> dict[str, Any] | None:
     """The summary of a finished run in ``out_dir`` (so a rerun is a no-op), else None.
 
@@ -302,7 +323,7 @@ def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelera
     summary = out / "summary.json"
     if summary.exists() and not overwrite:
         try:
-            return json.loads(summary.read_text(encoding="utf-8"))
+            return _relocated(json.loads(summary.read_text(encoding="utf-8")), out)
         except (ValueError, UnicodeDecodeError):
             raise UserError(f"{summary} is damaged (not JSON), so this finished run's result cannot be returned; "
                             "rerun with --overwrite true to train again") from None
