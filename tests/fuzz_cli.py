@@ -51,7 +51,7 @@ ENV = {"RLP_NUM_THREADS": ["abc", "0", "-3", "", "1e3"], "RLP_DEVICE": ["tpu", "
        "HF_HUB_OFFLINE": ["0", "yes"], "TOKENIZERS_PARALLELISM": ["maybe"], "HOME": ["/nonexistent"]}
 OPTIONS = {"reward": ["seed", "max_length", "optim.learning_rate", "optim.batch_size", "optim.max_steps",
                       "optim.save_every", "optim.warmup_steps", "lora.enabled", "eval_file", "mixed_precision"],
-           "sft": ["seed", "max_length", "optim.learning_rate", "optim.max_steps", "optim.grad_accum_steps"],
+           "sft": ["seed", "max_length", "optim.learning_rate", "optim.max_steps", "optim.gradient_accumulation_steps"],
            "sample": ["n", "temperature", "top_p", "max_new_tokens", "max_prompt_length", "batch_size", "seed",
                       "limit", "engine", "mixed_precision"],
            "inspect": []}

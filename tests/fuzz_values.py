@@ -17,6 +17,12 @@ QUIRKS = ["yes", "no", "on", "off", "~", "null", "Null", "true", "False", "", "'
           "{a: 1}", "[", "{", "'x", "!!python/object:os.system", "&a 1", "*a", "tiny", "../x", "/dev/null",
           "2026-01-01", "12:30", "\t", "a: b", "- x", "#", "é", "\x00"]
 
+# JSONL lines past the usual: deep nesting, lone surrogates, huge numbers, NaN, a BOM mid-file, NUL bytes
+ODD_LINES = ["[" * 5000 + "]" * 5000, '{"prompt": "a", "chosen": "\\ud800", "rejected": "b"}',
+             '{"prompt": "a", "chosen": "b", "rejected": 1e999}', '{"prompt": NaN, "chosen": "b", "rejected": "c"}',
+             '{"prompt": "a", "chosen": "b", "rejected": ' + "9" * 5000 + "}", "\ufeff{}", "\x00", '"just a string"',
+             '{"prompt": "a", "prompt": "b", "chosen": "c", "rejected": "d"}']
+
 PREFERENCE_KEYS = ["prompt", "chosen", "rejected", "instruction", "input", "output", "output_1", "output_2",
                    "preference", "label", "responses", "reference_output", "meta", "messages", "role", "content"]
 
@@ -61,6 +67,8 @@ def data_files(draw) -> tuple[str, bytes]:
             return "d.parquet", data
     text = (json.dumps(items) if layout == "json" else
             "".join((json.dumps(r) if draw(st.integers(0, 7)) else json.dumps(r)[:-1]) + "\n" for r in items))
+    if layout != "json" and draw(st.integers(0, 4)) == 0:  # a line no JSON parser or tokenizer should meet
+        text += draw(st.sampled_from(ODD_LINES)) + "\n"
     encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1"]))
     data = text.encode(encoding, errors="replace")
     if draw(st.integers(0, 5)) == 0:

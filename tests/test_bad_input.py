@@ -796,6 +796,15 @@ CASES += [
          "exit 2 naming the variable (found by the fuzzer; was: ValueError traceback)",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("RLP_NUM_THREADS must be a whole number",),
          patch=lambda mp: mp.setenv("RLP_NUM_THREADS", "abc"), check=untouched("out")),
+    Case("integer-too-long", "data", "a JSONL value that is an integer of 5,000 digits",
+         "exit 2: a bad row naming the limit; `--skip_invalid` skips it (found by the fuzzer; was: ValueError "
+         "traceback from Python's 4,300-digit limit)", reward_rows(GOOD, '{"prompt": "a", "chosen": "b", '
+                                                                       '"rejected": ' + "9" * 5000 + "}"),
+         ("row 2", "Exceeds the limit (4300 digits)")),
+    Case("mixed-precision-env", "cli", "`ACCELERATE_MIXED_PRECISION=fp8` in the environment",
+         "exit 2 naming the variable (found by the fuzzer; was: a message about the `mixed_precision` option, "
+         "which the user had not set)", lambda tmp: reward(tmp, jsonl(tmp, [GOOD])),
+         ("ACCELERATE_MIXED_PRECISION='fp8'",), patch=lambda mp: mp.setenv("ACCELERATE_MIXED_PRECISION", "fp8")),
     Case("datasets-folder", "data", "a Hugging Face `datasets` folder (save_to_disk) as data",
          "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
          lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,

@@ -38,7 +38,7 @@ from rlp_align.data import inspect_file, read_instructions, read_preferences, re
 from rlp_align.errors import UserError
 
 EXAMPLES = {"readers": 200, "config": 400}  # the fixed set run by `make test`
-CLI_CASES = int(os.environ.get("RLP_FUZZ_CASES", 14))
+CLI_CASES = int(os.environ.get("RLP_FUZZ_CASES", 120))
 SHARE = {"readers": 0.25, "config": 0.25, "cli": 0.5}  # of the --long budget
 
 
@@ -188,7 +188,8 @@ def finished(tmp_path_factory) -> Path:
 
 
 def test_cli_fuzz(budget, finished, tmp_path):
-    seeds = iter(range(CLI_CASES)) if budget is None else iter(range(int(time.time()), 2**62))
+    first = int(os.environ.get("RLP_FUZZ_FIRST", 0))  # to explore past the fixed set without --long
+    seeds = iter(range(first, first + CLI_CASES)) if budget is None else iter(range(int(time.time()), 2**62))
     end = time.monotonic() + (budget or 0)
     failures = []
     for case_seed in seeds:

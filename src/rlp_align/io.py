@@ -177,6 +177,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             raise DataError(path, None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except RecursionError:
             raise DataError(path, None, None, _TOO_DEEP) from None
+        except ValueError as e:  # an integer of more than 4300 digits (Python's int conversion limit)
+            raise DataError(path, None, None, _unreadable(e)) from None
         for i, row in enumerate(rows, 1):
             yield i, _checked(row) if check_unicode else row
         return
@@ -189,7 +191,13 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             row = _Malformed(f"malformed JSON line: {e.msg} (column {e.colno})")
         except RecursionError:
             row = _Malformed(_TOO_DEEP)
+        except ValueError as e:
+            row = _Malformed(_unreadable(e))
         yield i, _checked(row) if check_unicode else row
+
+
+def _unreadable(e: ValueError) -> str:
+    return f"a value Python cannot read ({str(e).split(';')[0]}); this is not a data row"
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

@@ -79,9 +79,16 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_prec
 
     from rlp_align.device import autocast, requested_device
 
-    if mixed_precision == "no":
-        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
+    from_env = mixed_precision == "no" and "ACCELERATE_MIXED_PRECISION" in os.environ
+    if from_env:
+        mixed_precision = os.environ["ACCELERATE_MIXED_PRECISION"] or "no"
+    try:
+        autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
+    except UserError as e:
+        if not from_env:
+            raise
+        raise UserError(f"the environment variable ACCELERATE_MIXED_PRECISION={mixed_precision!r} sets the "
+                        f"precision: {e}; unset it or set it to no, bf16 or fp16") from None
     threads = os.environ.get("RLP_NUM_THREADS", "").strip()
     if threads and not threads.isdigit():
         raise UserError(f"RLP_NUM_THREADS must be a whole number of CPU threads, got {threads!r}: set it to a number "
