@@ -8,7 +8,9 @@ with one to three mutations drawn by a seeded `random.Random`:
 - ``locked``: the output is, or lies inside, a folder whose run lock another process holds;
 - ``truncate`` / ``garble``: an input file (data, config.json, weights, tokenizer) cut short or overwritten
   with random bytes or re-encoded as UTF-16;
+- ``symlink``: the output reached through a symbolic link to an input or to its folder;
 - ``swap``: a data input replaced by a folder, ``/dev/null``, a missing path, or the model's weights;
+- ``parquet``: a JSONL input rewritten as parquet (under a .parquet name or its old one);
 - ``env``: an environment variable the package reads set to nonsense (threads, device, precision, cache);
 - ``option``: a config key set to a value from the config fuzzer's quirk list (`fuzz_values.QUIRKS`);
 - ``overwrite``: ``--overwrite true`` added (with the other mutations it is the dangerous one).
@@ -45,7 +47,8 @@ GOOD = [{"prompt": "Name a fruit.", "chosen": "A banana.", "rejected": "A rock."
 SFT = [{"instruction": "Name a fruit.", "output": "A banana."}, {"instruction": "Name a stone.", "output": "Granite."}]
 PROMPTS = [{"prompt": "Name a fruit."}, {"prompt": "Name a stone."}]
 COMMANDS = ("reward", "sft", "sample", "inspect")
-MUTATIONS = ("alias", "finished", "locked", "truncate", "garble", "swap", "env", "option", "overwrite")
+MUTATIONS = ("alias", "symlink", "finished", "locked", "truncate", "garble", "swap", "parquet", "env", "option",
+             "overwrite")
 ENV = {"RLP_NUM_THREADS": ["abc", "0", "-3", "", "1e3"], "RLP_DEVICE": ["tpu", "cuda:9", "", "CPU"],
        "ACCELERATE_MIXED_PRECISION": ["fp8", "bogus", ""], "RLP_ALIGN_CACHE": ["{in}/data.jsonl", "/nonexistent/c"],
        "HF_HUB_OFFLINE": ["0", "yes"], "TOKENIZERS_PARALLELISM": ["maybe"], "HOME": ["/nonexistent"]}
@@ -141,7 +144,7 @@ def make_case(seed: int, tmp: Path, finished: Path) -> Case:
     inputs = [p for k, p in files.items() if str(p) in argv]
     flag = "--output_file" if command == "sample" else "--output_dir"
     for mutation in rng.sample(MUTATIONS, rng.randint(1, 3)):
-        if mutation in ("alias", "finished", "locked", "overwrite") and output is None:
+        if mutation in ("alias", "symlink", "finished", "locked", "overwrite") and output is None:
             continue
         case.mutations.append(mutation)
         if mutation == "alias":
@@ -149,6 +152,11 @@ def make_case(seed: int, tmp: Path, finished: Path) -> Case:
             choices = [target, target / "sub" if target.is_dir() else target.with_name("x") / "y", root / "in",
                        files["model"] / "model.safetensors", files["model"] / "config.json"]
             set_option(argv, flag, str(rng.choice(choices)))
+        elif mutation == "symlink":  # the output reached through a link to an input, or to its folder
+            target = rng.choice(inputs + [root / "in"])
+            link = root / "link"
+            link.symlink_to(target)
+            set_option(argv, flag, str(rng.choice([link, link / "sub"] if target.is_dir() else [link])))
         elif mutation == "finished":
             done = root / "done"
             shutil.copytree(finished, done)
@@ -166,7 +174,7 @@ def make_case(seed: int, tmp: Path, finished: Path) -> Case:
             if mutation == "truncate":
                 victim.write_bytes(data[: rng.randint(0, max(0, len(data) - 1))])
             elif rng.random() < 0.5 and victim.suffix in (".json", ".jsonl"):
-                victim.write_bytes(data.decode().encode("utf-16"))
+                victim.write_bytes(data.decode(errors="replace").encode("utf-16"))
             else:
                 start = rng.randint(0, max(0, len(data) - 1))
                 victim.write_bytes(data[:start] + rng.randbytes(rng.randint(1, 64)) + data[start + 64:])
@@ -178,6 +186,20 @@ def make_case(seed: int, tmp: Path, finished: Path) -> Case:
                 set_option(argv, data_flag, str(choice))
             else:
                 argv[-1] = str(choice)
+        elif mutation == "parquet":  # the same rows as parquet, under a parquet or the old JSONL name
+            data = next((p for p in inputs if p.suffix == ".jsonl" and str(p) in argv), None)
+            if data is not None:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                try:  # an earlier mutation may have broken the file: then it stays as it is
+                    table = pa.Table.from_pylist([json.loads(line) for line in data.read_bytes().splitlines()])
+                except (ValueError, TypeError, pa.ArrowException):  # UnicodeDecodeError is a ValueError
+                    continue
+                target = rng.choice([data, data.with_suffix(".parquet")])
+                data.unlink()
+                pq.write_table(table, target)
+                argv[argv.index(str(data))] = str(target)
         elif mutation == "env":
             name = rng.choice(sorted(ENV))
             case.env[name] = rng.choice(ENV[name]).format(**{"in": root / "in"})
@@ -274,12 +296,18 @@ def check_case(case: Case, tmp: Path) -> list[str]:
         problems.append(f"not one error paragraph: {outcome.err[-300:]!r}")
     after = tree(case.root)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    inputs = [f"in{os.sep}{name}" for name in ("data.jsonl", "sft.jsonl", "prompts.jsonl", "model")]
+    inputs = [f"in{os.sep}{name}" for name in ("data.jsonl", "sft.jsonl", "prompts.jsonl", "model", "data.parquet",
+                                               "sft.parquet", "prompts.parquet")]
     inputs_changed = [k for k in changed if any(k == i or k.startswith(i + os.sep) for i in inputs)]
     if inputs_changed:
         problems.append(f"inputs changed: {inputs_changed[:3]}")
-    stray = sorted(k for k in set(outside(before, case.root, case.output)) | set(outside(after, case.root,
-                   case.output)) if before.get(k) != after.get(k) and k not in inputs_changed)
+    real = Path(os.path.realpath(case.output)) if case.output is not None else None  # through a symlink
+
+    def beyond(snapshot: dict[str, str]) -> dict[str, str]:
+        return outside(outside(snapshot, case.root, case.output), case.root.resolve(), real)
+
+    stray = sorted(k for k in set(beyond(before)) | set(beyond(after))
+                   if before.get(k) != after.get(k) and k not in inputs_changed)
     if stray:
         problems.append(f"changed outside the output path: {stray[:3]}")
     if outcome.code == 0 and not problems:
