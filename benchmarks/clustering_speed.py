@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from rlp_align.clustering import DEFAULT_SIMILARITY_THRESHOLD, cluster_many
-from rlp_align.embeddings import bundled_encoder
-from rlp_align.io import write_json
+from rlp_align.core.io import write_json
+from rlp_align.models.embeddings import bundled_encoder
+from rlp_align.rlp.clustering import DEFAULT_SIMILARITY_THRESHOLD, cluster_many
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "alpacafarm_multisamples_sft.json"

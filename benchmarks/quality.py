@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/quality.py --jobs 2 --threads 8      # two seeds at a time, 4 threads each
     .venv/bin/python benchmarks/quality.py --smoke                  # tiny preset, 2 seeds, temp dir (< 3 min)
 
-Each seed runs `rlp_align.pipeline.run_pipeline` in benchmarks/work/quality/seed<k> (the stage cache makes a
+Each seed runs `rlp_align.pipeline.run.run_pipeline` in benchmarks/work/quality/seed<k> (the stage cache makes a
 killed or partial seed resume) with refine methods uml, spg, uml+spg and oracle, best-of-16 and, with
 --ensemble_k k, a k-member RM ensemble (WCO and UWO; off by default: it costs k RMs and 2 PPO runs per seed).
 D is labelled by the rule annotator with 25 % label noise; the gold judge is the same rule annotator without
@@ -71,8 +71,8 @@ def t_interval(xs: list[float], bounds: tuple[float, float] | None = None) -> di
 
 def seed_config(preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
     """The preset with the benchmark's methods, seed and folder; data paths made absolute."""
-    from rlp_align.config import build_config, merge, read_yaml
-    from rlp_align.pipeline import PipelineConfig
+    from rlp_align.core.config import build_config, merge, read_yaml
+    from rlp_align.pipeline.run import PipelineConfig
 
     values = read_yaml(preset)
     for key in ("train_file", "eval_file", "preference_file"):
@@ -104,11 +104,11 @@ def spg_label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     Agreement = mean gold P(chosen > rejected), so a gold tie counts 1/2. Gold judges with the unlabelled
     pool's full instructions (reference answer and constraints), as D's annotator did.
     """
-    from rlp_align.annotators import make_annotator
+    from rlp_align.core.io import write_json
     from rlp_align.data import read_instructions, read_preferences
     from rlp_align.data.records import prompt_text
-    from rlp_align.io import write_json
-    from rlp_align.spg import run_spg
+    from rlp_align.judge.annotators import make_annotator
+    from rlp_align.rlp.spg import run_spg
 
     cached = run_dir / "table5" / "accuracy.json"
     if cached.exists():
@@ -135,9 +135,9 @@ def spg_label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
 
 def run_seed(cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) one seed's pipeline and its Table-5 measurement; the seed's record."""
-    from rlp_align.config import config_hash, config_to_dict
-    from rlp_align.io import write_json
-    from rlp_align.pipeline import run_pipeline
+    from rlp_align.core.config import config_hash, config_to_dict
+    from rlp_align.core.io import write_json
+    from rlp_align.pipeline.run import run_pipeline
 
     started = time.time()
     run_pipeline(cfg)
@@ -159,7 +159,7 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
 
 
 def finished_record(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
-    from rlp_align.config import config_hash, config_to_dict
+    from rlp_align.core.config import config_hash, config_to_dict
 
     path = run_dir / "quality_seed.json"
     if not path.exists():
@@ -214,9 +214,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def paired_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The paired keys of quality.json (issue 17): per-seed paired bootstrap CIs and the hierarchical bootstrap
-    pooled over seeds (`rlp_align.stats.seed_summary`), on the per-prompt / per-pair differences each seed's
+    pooled over seeds (`rlp_align.judge.stats.seed_summary`), on the per-prompt / per-pair differences each seed's
     evaluation stage wrote. A key whose inputs no seed has is absent; ``missing`` says why."""
-    from rlp_align.stats import recovered_share, seed_summary
+    from rlp_align.judge.stats import recovered_share, seed_summary
 
     def pooled(get) -> dict[str, Any] | None:
         values = {r["seed"]: v for r in records if (v := get(r["evaluation"])) is not None}
@@ -385,7 +385,7 @@ def main() -> None:
     os.environ["RLP_NUM_THREADS"] = str(threads)
     import torch
 
-    from rlp_align.io import write_json
+    from rlp_align.core.io import write_json
 
     torch.set_num_threads(threads)
     started = time.time()

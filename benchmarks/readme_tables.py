@@ -247,7 +247,7 @@ def main() -> None:
     args = parser.parse_args()
     readme = Path(args.readme)
     body = render(read(Path(args.speed)), read(Path(args.quality)), read(Path(args.gpu)))
-    from rlp_align.io import write_text
+    from rlp_align.core.io import write_text
 
     write_text(readme, replace_section(readme.read_text(), body))
     print(f"rewrote the benchmark section of {readme}")

@@ -8,7 +8,7 @@ rounds on the same batch of prompts (the speed benchmark's: AlpacaFarm instructi
 them, else the built-in pool) at T = 1, so machine load hits all three alike; figures are medians over rounds
 and ratios are measured within this one run. New tokens count each response up to and including EOS.
 Writes benchmarks/results/sampler.json (``--out``) with the date, the commit and the load average.
-The old sampler is copied below from git (``git show 95e17d4:src/rlp_align/generation.py``) and kept only
+The old sampler is copied below from git (``git show 95e17d4:src/rlp_align/models/generation.py``) and kept only
 here, for this comparison.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from rlp_align.errors import UserError
-from rlp_align.generation import sample_tokens
+from rlp_align.core.errors import UserError
+from rlp_align.models.generation import sample_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alpaca_5000.json"
@@ -192,15 +192,15 @@ def main() -> None:
     if args.smoke:
         args.model, args.batch, args.new_tokens, args.rounds = "tiny", 4, 8, 1
 
+    from rlp_align.core.io import write_json
     from rlp_align.data.records import user_prompt
-    from rlp_align.io import write_json
+    from rlp_align.data.templates import collate, encode_prompt
     from rlp_align.models import load_policy, load_tokenizer
-    from rlp_align.templates import collate, encode_prompt
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_policy(args.model).eval(), load_tokenizer(args.model)
     if DATA.exists():
-        from rlp_align.instructions import load_instruction_pool
+        from rlp_align.worlds.instructions import load_instruction_pool
 
         prompts, source = [x.prompt for x in load_instruction_pool(DATA, limit=args.batch)], DATA.name
     else:

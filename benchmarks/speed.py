@@ -10,7 +10,7 @@
    2..k); the speed-up is TRL's median step time over ours, per repeat, reported as min/median/max.
 2. MFU of our PPO update phase (see FLOP_FORMULA) against the fp32 matmul peak measured here (2048² GEMM).
 3. RLP overhead from the stage manifests of a pipeline run (``--run_dir``): no extra run.
-4. Sampling throughput (new tokens/s) of `rlp_align.generation.generate` at several batch sizes.
+4. Sampling throughput (new tokens/s) of `rlp_align.models.generation.generate` at several batch sizes.
 5. The cheaper optimisers (``--workloads``): LoRA PPO (one base model, LoRA critic) and RLOO (no critic), one
    run each of ours at the same batch and lengths, as episodes per second and peak RSS against TRL's full
    fine-tuning PPO (and our own) from the same run. (The sampler alone: benchmarks/sampler_speed.py.)
@@ -23,92 +23,16 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
+from common import BENCH, ROOT, git_commit, machine_info, matmul_peak_flops, median, now, spread, write_json
+from speed_targets import judge, rlp_overhead, update_mfu
+
 DATA = ROOT.parent / "shared" / "data" / "alpaca_5000.json"
-FLOP_FORMULA = (
-    "MFU = model FLOPs of the update phase / time_update / measured fp32 matmul peak. Headline ('6ND'): "
-    "6 * (N_policy + N_value) * update_tokens, with N all parameters and update_tokens = ppo_epochs * (prompt + "
-    "response tokens, pads excluded), as ppo.py counts them. Matmul-only variant: 6 * (non-embedding parameters of "
-    "policy and value) * update_tokens + 6 * hidden * vocab * response tokens (logits are computed for response "
-    "positions only); attention-score FLOPs are left out of both. The target is judged on the matmul-only variant "
-    "(the smaller, so MFU is never overstated).")
-TARGETS = {"ppo_speedup": 1.5, "mfu": 0.5, "rlp_overhead": 1.6, "lora_ppo_episodes": 3.0, "lora_ppo_rss": 0.6,
-           "rloo_episodes": 3.0}
-RLHF_STAGES = ("00_instructions", "01_sft", "02_preferences", "03_rm0", "04_ppo1")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Machine, peak FLOPs, provenance
-
-
-def git_commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-
-
-def cpu_busy_fraction(seconds: float = 2.0) -> float | None:
-    """Share of all cores' time spent busy (by anything) over the next ``seconds``, from /proc/stat.
-
-    Unlike the 1-minute load average, this does not lag: a job that ended a few seconds ago counts as gone.
-    """
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    if not Path("/proc/stat").exists():
-        return None
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
-
-
-def machine_info() -> dict[str, Any]:
-    import platform
-
-    import torch
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    mem_kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
-    busy = cpu_busy_fraction()
-    return {"cpu": model, "cores_available": len(os.sched_getaffinity(0)), "avx2": "avx2" in flags,
-            "avx512f": "avx512f" in flags, "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "load_average_at_start": list(os.getloadavg()), "cpu_busy_at_start": busy,
-            # timings are only meaningful on an otherwise idle machine: with 2 threads on 2 shared cores, OpenMP
-            # barriers wait for descheduled threads and small ops slow down by an order of magnitude
-            "busy_at_start": busy > 0.25 if busy is not None else os.getloadavg()[0] > 0.5}
-
-
-def matmul_peak_flops(threads: int, n: int = 2048, iters: int = 10, repeats: int = 3) -> dict[str, Any]:
-    """Best fp32 GEMM rate over ``repeats`` loops of ``iters`` n x n matmuls (2 n^3 FLOPs each)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=c)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            torch.mm(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
-    return {"flops_per_second": 2 * n**3 * iters / best, "n": n, "iters": iters, "repeats": repeats,
-            "threads": threads}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,9 +41,9 @@ def matmul_peak_flops(threads: int, n: int = 2048, iters: int = 10, repeats: int
 
 def prepare(model: str, n_prompts: int, max_prompt_length: int, work: Path) -> dict[str, Any]:
     """Policy folder, a tokenizer folder (with its pad token), an RM/value folder, and a prompts file."""
-    from rlp_align.instructions import builtin_pool, load_instruction_pool
+    from rlp_align.data.templates import encode_prompt
     from rlp_align.models import load_policy, load_reward_model, load_tokenizer, resolve_model, save_model
-    from rlp_align.templates import encode_prompt
+    from rlp_align.worlds.instructions import builtin_pool, load_instruction_pool
 
     policy_dir = resolve_model(model)
     tokenizer = load_tokenizer(policy_dir)
@@ -144,7 +68,7 @@ def prepare(model: str, n_prompts: int, max_prompt_length: int, work: Path) -> d
     else:
         pool, source = builtin_pool(n_prompts, seed=0), "builtin"
     prompts_file = work / "prompts.jsonl"
-    from rlp_align.io import write_jsonl
+    from rlp_align.core.io import write_jsonl
 
     write_jsonl(prompts_file, [{"prompt": x.prompt, "input_ids": encode_prompt(tokenizer, x.prompt, max_prompt_length)}
                                for x in pool])
@@ -154,7 +78,7 @@ def prepare(model: str, n_prompts: int, max_prompt_length: int, work: Path) -> d
 
 
 def with_atomic_tokenizer(tokenizer: Any, folder: Path) -> None:
-    from rlp_align.io import atomic_path
+    from rlp_align.core.io import atomic_path
 
     with atomic_path(folder) as tmp:
         tokenizer.save_pretrained(tmp)
@@ -190,69 +114,8 @@ def run_worker(python: Path, script: str, worker_args: list[str], work: Path, na
     return {**result, "wall_seconds": wall, "median_step_seconds": median(result["step_seconds"])}
 
 
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
-def spread(xs: list[float]) -> dict[str, float] | None:
-    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)} if xs else None
-
-
 # ---------------------------------------------------------------------------------------------------------
-# MFU, RLP overhead, sampling
-
-
-def update_mfu(ours: list[dict], params: dict[str, int], peak: float) -> dict[str, Any]:
-    """Model-FLOP utilisation of the update phase, per timed step of every run of ours (FLOP_FORMULA)."""
-    simple, matmul, achieved = [], [], []
-    for run in ours:
-        for ph in run.get("phases", []):
-            if not ph.get("time_update"):
-                continue
-            tokens = ph["update_tokens_per_second"] * ph["time_update"]
-            response_tokens = ph["response_length"] * run["batch"] * run["ppo_epochs"]
-            f_simple = 6 * (params["policy"] + params["value"]) * tokens
-            f_matmul = (6 * (params["policy_non_embedding"] + params["value_non_embedding"]) * tokens
-                        + 6 * params["hidden"] * params["vocab"] * response_tokens)
-            simple.append(f_simple / ph["time_update"] / peak)
-            matmul.append(f_matmul / ph["time_update"] / peak)
-            achieved.append(f_matmul / ph["time_update"])
-    return {"mfu_6nd": median(simple), "mfu_matmul": median(matmul), "achieved_flops_per_second": median(achieved),
-            "per_step_mfu_matmul": matmul, "formula": FLOP_FORMULA}
-
-
-def rlp_overhead(run_dir: Path) -> dict[str, Any]:
-    """RLP pipeline wall time over plain RLHF (SFT -> D -> RM -> PPO) from a run's stage manifests.
-
-    Per RLP variant: RLHF stages + its RLP-only stages (policy samples, SPG when it uses it, refinement,
-    PPO2); evaluation, best-of-n and ensemble stages are left out of both sides.
-    """
-    manifests = {}
-    for path in sorted(run_dir.glob("*/manifest.json")):
-        m = json.loads(path.read_text())
-        manifests[m["stage"]] = m
-    if not manifests:
-        return {"measured": False, "reason": f"no stage manifests under {run_dir}"}
-    seconds = {name: m.get("seconds") for name, m in manifests.items() if m.get("status") == "done"}
-    missing = [s for s in ("00_instructions", "02_preferences", "03_rm0", "04_ppo1") if s not in seconds]
-    if missing:
-        return {"measured": False, "reason": f"RLHF stages not finished in {run_dir}: {missing}"}
-    rlhf = sum(v for k, v in seconds.items() if k in RLHF_STAGES)
-    samples = sum(v for k, v in seconds.items() if k.startswith("05_samples"))
-    spg = sum(v for k, v in seconds.items() if k.startswith("06_spg"))
-    oracle = sum(v for k, v in seconds.items() if k.startswith("06_oracle"))
-    variants = {}
-    for name in sorted({k.split("_", 2)[2] for k in seconds if k.startswith("07_refine_")}):
-        if f"08_ppo2_{name}" not in seconds:
-            continue
-        extra = samples + seconds[f"07_refine_{name}"] + seconds[f"08_ppo2_{name}"]
-        extra += spg if name in ("spg", "uml_spg", "oracle") else 0.0
-        extra += oracle if name == "oracle" else 0.0
-        variants[name] = {"rlp_only_seconds": extra, "ratio": (rlhf + extra) / rlhf}
-    rlp_variants = {k: v for k, v in variants.items() if k != "oracle"}
-    return {"measured": bool(rlp_variants), "run_dir": str(run_dir), "rlhf_seconds": rlhf, "variants": variants,
-            "worst_ratio": max((v["ratio"] for v in rlp_variants.values()), default=None),
-            "stage_seconds": seconds}
+# Sampling
 
 
 def sampling_throughput(policy: str, prompts: list, batches: list[int], new_tokens: int,
@@ -260,8 +123,8 @@ def sampling_throughput(policy: str, prompts: list, batches: list[int], new_toke
     """New tokens per second of `generate` at each batch size: one batch of prompts, sampling at T = 1."""
     import torch
 
-    from rlp_align.generation import generate
     from rlp_align.models import load_policy, load_tokenizer
+    from rlp_align.models.generation import generate
 
     torch.set_num_threads(threads)
     model, tokenizer = load_policy(policy), load_tokenizer(policy)
@@ -277,92 +140,6 @@ def sampling_throughput(policy: str, prompts: list, batches: list[int], new_toke
         rows.append({"batch": b, "seconds": seconds, "new_tokens": new, "tokens_per_second": new / seconds,
                      "truncated_fraction": sum(gens.truncated) / b})
     return rows
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Targets
-
-
-def episodes_per_second(run: dict[str, Any]) -> float | None:
-    """Sequences (episodes) per second of a worker run: its batch over its median step time."""
-    return run["batch"] / run["median_step_seconds"] if run.get("median_step_seconds") and run.get("batch") else None
-
-
-def cheaper_targets(workloads: dict[str, dict], ours: list[dict], trl: list[dict], trl_note: str | None
-                    ) -> dict[str, Any]:
-    """LoRA PPO and RLOO: episodes/s (and LoRA PPO's peak RSS) as multiples of TRL's full fine-tuning PPO."""
-    trl_eps = median([e for e in map(episodes_per_second, trl) if e])
-    trl_rss = median([t["peak_rss_mb"] for t in trl if "peak_rss_mb" in t])
-    ours_eps = median([e for e in map(episodes_per_second, ours) if e])
-    out = {}
-    for name, goal in (("lora_ppo", TARGETS["lora_ppo_episodes"]), ("rloo", TARGETS["rloo_episodes"])):
-        if name not in workloads:
-            continue
-        run = workloads[name]
-        eps = episodes_per_second(run)
-        t: dict[str, Any] = {"target": f"{name} episodes/s >= {goal}x TRL's full fine-tuning PPO"
-                             + (f", peak RSS <= {TARGETS['lora_ppo_rss']}x TRL's" if name == "lora_ppo" else ""),
-                             "episodes_per_second": eps, "peak_rss_mb": run.get("peak_rss_mb"),
-                             "vs_our_full_ppo": eps / ours_eps if eps and ours_eps else None}
-        if eps is None or trl_eps is None or trl_rss is None:
-            t.update(passed=None, reason=run.get("error") or trl_note or "no TRL run to compare with")
-        else:
-            t["vs_trl"] = eps / trl_eps
-            t["rss_vs_trl"] = run["peak_rss_mb"] / trl_rss
-            t["passed"] = t["vs_trl"] >= goal and (name != "lora_ppo" or t["rss_vs_trl"] <= TARGETS["lora_ppo_rss"])
-        out[f"{name}_vs_trl"] = t
-    return out
-
-
-def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, overhead: dict,
-          profile: dict | None, workloads: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Each target with its measured value and pass/fail (None: not measured, with the reason)."""
-    pairs = [(o, t) for o, t in zip(ours, trl) if o.get("median_step_seconds") and t.get("median_step_seconds")]
-    speedups = [t["median_step_seconds"] / o["median_step_seconds"] for o, t in pairs]
-    ours_rss = median([o["peak_rss_mb"] for o in ours if "peak_rss_mb" in o])
-    trl_rss = median([t["peak_rss_mb"] for t in trl if "peak_rss_mb" in t])
-    speed: dict[str, Any] = {"target": f"PPO step >= {TARGETS['ppo_speedup']}x faster than TRL, peak RSS <= TRL's",
-                             "speedup": spread(speedups), "peak_rss_mb_ours": ours_rss, "peak_rss_mb_trl": trl_rss}
-    if not speedups or ours_rss is None or trl_rss is None:
-        speed.update(passed=None, reason=trl_note or "no successful ours/TRL pair of runs")
-    else:
-        speed["passed"] = statistics.median(speedups) >= TARGETS["ppo_speedup"] and ours_rss <= trl_rss
-        speed["judged_on"] = "median speed-up over repeats; median peak RSS over runs"
-    mfu_target = {"target": f"update-phase MFU >= {TARGETS['mfu']:.0%}", "mfu_matmul": mfu["mfu_matmul"],
-                  "mfu_6nd": mfu["mfu_6nd"],
-                  "passed": None if mfu["mfu_matmul"] is None else mfu["mfu_matmul"] >= TARGETS["mfu"]}
-    over = {"target": f"RLP wall time <= {TARGETS['rlp_overhead']}x plain RLHF", "worst_ratio": overhead.get("worst_ratio"),
-            "passed": None if not overhead.get("measured") else overhead["worst_ratio"] <= TARGETS["rlp_overhead"]}
-    if not overhead.get("measured"):
-        over["reason"] = overhead.get("reason")
-    targets = {"ppo_step_vs_trl": speed, "update_mfu": mfu_target, "rlp_overhead": over,
-               **cheaper_targets(workloads or {}, ours, trl, trl_note)}
-    for name, t in targets.items():
-        if t["passed"] is False:
-            t["why"] = explain(name, ours, trl, mfu, overhead, profile)
-    return targets
-
-
-def explain(name: str, ours: list[dict], trl: list[dict], mfu: dict, overhead: dict, profile: dict | None
-            ) -> dict[str, Any]:
-    """Measured evidence for a missed target: where our step's time goes, and the profiled top operators."""
-    phases = [ph for run in ours for ph in run.get("phases", [])]
-    step = median([s for run in ours for s in run.get("step_seconds", [])]) or 0.0
-    shares = {k: (median([ph[k] for ph in phases if ph.get(k) is not None]) or 0.0) / step if step else None
-              for k in ("time_rollout", "time_score", "time_update")}
-    why: dict[str, Any] = {"median_step_seconds_ours": step, "phase_share_of_step": shares}
-    if name == "ppo_step_vs_trl":  # the same split for both frameworks, median seconds per phase
-        why["median_phase_seconds"] = {fw: {k: median([ph[k] for run in runs for ph in run.get("phases", [])
-                                                       if ph.get(k) is not None])
-                                            for k in ("time_rollout", "time_score", "time_update")}
-                                       for fw, runs in (("ours", ours), ("trl", trl))}
-    if name == "update_mfu":
-        why["achieved_flops_per_second"] = mfu["achieved_flops_per_second"]
-    if name == "rlp_overhead":
-        why = {"stage_seconds": overhead.get("stage_seconds"), "variants": overhead.get("variants")}
-    if profile and name != "rlp_overhead":
-        why["profile"] = profile
-    return why
 
 
 def main() -> None:
@@ -399,8 +176,6 @@ def main() -> None:
     work = Path(args.work_dir) / ("smoke" if smoke else "full")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.time()
-
-    from rlp_align.io import write_json
 
     run_dir = Path(args.run_dir) if args.run_dir else BENCH / "work" / "quality" / "seed0"
     if args.overhead_only:  # e.g. after quality.py has finished a seed, without re-timing PPO
@@ -472,7 +247,7 @@ def main() -> None:
         top = json.loads(profile_txt.with_suffix(".json").read_text())
         profile = {"file": str(profile_txt), "top10_self_cpu": top[:10]}
     result = {
-        "benchmark": "speed", "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **code,
+        "benchmark": "speed", "smoke": smoke, "date": now(), **code,
         "machine": {**info, "load_average_at_end": list(os.getloadavg())},
         "settings": {"model": model, "batch": batch, "new_tokens": new_tokens, "ppo_epochs": args.ppo_epochs,
                      "steps_per_run": steps, "timed_steps": f"2..{steps}", "repeats": repeats,

@@ -1,4 +1,4 @@
-"""One timed run of rlp_align's PPO (`rlp_align.ppo.train_ppo`), for benchmarks/speed.py (our side).
+"""One timed run of rlp_align's PPO (`rlp_align.train.ppo.train_ppo`), for benchmarks/speed.py (our side).
 
 Runs with ``.venv/bin/python``. Same settings as speed_worker_trl.py: one rollout batch of ``--batch``
 prompts per step, one minibatch per PPO epoch, ``--ppo_epochs`` epochs, ``--new_tokens`` sampled at
@@ -58,10 +58,10 @@ def main() -> None:
     import transformers
 
     import rlp_align
-    from rlp_align import ppo as ppo_module
-    from rlp_align import training
-    from rlp_align.ensemble import make_reward_fn
-    from rlp_align.training import LoraConfig, OptimConfig, read_metrics
+    from rlp_align.train import ppo as ppo_module
+    from rlp_align.train import training
+    from rlp_align.train.ensemble import make_reward_fn
+    from rlp_align.train.training import LoraConfig, OptimConfig, read_metrics
 
     torch.set_num_threads(args.threads)
     prompts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text().splitlines() if line.strip()]

@@ -19,7 +19,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     """``--rlp-device`` / ``RLP_TEST_DEVICE`` becomes ``RLP_DEVICE``: the package's one device rule
-    (`rlp_align.device.default_device`) then puts every trainer's, sampler's and scorer's model there."""
+    (`rlp_align.core.device.default_device`) then puts every trainer's, sampler's and scorer's model there."""
     wanted = config.getoption("--rlp-device")
     if wanted:
         os.environ["RLP_DEVICE"] = wanted
@@ -28,7 +28,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def device():
     """Where device-marked tests put the tensors and models they build themselves."""
-    from rlp_align.device import default_device
+    from rlp_align.core.device import default_device
 
     return default_device()
 

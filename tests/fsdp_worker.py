@@ -20,8 +20,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from helpers import marker_prefs  # this script's folder is sys.path[0]
 
-from rlp_align.reward import RewardConfig, train_reward_model
-from rlp_align.training import OptimConfig, make_accelerator
+from rlp_align.train.reward import RewardConfig, train_reward_model
+from rlp_align.train.training import OptimConfig, make_accelerator
 
 
 def main(out: Path) -> None:

@@ -65,7 +65,7 @@ def arm(point: str) -> None:
 
         setattr(module, name, killing)
     elif kind == "rename":
-        from rlp_align import io
+        from rlp_align.core import io
 
         atomic_path = io.atomic_path
 

@@ -48,24 +48,24 @@ def param_checksum(module: torch.nn.Module) -> float:
 
 
 def reward_cfg(out: Path):
-    from rlp_align.reward import RewardConfig
-    from rlp_align.training import OptimConfig
+    from rlp_align.train.reward import RewardConfig
+    from rlp_align.train.training import OptimConfig
 
     return RewardConfig(model="tiny", output_dir=str(out / "run"), max_length=64, seed=SEED, overwrite=True,
                         optim=OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=3))
 
 
 def run_reward(out: Path) -> None:
-    from rlp_align import reward
-    from rlp_align.training import make_accelerator
+    from rlp_align.train import reward
+    from rlp_align.train.training import make_accelerator
 
     reward.train_reward_model(reward_cfg(out), marker_prefs(32))
     record_rank(out, make_accelerator(SEED))  # the same (singleton) Accelerator state the trainer used
 
 
 def ppo_cfg(out: Path, **kw):
-    from rlp_align.ppo import PPOConfig
-    from rlp_align.training import OptimConfig
+    from rlp_align.train.ppo import PPOConfig
+    from rlp_align.train.training import OptimConfig
 
     base = dict(policy="tiny", output_dir=str(out / "run"), steps=2, rollout_batch_size=4, step_batch_size=4,
                 ppo_epochs=2, max_new_tokens=8, max_prompt_length=32, kl_coef=0.05, seed=SEED, overwrite=True,
@@ -74,8 +74,8 @@ def ppo_cfg(out: Path, **kw):
 
 
 def run_ppo_train(out: Path) -> None:
-    from rlp_align import ppo
     from rlp_align.models import unwrap_model
+    from rlp_align.train import ppo
 
     checksums: list[float] = []
     queries: list[list[list[int]]] = []  # this rank's prompt token ids, per step
@@ -96,11 +96,11 @@ def run_ppo_update(out: Path) -> None:
     """One PPO step on a global rollout that every rank computes identically, then shards."""
     from safetensors.torch import save_file
 
-    from rlp_align.generation import seeded_generator
     from rlp_align.models import load_policy, load_tokenizer, load_value_model
-    from rlp_align.ppo import ppo_update, shape_rewards
-    from rlp_align.ppo_rollout import ActorCritic, Rollout, make_rollout
-    from rlp_align.training import make_accelerator, shard
+    from rlp_align.models.generation import seeded_generator
+    from rlp_align.train.ppo import ppo_update, shape_rewards
+    from rlp_align.train.ppo_rollout import ActorCritic, Rollout, make_rollout
+    from rlp_align.train.training import make_accelerator, shard
 
     cfg = ppo_cfg(out)
     acc = make_accelerator(cfg.seed)
@@ -134,12 +134,12 @@ def run_uml(out: Path) -> None:
 
     from helpers import words
 
-    from rlp_align import reward
     from rlp_align.data.records import SampleSet
     from rlp_align.models import load_tokenizer
-    from rlp_align.refine import make_view_batches
-    from rlp_align.training import make_accelerator
-    from rlp_align.uml import MultiViewHead
+    from rlp_align.rlp.refine import make_view_batches
+    from rlp_align.rlp.uml import MultiViewHead
+    from rlp_align.train import reward
+    from rlp_align.train.training import make_accelerator
 
     rng = random.Random(1)
     sets = [SampleSet(user_prompt(f"Task {i}: {words(rng, 3)}."), [words(rng, rng.randint(3, 7)) for _ in range(4)])

@@ -3,11 +3,11 @@ import math
 
 import pytest
 
-from rlp_align.annotate import AnnotateConfig, label_pairs, run_annotate
-from rlp_align.annotators import Annotator
+from rlp_align.core.errors import UserError
 from rlp_align.data.readers import read_preferences
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.errors import UserError
+from rlp_align.judge.annotate import AnnotateConfig, label_pairs, run_annotate
+from rlp_align.judge.annotators import Annotator
 
 
 class WordCount(Annotator):

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rlp_align.annotators import AnnotatorConfig, make_annotator
-from rlp_align.annotators.llm import parse_verdict
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.errors import UserError
+from rlp_align.judge.annotators import AnnotatorConfig, make_annotator
+from rlp_align.judge.annotators.llm import parse_verdict
 
 KEY = "sk-test-DO-NOT-LEAK-4242"
 
@@ -148,7 +148,7 @@ def test_persistent_failure_is_a_user_error_and_cache_makes_reruns_free(server, 
 
 
 def test_the_key_never_appears_in_logs_outputs_or_errors(server, judge_cfg, tmp_path, caplog, capsys):
-    from rlp_align.evaluate import WinrateConfig, run_winrate
+    from rlp_align.judge.evaluate import WinrateConfig, run_winrate
 
     rows = [{"prompt": [{"role": "user", "content": f"Q{i}?"}], "response": f"mine {i} GOOD",
              "reference": f"ref {i}", "subset": "s1" if i % 2 else "s2", "constraints": [], "meta": {}}
@@ -159,8 +159,10 @@ def test_the_key_never_appears_in_logs_outputs_or_errors(server, judge_cfg, tmp_
     server.script = ["429", "malformed", "timeout"]
     judge_cfg.timeout_s = 0.3
     with caplog.at_level(logging.DEBUG):
-        out = run_winrate(WinrateConfig(answers=str(answers), annotator=judge_cfg, output_dir=str(tmp_path / "wr")))
-        assert out["win_rate"]["mean"] == pytest.approx(7.5 / 8)
+        with pytest.warns(RuntimeWarning, match="no valid verdict for 1 of 8 answers"):
+            out = run_winrate(WinrateConfig(answers=str(answers), annotator=judge_cfg, output_dir=str(tmp_path / "wr")))
+        # the AMBIGUOUS answer got no verdict: left out of the win-rate, not counted as a tie (was 7.5 / 8)
+        assert out["win_rate"]["mean"] == 1.0 and out["win_rate"]["n"] == 7 and out["n_without_verdict"] == 1
         # A server that echoes the Authorization header in its 401 body: the error message is redacted.
         server.script = []
         bad = make(judge_cfg)

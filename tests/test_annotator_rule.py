@@ -5,11 +5,11 @@ import re
 
 import pytest
 
-from rlp_align import constraints as C
-from rlp_align.annotators import make_annotator
-from rlp_align.annotators.rule import REFERENCE_SIMILARITY, copying, repetition, truncation
+from rlp_align.data import constraints as C
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.instructions import load_instruction_pool
+from rlp_align.judge.annotators import make_annotator
+from rlp_align.judge.annotators.rule import REFERENCE_SIMILARITY, copying, repetition, truncation
+from rlp_align.worlds.instructions import load_instruction_pool
 
 FILLER = [
     "It is worth keeping this in mind.", "There are many different aspects to consider here.",
@@ -176,7 +176,7 @@ def build(inst: Instruction, violate: str | None = None) -> str:
 
 
 def test_satisfying_answer_beats_violating_one_on_generated_instructions(rule):
-    from rlp_align.instructions import builtin_pool
+    from rlp_align.worlds.instructions import builtin_pool
 
     insts, good, bad = [], [], []
     for inst in builtin_pool(80, seed=3):

@@ -218,7 +218,7 @@ def disk_full_on_second_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(Accelerator, "save_state", save_state)
-    monkeypatch.setattr("rlp_align.io.shutil.disk_usage",
+    monkeypatch.setattr("rlp_align.core.io.shutil.disk_usage",
                         lambda p: real_usage(p)._replace(free=0) if len(calls) == 2 else real_usage(p))
 
 
@@ -535,9 +535,9 @@ def output_file_is_input(command: str) -> Callable[[Path], list[str]]:
 def finished_reward_run(tmp: Path, command: str = "reward", checkpoint: bool = False,
                         settings: dict | None = None) -> list[str]:
     """`reward(...)` arguments, with ``out/`` holding what a run of ``command`` with other settings left."""
-    from rlp_align.config import load_config, parse_overrides
-    from rlp_align.reward import RewardConfig
-    from rlp_align.run_folder import FINGERPRINT, fingerprint
+    from rlp_align.core.config import load_config, parse_overrides
+    from rlp_align.core.run_folder import FINGERPRINT, fingerprint
+    from rlp_align.train.reward import RewardConfig
 
     args = reward(tmp, jsonl(tmp, [GOOD]))
     earlier = args + [x for k, v in (settings or {}).items() for x in (f"--{k}", str(v))]
@@ -552,7 +552,7 @@ HELD: list = []  # the process `locked_output` starts to hold a run lock, until 
 
 
 def locked_output(tmp: Path) -> list[str]:
-    code = ("import sys, time; from rlp_align.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from rlp_align.core.run_folder import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(300)")
     HELD.append(subprocess.Popen([sys.executable, "-c", code, str(tmp / "out")], stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}))
@@ -628,7 +628,7 @@ def judge_replies(refuse: str) -> Callable[[pytest.MonkeyPatch], None]:
             user = messages[-1]["content"]
             return "I'm sorry, I can't help with that." if refuse in user else "Output (a)"
 
-        monkeypatch.setattr("rlp_align.annotators.llm.LLMJudge._post", post)
+        monkeypatch.setattr("rlp_align.judge.annotators.llm.LLMJudge._post", post)
 
     return patch
 
@@ -640,7 +640,7 @@ def annotate_llm(tmp: Path) -> list[str]:
 
 
 def help_default_is_the_runs(_: Path, output: str) -> None:
-    from rlp_align.reward import RewardConfig
+    from rlp_align.train.reward import RewardConfig
 
     assert f"--optim.learning_rate (float, default {RewardConfig().optim.learning_rate!r})" in output
 
@@ -705,9 +705,9 @@ CASES += [
 def same_settings_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]:
     """`reward(...)` into ``out/`` of a run with the same settings, holding ``files`` (the last one snapshot)."""
     def build(tmp: Path) -> list[str]:
-        from rlp_align.config import load_config, parse_overrides
-        from rlp_align.reward import RewardConfig
-        from rlp_align.run_folder import FINGERPRINT, config_inputs, fingerprint
+        from rlp_align.core.config import load_config, parse_overrides
+        from rlp_align.core.run_folder import FINGERPRINT, config_inputs, fingerprint
+        from rlp_align.train.reward import RewardConfig
 
         args = reward(tmp, jsonl(tmp, [GOOD]))
         cfg = load_config(RewardConfig, None, parse_overrides(args[1:]))

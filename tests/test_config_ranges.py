@@ -1,4 +1,4 @@
-"""Every numeric field of every config has a declared range (rlp_align.ranges), and the CLI refuses a value
+"""Every numeric field of every config has a declared range (rlp_align.core.ranges), and the CLI refuses a value
 outside it with exit 2 and a message naming the key, before any work.
 
 The config classes are found by introspection (every ``*Config`` dataclass in the package), so a numeric
@@ -17,9 +17,9 @@ import pytest
 
 import rlp_align
 from rlp_align import cli
-from rlp_align.config import build_config
-from rlp_align.errors import UserError
-from rlp_align.ranges import RANGES, Range, check_ranges, numeric_kind, range_for
+from rlp_align.core.config import build_config
+from rlp_align.core.errors import UserError
+from rlp_align.core.ranges import RANGES, Range, check_ranges, numeric_kind, range_for
 
 
 def config_classes() -> list[type]:
@@ -81,7 +81,7 @@ def test_every_config_class_is_found():
 @pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
 def test_every_numeric_field_declares_a_range(cls):
     missing = [name for name, _ in numeric_fields(cls) if range_for(cls, name) is None]
-    assert not missing, f"{cls.__name__}: add these fields to rlp_align.ranges.RANGES: {missing}"
+    assert not missing, f"{cls.__name__}: add these fields to rlp_align.core.ranges.RANGES: {missing}"
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=[c.__name__ for c in CLASSES])
@@ -148,8 +148,8 @@ def test_issue_cases(argv, message, capsys):
 
 
 def test_in_range_values_and_one_name_two_meanings():
-    from rlp_align.ppo import PPOConfig
-    from rlp_align.refine import RefineConfig
+    from rlp_align.rlp.refine import RefineConfig
+    from rlp_align.train.ppo import PPOConfig
 
     assert build_config(RefineConfig, {"lam": 3.0}).lam == 3.0  # Eq. 1's weight may exceed 1
     with pytest.raises(UserError, match=r"lam = 3.0 is out of range"):

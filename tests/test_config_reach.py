@@ -17,13 +17,15 @@ from typing import Any, Literal
 
 import pytest
 
-from rlp_align import config as config_module
-from rlp_align import pipeline, stages_impl
-from rlp_align.config import build_config
-from rlp_align.errors import UserError
-from rlp_align.pipeline import SET_BY_PIPELINE, PipelineConfig
-from rlp_align.ppo import PPO_REFUSES
-from rlp_align.training import LoraConfig, OptimConfig
+from rlp_align.core import config as config_module
+from rlp_align.core.config import build_config
+from rlp_align.core.errors import UserError
+from rlp_align.pipeline import run as pipeline
+from rlp_align.pipeline import stages_impl
+from rlp_align.pipeline.run import SET_BY_PIPELINE, PipelineConfig
+from rlp_align.train.ppo import PPO_REFUSES
+from rlp_align.train.training import LoraConfig, OptimConfig
+from rlp_align.worlds import WORLDS
 
 # Values a generic rule cannot pick (they must stay valid choices for the pipeline).
 SPECIAL = {"refine_methods": ["uml", "spg", "uml+spg", "oracle"], "ensemble.aggregates": ["uwo"],
@@ -49,6 +51,8 @@ def _other(tp: Any, default: Any, path: str) -> Any:
         return (default or 0) + 3 * step
     if tp is float:
         return round((default or 0.0) + 0.125 * step, 6)
+    if tp is str and path == "world":  # a name from the worlds table: another world when there is one
+        return next((w for w in sorted(WORLDS) if w != default), default)
     if tp is str:
         return f"x-{path}"
     if typing.get_origin(tp) is list:
@@ -114,7 +118,7 @@ def recorded(monkeypatch):
             calls.append((_name, kwargs))
             return _output(folder)
         monkeypatch.setattr(stages_impl, name, fake)
-    monkeypatch.setattr("rlp_align.report.write_report", lambda cfg, cache, evaluation, costs: "report.md")
+    monkeypatch.setattr("rlp_align.pipeline.report.write_report", lambda cfg, cache, evaluation, costs: "report.md")
     return calls
 
 
@@ -154,7 +158,7 @@ def test_every_field_reaches_a_stage(tmp_path, recorded):
         if path in SET_BY_PIPELINE_PATHS or path.removeprefix("ppo.optim.") in PPO_REFUSES:
             continue  # refused: see test_settings_the_pipeline_owns_are_refused
         if not rest:  # a top-level value: some stage receives it under its own name
-            names = {"model": "model", "seed": "seed", "label_noise": "label_noise",
+            names = {"model": "model", "world": "world", "seed": "seed", "label_noise": "label_noise",
                      "pair_temperature": "pair_temperature", "eval_baseline": "eval_baseline",
                      "oracle_labels": "n_pairs"}
             if not any(kw.get(names[path]) == value for _, kw in calls):

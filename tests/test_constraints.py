@@ -1,7 +1,7 @@
 import pytest
 
-from rlp_align import constraints as C
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
+from rlp_align.data import constraints as C
 
 # (constraint, a response that satisfies it, one that violates it)
 CASES = [

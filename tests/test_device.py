@@ -1,4 +1,4 @@
-"""The one device rule (`rlp_align.device`), and the sampler and the UML head on the test device
+"""The one device rule (`rlp_align.core.device`), and the sampler and the UML head on the test device
 (``RLP_TEST_DEVICE``; the CPU by default)."""
 
 import math
@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
+from rlp_align.core.device import autocast, default_device, requested_device
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import user_prompt
-from rlp_align.device import autocast, default_device, requested_device
-from rlp_align.errors import UserError
-from rlp_align.generation import generate, sample_tokens
+from rlp_align.data.templates import collate, encode_prompt
 from rlp_align.models import load_policy, load_tokenizer
-from rlp_align.templates import collate, encode_prompt
-from rlp_align.training import make_accelerator
-from rlp_align.uml import MultiViewHead
+from rlp_align.models.generation import generate, sample_tokens
+from rlp_align.rlp.uml import MultiViewHead
+from rlp_align.train.training import make_accelerator
 
 
 def test_rlp_device_cpu_wins_over_a_visible_gpu(monkeypatch):

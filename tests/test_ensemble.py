@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import user_prompt
-from rlp_align.ensemble import EnsembleReward, RewardModelFn, aggregate, make_reward_fn
-from rlp_align.errors import UserError
+from rlp_align.data.templates import collate, encode_pair
 from rlp_align.models import load_reward_model, load_tokenizer, reward_head, save_model
-from rlp_align.templates import collate, encode_pair
+from rlp_align.train.ensemble import EnsembleReward, RewardModelFn, aggregate, make_reward_fn
 
 
 def test_aggregate_by_hand():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from helpers import tiny_reward_model
 
-from rlp_align.annotators import AnnotatorConfig
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Preference, user_prompt
-from rlp_align.errors import UserError
-from rlp_align.evaluate import (
+from rlp_align.judge.annotators import AnnotatorConfig
+from rlp_align.judge.evaluate import (
     RMAccuracyConfig,
     WinrateConfig,
     rm_accuracy,
@@ -106,8 +106,8 @@ def test_run_rm_accuracy_on_a_trl_file(tmp_path, tiny_rm):
 
 
 def test_rm_annotator_scores_with_the_reward_model(tiny_rm, tmp_path):
-    from rlp_align.annotators import make_annotator
     from rlp_align.data.records import Instruction
+    from rlp_align.judge.annotators import make_annotator
     from rlp_align.models import score_texts
 
     judge = make_annotator(AnnotatorConfig(kind="rm", rm_path=str(tiny_reward_model(tmp_path / "rm")), max_length=64))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from rlp_align.data.records import Preference, SampleSet, user_prompt
 from rlp_align.data.writers import write_preferences
-from rlp_align.sample import write_sample_sets
+from rlp_align.train.sample import write_sample_sets
 
 WORDS = "the quick brown fox jumps over lazy dog water boils at sea level paris is capital of france".split()
 
@@ -108,7 +108,7 @@ def test_spg_killed_midway_leaves_no_partial_output_and_reruns_identically(data)
                       str(data / "rm" / "model"), "--output_file", str(o), "--gamma", "0.0", "--seed", "3"]
     _run(args(data / "spg_straight.jsonl"))
     # Killed after clustering, after RM scoring, and with the output complete but not yet renamed into place.
-    for point in ("after:rlp_align.clustering:cluster_many", "after:rlp_align.models:score_texts",
+    for point in ("after:rlp_align.rlp.clustering:cluster_many", "after:rlp_align.models:score_texts",
                   f"rename:{out.name}"):
         _killed_at(point, args(out))
         assert not out.exists(), point  # no partial file under the real name (temporaries are hidden .tmp folders)

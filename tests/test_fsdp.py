@@ -11,8 +11,8 @@ import torch
 from test_multiprocess import ROOT, TORCHRUN, free_port, worker_env
 
 from rlp_align.data.records import user_prompt
+from rlp_align.data.templates import collate, encode_pair
 from rlp_align.models import load_reward_model, load_tokenizer, resolve_model, reward_scores
-from rlp_align.templates import collate, encode_pair
 
 pytestmark = pytest.mark.multiprocess
 

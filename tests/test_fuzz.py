@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlp_align import cli
-from rlp_align.config import load_config, parse_overrides
+from rlp_align.core.config import load_config, parse_overrides
+from rlp_align.core.errors import UserError
 from rlp_align.data import inspect_file, read_instructions, read_preferences, read_sample_sets
-from rlp_align.errors import UserError
 
 EXAMPLES = {"readers": 200, "config": 400}  # the fixed set run by `make test`
 CLI_CASES = int(os.environ.get("RLP_FUZZ_CASES", 120))

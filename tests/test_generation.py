@@ -6,10 +6,11 @@ import warnings
 import pytest
 import torch
 
-from rlp_align import generation
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import user_prompt
-from rlp_align.errors import UserError
-from rlp_align.generation import (
+from rlp_align.data.templates import collate, encode_prompt
+from rlp_align.models import generation, load_policy, load_tokenizer
+from rlp_align.models.generation import (
     GenerateConfig,
     generate,
     inverse_cdf,
@@ -18,8 +19,6 @@ from rlp_align.generation import (
     sample_next_token,
     sample_tokens,
 )
-from rlp_align.models import load_policy, load_tokenizer
-from rlp_align.templates import collate, encode_prompt
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 

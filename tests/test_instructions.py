@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from rlp_align import constraints as C
-from rlp_align.instructions import INCOMPATIBLE, builtin_pool, load_instruction_pool
+from rlp_align.data import constraints as C
+from rlp_align.worlds.instructions import INCOMPATIBLE, builtin_pool, load_instruction_pool
 
 
 def test_builtin_pool_is_deterministic_given_the_seed_and_changes_with_it():
@@ -52,7 +52,7 @@ def test_load_alpacafarm_eval_keeps_references_and_subsets(shared_data):
 
 
 def test_bad_arguments_are_user_errors():
-    from rlp_align.errors import UserError
+    from rlp_align.core.errors import UserError
 
     with pytest.raises(UserError):
         builtin_pool(-1)

@@ -1,4 +1,4 @@
-"""I/O errors become one paragraph naming the path and the cause (rlp_align.io.io_errors, the CLI boundary).
+"""I/O errors become one paragraph naming the path and the cause (rlp_align.core.io.io_errors, the CLI boundary).
 
 The end-to-end cases (a full disk at the final save and at a checkpoint, permission denied, a file where a
 folder is expected) are rows of tests/test_bad_input.py; these tests pin the translation itself.
@@ -12,8 +12,8 @@ import os
 import pytest
 
 from rlp_align import cli
-from rlp_align.errors import UserError
-from rlp_align.io import append_jsonl, atomic_path, io_errors, write_json
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import append_jsonl, atomic_path, io_errors, write_json
 
 
 def enospc(*args, **kwargs):
@@ -23,7 +23,7 @@ def enospc(*args, **kwargs):
 def test_full_disk_keeps_the_old_file_and_names_path_and_cause(tmp_path, monkeypatch):
     target = tmp_path / "summary.json"
     write_json(target, {"old": True})
-    monkeypatch.setattr("rlp_align.io.os.replace", enospc)
+    monkeypatch.setattr("rlp_align.core.io.os.replace", enospc)
     with pytest.raises(UserError) as err:
         write_json(target, {"new": True})
     assert str(err.value).startswith(f"{target}: No space left on device; free some space")
@@ -63,7 +63,7 @@ def test_torch_write_failure_on_a_full_disk_says_so(tmp_path, monkeypatch):
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr("rlp_align.io.shutil.disk_usage", lambda p: real(p)._replace(free=1024))
+    monkeypatch.setattr("rlp_align.core.io.shutil.disk_usage", lambda p: real(p)._replace(free=1024))
     with pytest.raises(UserError, match=r"checkpoint: No space left on device"), io_errors(tmp_path / "checkpoint"):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
 
@@ -87,12 +87,12 @@ def test_a_file_where_a_folder_is_needed(tmp_path):
 
 
 def test_cli_turns_a_stray_oserror_into_one_paragraph(monkeypatch, capsys):
-    import rlp_align.evaluate
+    import rlp_align.judge.evaluate
 
     def fail(cfg):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/prefs.jsonl")
 
-    monkeypatch.setattr(rlp_align.evaluate, "run_rm_accuracy", fail)
+    monkeypatch.setattr(rlp_align.judge.evaluate, "run_rm_accuracy", fail)
     assert cli.main(["eval", "rm-accuracy"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: /data/prefs.jsonl: Permission denied; check the permissions") and "\n\n" not in err
@@ -100,6 +100,6 @@ def test_cli_turns_a_stray_oserror_into_one_paragraph(monkeypatch, capsys):
     def torch_fail(cfg):
         raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
 
-    monkeypatch.setattr(rlp_align.evaluate, "run_rm_accuracy", torch_fail)
+    monkeypatch.setattr(rlp_align.judge.evaluate, "run_rm_accuracy", torch_fail)
     assert cli.main(["eval", "rm-accuracy"]) == 2
     assert "a write failed: PytorchStreamWriter failed" in capsys.readouterr().err

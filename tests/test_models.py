@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rlp_align import models
+from rlp_align.core.errors import UserError
 from rlp_align.data import user_prompt
-from rlp_align.errors import UserError
-from rlp_align.templates import collate, encode_pair, format_prompt
+from rlp_align.data.templates import collate, encode_pair, format_prompt
 
 
 def test_tiny_tokenizer_gets_pad_and_left_padding():

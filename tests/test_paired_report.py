@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 
-from rlp_align.report import paired_section
-from rlp_align.stages_impl import paired_evaluation
+from rlp_align.pipeline.report import paired_section
+from rlp_align.pipeline.stages_impl import paired_evaluation
 
 
 def synthetic(oracle_gain: float, seed: int = 0) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlp_align.report import SECTIONS
+from rlp_align.pipeline.report import SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 

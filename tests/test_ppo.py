@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlp_align.data.records import user_prompt
-from rlp_align.ensemble import RewardModelFn
+from rlp_align.data.templates import collate, encode_prompt
 from rlp_align.models import (
     load_policy,
     load_reward_model,
@@ -22,8 +22,9 @@ from rlp_align.models import (
     reward_scores,
     save_model,
 )
-from rlp_align.ppo import PPOConfig, run_ppo, shape_rewards, train_ppo
-from rlp_align.ppo_losses import (
+from rlp_align.train.ensemble import RewardModelFn
+from rlp_align.train.ppo import PPOConfig, run_ppo, shape_rewards, train_ppo
+from rlp_align.train.ppo_losses import (
     AdaptiveKLController,
     gae,
     kl_penalty_rewards,
@@ -32,9 +33,8 @@ from rlp_align.ppo_losses import (
     value_loss,
     whiten,
 )
-from rlp_align.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
-from rlp_align.templates import collate, encode_prompt
-from rlp_align.training import LoraConfig, OptimConfig, read_metrics
+from rlp_align.train.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
+from rlp_align.train.training import LoraConfig, OptimConfig, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 
@@ -180,7 +180,7 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     rollout, texts = make_rollout(ac, ref, tokenizer, reward_fn, prompts, cfg, gen, True, {})
     assert len(texts) == 2 and rollout.truncated.all()  # a random model never says EOS within 6 tokens
     assert rollout.scores.tolist() == [-3.0, -3.0]
-    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.reward_path), alone
+    for i, prompt in enumerate(prompts):  # the same sequence + EOS (cut rows: rlp_align.data.reward_path), alone
         n = int(rollout.mask[i].sum())
         ids = torch.tensor([encode_prompt(tokenizer, prompt) + rollout.response[i, :n].tolist()
                             + [tokenizer.eos_token_id]])
@@ -200,7 +200,7 @@ def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
 def test_temperature_reaches_sampler_update_and_reference_alike(tiny):
     """At T != 1 the sampler's log-probs, a full forward of the policy (as the PPO update computes them) and
     the reference's log-probs are all of softmax(z / T): the policy ratio is 1 and the KL 0 before any update."""
-    from rlp_align.logprobs import token_logprobs
+    from rlp_align.models.logprobs import token_logprobs
 
     tokenizer, policy, ref, rm = tiny
     temperature = 0.6
@@ -230,8 +230,8 @@ def test_split_backward_gives_the_joint_update(tiny):
     the single backward of the summed loss does (DDP)."""
     import copy
 
-    from rlp_align.ppo import ppo_update
-    from rlp_align.training import adamw, make_accelerator
+    from rlp_align.train.ppo import ppo_update
+    from rlp_align.train.training import adamw, make_accelerator
 
     tokenizer, policy, ref, rm = tiny
     cfg = PPOConfig(max_new_tokens=6, rollout_chunk_size=8, rollout_batch_size=4, step_batch_size=2,
@@ -341,8 +341,8 @@ def test_two_ranks_with_torchrun(tmp_path):
         import torch
         from accelerate import PartialState
         from rlp_align.data.records import user_prompt
-        from rlp_align.ppo import PPOConfig, train_ppo
-        from rlp_align.training import OptimConfig
+        from rlp_align.train.ppo import PPOConfig, train_ppo
+        from rlp_align.train.training import OptimConfig
         def reward(prompts, responses):
             return torch.tensor([r.count("e") / 4.0 for r in responses])
         prompts = [user_prompt(f"Write about topic {{i}}") for i in range(16)]

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from rlp_align import ppo, ppo_models
 from rlp_align.data.records import user_prompt
-from rlp_align.dropout import disable_dropout
 from rlp_align.models import load_policy, load_tokenizer, save_model
-from rlp_align.ppo import PPOConfig, train_ppo
-from rlp_align.training import OptimConfig
+from rlp_align.models.dropout import disable_dropout
+from rlp_align.train import ppo, ppo_models
+from rlp_align.train.ppo import PPOConfig, train_ppo
+from rlp_align.train.training import OptimConfig
 
 
 def test_disable_dropout_zeroes_modules_and_attention_attributes():

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlp_align.data.records import user_prompt
-from rlp_align.ppo import PPOConfig, train_ppo
-from rlp_align.training import OptimConfig, read_metrics
+from rlp_align.train.ppo import PPOConfig, train_ppo
+from rlp_align.train.training import OptimConfig, read_metrics
 
 PROMPTS = [user_prompt(f"Write about topic {i}") for i in range(16)]
 EVAL = [user_prompt(f"Describe item {i}") for i in range(6)]

@@ -5,13 +5,13 @@ import torch
 from safetensors.torch import load_file
 from test_ppo import PROMPTS, count_e, run_then_crash_and_resume, small_cfg
 
-from rlp_align.ensemble import RewardModelFn
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
 from rlp_align.models import load_policy, load_reward_model, load_tokenizer, resolve_model
-from rlp_align.ppo import ppo_update, shape_rewards, train_ppo
-from rlp_align.ppo_models import build_models
-from rlp_align.ppo_rollout import AdaptersOff, make_rollout, reference_logprobs
-from rlp_align.training import LoraConfig, adamw, make_accelerator, read_metrics
+from rlp_align.train.ensemble import RewardModelFn
+from rlp_align.train.ppo import ppo_update, shape_rewards, train_ppo
+from rlp_align.train.ppo_models import build_models
+from rlp_align.train.ppo_rollout import AdaptersOff, make_rollout, reference_logprobs
+from rlp_align.train.training import LoraConfig, adamw, make_accelerator, read_metrics
 
 
 def lora_cfg(out, **kw):

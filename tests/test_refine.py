@@ -5,27 +5,27 @@ import torch
 from helpers import marker_prefs, words
 from safetensors.torch import load_file
 
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import SampleSet, user_prompt
 from rlp_align.data.writers import write_preferences
-from rlp_align.errors import UserError
-from rlp_align.io import write_jsonl
 from rlp_align.models import load_reward_model, load_tokenizer
-from rlp_align.refine import (
+from rlp_align.rlp.refine import (
     RefineConfig,
     make_view_batches,
     refine_reward_model,
     run_refine,
     usable_sample_sets,
 )
-from rlp_align.reward import (
+from rlp_align.rlp.uml import MultiViewHead
+from rlp_align.train.reward import (
     AuxiliaryLoss,
     RewardConfig,
     RewardScorer,
     score_sequences,
     train_reward_model,
 )
-from rlp_align.training import OptimConfig, read_metrics
-from rlp_align.uml import MultiViewHead
+from rlp_align.train.training import OptimConfig, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 
@@ -204,7 +204,7 @@ def test_spg_trains_on_d_and_d_hat_from_files(tmp_path):
 
 def test_uml_refinement_resumes_exactly(tmp_path, monkeypatch):
     # the reparameterised z, the view choice and the head's optimiser state must all be restored
-    from rlp_align import training
+    from rlp_align.train import training
 
     prefs, samples = marker_prefs(32), sample_sets(8)
     refine_reward_model(refine_cfg(tmp_path / "full", optim={"max_steps": 5, "save_every": 2}), prefs, samples=samples)

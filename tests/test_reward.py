@@ -7,11 +7,12 @@ from helpers import marker_prefs
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from rlp_align import reward as reward_module
-from rlp_align import training
-from rlp_align.errors import NonFiniteError, UserError
+from rlp_align.core.errors import NonFiniteError, UserError
+from rlp_align.data.templates import encode_pair
 from rlp_align.models import apply_lora, load_reward_model, load_tokenizer, resolve_model, reward_scores
-from rlp_align.reward import (
+from rlp_align.train import reward as reward_module
+from rlp_align.train import training
+from rlp_align.train.reward import (
     RewardConfig,
     RewardScorer,
     bradley_terry_loss,
@@ -21,8 +22,7 @@ from rlp_align.reward import (
     micro_batches,
     train_reward_model,
 )
-from rlp_align.templates import encode_pair
-from rlp_align.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
+from rlp_align.train.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from rlp_align.best_of_n import best_of_n
 from rlp_align.data.records import user_prompt
-from rlp_align.ensemble import RewardModelFn
+from rlp_align.data.reward_path import append_eos, apply_missing_eos_penalty, response_ids, truncated_share
+from rlp_align.data.templates import encode_pair
 from rlp_align.models import load_policy, load_reward_model, load_tokenizer, score_texts
-from rlp_align.ppo import PPOConfig
-from rlp_align.ppo_rollout import ActorCritic, make_rollout
-from rlp_align.reward_path import append_eos, apply_missing_eos_penalty, response_ids, truncated_share
-from rlp_align.templates import encode_pair
+from rlp_align.train.best_of_n import best_of_n
+from rlp_align.train.ensemble import RewardModelFn
+from rlp_align.train.ppo import PPOConfig
+from rlp_align.train.ppo_rollout import ActorCritic, make_rollout
 
 WORDS = [" the", " a", " and", " of", " to", " in", " is", " you", " for"]  # one token each, no merges across
 

@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load_file
 from test_ppo import PROMPTS, count_e, run_then_crash_and_resume
 
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
 from rlp_align.models import load_policy
-from rlp_align.ppo import train_ppo
-from rlp_align.ppo_losses import rloo_advantages
-from rlp_align.rloo import RLOOConfig
-from rlp_align.training import OptimConfig, read_metrics
+from rlp_align.train.ppo import train_ppo
+from rlp_align.train.ppo_losses import rloo_advantages
+from rlp_align.train.rloo import RLOOConfig
+from rlp_align.train.training import OptimConfig, read_metrics
 
 
 def test_rloo_advantages_by_hand():
@@ -81,10 +81,10 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
     """The pipeline's PPO stage (PPO1, PPO2 and the ensembles all call it) runs RLOO or LoRA PPO on request."""
     import json
 
-    from rlp_align import stages_impl
-    from rlp_align.config import load_config
+    from rlp_align.core.config import load_config
     from rlp_align.models import load_reward_model, load_tokenizer, save_model
-    from rlp_align.pipeline import PipelineConfig, _validate, ppo_section, preset_path
+    from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.run import PipelineConfig, _validate, ppo_section, preset_path
 
     overrides = {"policy_optimizer": optimizer, "data": {"n_unlabelled": 8},
                  "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}

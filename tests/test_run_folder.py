@@ -1,4 +1,4 @@
-"""Path safety, run fingerprints, the run lock and `rlp run --status` (rlp_align.run_folder), through the
+"""Path safety, run fingerprints, the run lock and `rlp run --status` (rlp_align.core.run_folder), through the
 functions and through the real CLI on the tiny model."""
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from rlp_align import cli
-from rlp_align.errors import UserError
-from rlp_align.io import write_json
-from rlp_align.reward import RewardConfig
-from rlp_align.run_folder import (
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import write_json
+from rlp_align.core.run_folder import (
     FINGERPRINT,
     LOCK,
     RunLock,
@@ -29,7 +28,8 @@ from rlp_align.run_folder import (
     guard_output,
     lock_holder,
 )
-from rlp_align.training import OptimConfig
+from rlp_align.train.reward import RewardConfig
+from rlp_align.train.training import OptimConfig
 
 PAIRS = [{"prompt": f"Question {i}?", "chosen": f"banana {i}", "rejected": f"rock {i} " * (i % 3 + 1)}
          for i in range(8)]
@@ -65,7 +65,7 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
 def _holder(folder: Path, *, stopped: bool = False) -> subprocess.Popen:
     """A child process holding ``folder``'s run lock until killed (it prints 'locked' once it holds it)."""
     code = (f"import sys, time; sys.path.insert(0, {str(Path(cli.__file__).parents[1])!r})\n"
-            "from rlp_align.run_folder import RunLock\n"
+            "from rlp_align.core.run_folder import RunLock\n"
             f"RunLock({str(folder)!r}).acquire(); print('locked', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked", proc.stderr.read()
@@ -317,8 +317,8 @@ def test_status_tells_running_crashed_finished_and_not_a_run_folder(tmp_path, ca
 
 
 def test_stage_keys_follow_the_content_of_files_from_outside_the_run(tmp_path):
-    from rlp_align.pipeline_config import DataConfig
-    from rlp_align.stages import StageCache
+    from rlp_align.pipeline.pipeline_config import DataConfig
+    from rlp_align.pipeline.stages import StageCache
 
     cache = StageCache(tmp_path / "run", log=lambda _: None)
     train = _jsonl(tmp_path / "train.jsonl", [{"instruction": "Name a fruit.", "output": "A banana."}])
@@ -335,7 +335,7 @@ def test_stage_keys_follow_the_content_of_files_from_outside_the_run(tmp_path):
 
 def test_the_trainers_own_guard_refuses_an_output_holding_an_input(finished, tmp_path):
     """Called from Python (no CLI claim), `TrainingRun` still refuses before `overwrite` deletes anything."""
-    from rlp_align.reward import run_reward
+    from rlp_align.train.reward import run_reward
 
     _, rm = finished
     out = tmp_path / "out"
@@ -348,7 +348,7 @@ def test_the_trainers_own_guard_refuses_an_output_holding_an_input(finished, tmp
 
 
 def test_only_rank_0_of_a_multi_process_run_takes_the_lock(tmp_path, monkeypatch):
-    from rlp_align.run_folder import claim_output
+    from rlp_align.core.run_folder import claim_output
 
     cfg = RewardConfig(train_file=str(_jsonl(tmp_path / "d.jsonl", PAIRS)), output_dir=str(tmp_path / "out"))
     with claim_output("reward", cfg):  # rank 0 (no RANK set) holds the lock ...
@@ -475,8 +475,9 @@ def test_every_commands_outputs_go_through_the_one_guard():
     import inspect
     import re
 
-    from rlp_align import run_folder, training
-    from rlp_align.run_folder import config_outputs, flatten
+    from rlp_align.core import run_folder
+    from rlp_align.core.run_folder import config_outputs, flatten
+    from rlp_align.train import training
 
     run_command = inspect.getsource(cli._run_command)
     assert run_command.count("claim_output(name, cfg)") == 1 and "result = run(cfg)" in run_command
@@ -496,7 +497,7 @@ def test_every_commands_outputs_go_through_the_one_guard():
         guarded = {str(p) for p, _ in config_outputs(name, cfg)}
         wanted = {f"/x/{k}" for k in settings if re.search(r"(^|_)(output|cache|report|out)(_|$)", k.split(".")[-1])}
         assert wanted <= guarded, (name, wanted - guarded)
-    src = Path(run_folder.__file__).parent
+    src = Path(run_folder.__file__).parents[1]  # the whole package
     for path in src.rglob("*.py"):
         if path.name in ("run_folder.py", "run_lock.py"):
             continue

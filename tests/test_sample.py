@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from rlp_align.core.errors import UserError
 from rlp_align.data.readers import read_sample_sets
 from rlp_align.data.records import user_prompt
-from rlp_align.errors import UserError
 from rlp_align.models import load_policy, load_tokenizer
-from rlp_align.sample import SampleConfig, run_sample, sample_policy
+from rlp_align.train.sample import SampleConfig, run_sample, sample_policy
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 
@@ -51,7 +51,7 @@ def test_vllm_engine_plumbing_with_a_stand_in_module(tmp_path, monkeypatch):
     import types
 
     from rlp_align.data.readers import read_sample_sets
-    from rlp_align.sample import SampleConfig, run_sample
+    from rlp_align.train.sample import SampleConfig, run_sample
 
     calls = {}
 

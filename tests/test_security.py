@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlp_align import cli, models
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
 from rlp_align.models import load_policy, load_reward_model, resolve_model
 
 
@@ -103,7 +103,7 @@ def bert_pickle_folder(tmp_path: pathlib.Path, marker: pathlib.Path, num_labels:
 
 
 def test_sentence_encoder_refuses_pickle_weights(tmp_path):
-    from rlp_align.embeddings import SentenceEncoder
+    from rlp_align.models.embeddings import SentenceEncoder
 
     marker = tmp_path / "pwned"
     with pytest.raises(UserError, match="safetensors"):
@@ -112,7 +112,7 @@ def test_sentence_encoder_refuses_pickle_weights(tmp_path):
 
 
 def test_nli_model_refuses_pickle_weights(tmp_path):
-    from rlp_align.clustering import NLIEntailment
+    from rlp_align.rlp.clustering import NLIEntailment
 
     marker = tmp_path / "pwned"
     with pytest.raises(UserError, match="safetensors"):

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from rlp_align import training
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, user_prompt
-from rlp_align.errors import UserError
 from rlp_align.models import load_tokenizer, resolve_model
-from rlp_align.sft import SFTConfig, encode_examples, sft_batch, sft_loss, train_sft
-from rlp_align.training import LoraConfig, OptimConfig, read_metrics
+from rlp_align.train import training
+from rlp_align.train.sft import SFTConfig, encode_examples, sft_batch, sft_loss, train_sft
+from rlp_align.train.training import LoraConfig, OptimConfig, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
 

@@ -14,7 +14,7 @@ from rlp_align.cli import main
 from rlp_align.data.records import Preference, SampleSet, user_prompt
 from rlp_align.data.writers import write_preferences
 from rlp_align.models import BUILTIN_MODEL
-from rlp_align.sample import write_sample_sets
+from rlp_align.train.sample import write_sample_sets
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import SampleSet, user_prompt
-from rlp_align.errors import UserError
-from rlp_align.io import write_jsonl
-from rlp_align.spg import (
+from rlp_align.rlp.spg import (
     SPGConfig,
     confidence_histogram,
     needs_scores,

@@ -2,7 +2,7 @@
 
 import json
 
-from rlp_align.stages import StageCache, stage_status
+from rlp_align.pipeline.stages import StageCache, stage_status
 
 
 def _pipeline(cache, calls, knob_a=1, knob_b=1):
@@ -49,8 +49,9 @@ def test_killed_stage_reruns_in_place_and_keeps_its_files(tmp_path):
 
 def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
     """A policy that says EOS at once gives an empty answer; a preference row over it would be invalid."""
-    from rlp_align import generation, stages_impl
     from rlp_align.data.records import Instruction, user_prompt
+    from rlp_align.models import generation
+    from rlp_align.pipeline import stages_impl
 
     def fake_generate(model, tokenizer, prompts, n, **kwargs):
         return generation.Generations(n=n, texts=["a", "b", "", "c", "d", "  ", "e", "f"],
@@ -64,10 +65,10 @@ def test_pairs_with_an_empty_sample_are_dropped_before_labelling(monkeypatch):
 
 
 def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
-    from rlp_align import stages_impl
-    from rlp_align.annotators import AnnotatorConfig
+    from rlp_align.core.io import write_jsonl
     from rlp_align.data import read_preferences
-    from rlp_align.io import write_jsonl
+    from rlp_align.judge.annotators import AnnotatorConfig
+    from rlp_align.pipeline import stages_impl
 
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [
@@ -86,10 +87,10 @@ def test_oracle_labels_skip_empty_samples_and_keep_cut_flags(tmp_path):
 
 
 def test_oracle_label_budget_takes_disjoint_pairs_round_by_round(tmp_path):
-    from rlp_align import stages_impl
-    from rlp_align.annotators import AnnotatorConfig
+    from rlp_align.core.io import write_jsonl
     from rlp_align.data import read_preferences
-    from rlp_align.io import write_jsonl
+    from rlp_align.judge.annotators import AnnotatorConfig
+    from rlp_align.pipeline import stages_impl
 
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [

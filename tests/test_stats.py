@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from rlp_align.errors import UserError
-from rlp_align.stats import (
+from rlp_align.core.errors import UserError
+from rlp_align.judge.stats import (
     head_to_head,
     hierarchical_bootstrap,
     hierarchical_draws,

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlp_align import cli
+from rlp_align.core.errors import DataError, UserError
 from rlp_align.data import inspect_file, read_instructions, read_preferences
-from rlp_align.errors import DataError, UserError
 
 TRL = [{"prompt": "Name a fruit.", "chosen": "A banana.", "rejected": "A rock."},
        {"prompt": "Name a stone.", "chosen": "Granite.", "rejected": "A pear."}]

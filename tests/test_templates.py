@@ -6,8 +6,8 @@ import random
 import pytest
 
 from rlp_align.data import user_prompt
+from rlp_align.data.templates import char_budget, encode_pair, encode_prompt, format_prompt
 from rlp_align.models import load_tokenizer, resolve_model
-from rlp_align.templates import char_budget, encode_pair, encode_prompt, format_prompt
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import SampleSet, user_prompt
-from rlp_align.errors import UserError
-from rlp_align.uml import (
+from rlp_align.rlp.uml import (
     Critic,
     GaussianEncoder,
     MultiViewHead,

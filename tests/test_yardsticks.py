@@ -9,11 +9,11 @@ from safetensors.torch import load_file
 
 from rlp_align.data import read_preferences
 from rlp_align.data.records import SampleSet, user_prompt
-from rlp_align.pipeline import PipelineConfig, refine_section
-from rlp_align.reward import RewardConfig, train_reward_model
-from rlp_align.sample import write_sample_sets
-from rlp_align.stages_impl import oracle_labels
-from rlp_align.training import OptimConfig
+from rlp_align.pipeline.run import PipelineConfig, refine_section
+from rlp_align.pipeline.stages_impl import oracle_labels
+from rlp_align.train.reward import RewardConfig, train_reward_model
+from rlp_align.train.sample import write_sample_sets
+from rlp_align.train.training import OptimConfig
 
 
 def test_ensemble_members_from_different_seeds_have_different_heads(tmp_path):
@@ -50,7 +50,7 @@ def test_spg_refinement_with_no_synthetic_pairs_warns_and_trains_on_d(tmp_path):
     import pytest
 
     from rlp_align.data.writers import write_preferences
-    from rlp_align.stages_impl import refine_rm
+    from rlp_align.pipeline.stages_impl import refine_rm
 
     write_preferences(tmp_path / "d.jsonl", marker_prefs(24))
     (tmp_path / "empty.jsonl").write_text("")

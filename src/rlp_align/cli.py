@@ -17,23 +17,23 @@ import sys
 import typing
 
 from rlp_align import __version__
-from rlp_align.errors import UserError
+from rlp_align.core.errors import UserError
 
 # command -> (module, config class, entry point). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "run": ("rlp_align.pipeline", "PipelineConfig", "run_pipeline", "the RLP pipeline end to end (Algorithm 1)"),
-    "sft": ("rlp_align.sft", "SFTConfig", "run_sft", "supervised fine-tuning on instruction/response data"),
-    "reward": ("rlp_align.reward", "RewardConfig", "run_reward", "train a Bradley-Terry reward model"),
-    "ppo": ("rlp_align.ppo", "PPOConfig", "run_ppo", "PPO against a reward model (AlpacaFarm-style)"),
-    "rloo": ("rlp_align.rloo", "RLOOConfig", "run_rloo", "RLOO (REINFORCE leave-one-out, no critic) against an RM"),
-    "best-of-n": ("rlp_align.best_of_n", "BestOfNConfig", "run_best_of_n", "best-of-n sampling re-ranked by an RM"),
-    "sample": ("rlp_align.sample", "SampleConfig", "run_sample", "n policy samples per prompt (RLP step 4)"),
-    "spg": ("rlp_align.spg", "SPGConfig", "run_spg", "synthetic preferences from policy samples (RLP-SPG)"),
-    "refine": ("rlp_align.refine", "RefineConfig", "run_refine", "refine an RM on policy samples (UML/SPG)"),
-    "annotate": ("rlp_align.annotate", "AnnotateConfig", "run_annotate", "simulated preference labels"),
-    "generate": ("rlp_align.generation", "GenerateConfig", "run_generate", "a policy's answers on an eval set"),
-    "eval winrate": ("rlp_align.evaluate", "WinrateConfig", "run_winrate", "win-rate under a judge, with CI"),
-    "eval rm-accuracy": ("rlp_align.evaluate", "RMAccuracyConfig", "run_rm_accuracy", "RM accuracy on pairs"),
+    "run": ("rlp_align.pipeline.run", "PipelineConfig", "run_pipeline", "the RLP pipeline end to end (Algorithm 1)"),
+    "sft": ("rlp_align.train.sft", "SFTConfig", "run_sft", "supervised fine-tuning on instruction/response data"),
+    "reward": ("rlp_align.train.reward", "RewardConfig", "run_reward", "train a Bradley-Terry reward model"),
+    "ppo": ("rlp_align.train.ppo", "PPOConfig", "run_ppo", "PPO against a reward model (AlpacaFarm-style)"),
+    "rloo": ("rlp_align.train.rloo", "RLOOConfig", "run_rloo", "RLOO (REINFORCE leave-one-out, no critic) against an RM"),
+    "best-of-n": ("rlp_align.train.best_of_n", "BestOfNConfig", "run_best_of_n", "best-of-n sampling re-ranked by an RM"),
+    "sample": ("rlp_align.train.sample", "SampleConfig", "run_sample", "n policy samples per prompt (RLP step 4)"),
+    "spg": ("rlp_align.rlp.spg", "SPGConfig", "run_spg", "synthetic preferences from policy samples (RLP-SPG)"),
+    "refine": ("rlp_align.rlp.refine", "RefineConfig", "run_refine", "refine an RM on policy samples (UML/SPG)"),
+    "annotate": ("rlp_align.judge.annotate", "AnnotateConfig", "run_annotate", "simulated preference labels"),
+    "generate": ("rlp_align.models.generation", "GenerateConfig", "run_generate", "a policy's answers on an eval set"),
+    "eval winrate": ("rlp_align.judge.evaluate", "WinrateConfig", "run_winrate", "win-rate under a judge, with CI"),
+    "eval rm-accuracy": ("rlp_align.judge.evaluate", "RMAccuracyConfig", "run_rm_accuracy", "RM accuracy on pairs"),
 }
 
 
@@ -58,7 +58,7 @@ def _describe_fields(cls: type, prefix: str = "", defaults: object = None) -> li
 
 
 def _run_command(name: str, argv: list[str]) -> int:
-    from rlp_align.config import load_config, parse_overrides
+    from rlp_align.core.config import load_config, parse_overrides
 
     module_name, cls_name, fn_name, summary = COMMANDS[name]
     module = importlib.import_module(module_name)
@@ -75,7 +75,7 @@ def _run_command(name: str, argv: list[str]) -> int:
         config_file = argv[i + 1]
         argv = argv[:i] + argv[i + 2 :]
     if name == "run":  # `rlp run --status DIR` reports without running
-        from rlp_align import pipeline
+        from rlp_align.pipeline import run as pipeline
 
         if "--status" in argv:
             i = argv.index("--status")
@@ -88,9 +88,9 @@ def _run_command(name: str, argv: list[str]) -> int:
         elif not os.path.exists(config_file) and os.path.exists(pipeline.preset_path(config_file)):
             config_file = pipeline.preset_path(config_file)
     cfg = load_config(cls, config_file, parse_overrides(argv))
-    from rlp_align.run_folder import claim_output
+    from rlp_align.core.run_folder import claim_output
 
-    with claim_output(name, cfg):  # path safety, the run lock, the run fingerprint
+    with claim_output(name, cfg):  # the one output guard, the run lock, the run fingerprint
         result = run(cfg)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
@@ -189,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a read or write the code did not wrap: still one paragraph with the path
-        from rlp_align.io import describe_os_error
+        from rlp_align.core.io import describe_os_error
 
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except Exception as e:  # torch.save / safetensors report a failed write without the path
-        from rlp_align.io import is_write_failure
+        from rlp_align.core.io import is_write_failure
 
         if not is_write_failure(e):
             raise

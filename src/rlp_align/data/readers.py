@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlp_align.core.errors import DataError, UserError
+from rlp_align.core.io import is_malformed, read_rows
 from rlp_align.data.records import Instruction, Messages, Preference, SampleSet, join_instruction, user_prompt
-from rlp_align.errors import DataError, UserError
-from rlp_align.io import is_malformed, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class ReadReport:
         text = f"{self.path}: {self.format}, {self.kept}/{self.rows} rows kept"
         if self.duplicates:
             text += f", {self.duplicates} duplicates dropped"
+        if self.identical:
+            text += f", {self.identical} with chosen == rejected dropped"
         if self.invalid:
             text += f", {len(self.invalid)} invalid skipped"
         return text
@@ -289,7 +291,7 @@ def _read(path: str | Path, kind: str, skip_invalid: bool, expected: tuple[str, 
     if not report.rows:
         raise DataError(path, None, None, "no rows")
     report.kept = len(items)
-    if report.invalid or report.duplicates:
+    if report.invalid or report.duplicates or report.identical:
         log.warning(report.summary())
     if report.identical:  # loud: these rows would train on zero gradient, and a file of them on nothing
         warnings.warn(f"{path}: {report.identical} of {report.rows} preference pairs have chosen identical to "

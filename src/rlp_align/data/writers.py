@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import Preference
-from rlp_align.io import write_jsonl
 
 
 def to_trl_row(pref: Preference) -> dict:

@@ -19,9 +19,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from rlp_align.errors import UserError
-from rlp_align.io import atomic_path
-from rlp_align.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import atomic_path
+from rlp_align.models.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
 from rlp_align.models.registry import resolve_model
 from rlp_align.models.scoring import reward_head, unwrap_model
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlp_align.errors import UserError
-from rlp_align.io import atomic_path
+from rlp_align.core.errors import UserError
+from rlp_align.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlp_align.errors import UserError
-from rlp_align.templates import collate, encode_pair
+from rlp_align.core.errors import UserError
+from rlp_align.data.templates import collate, encode_pair
 
 
 def reward_head(model: PreTrainedModel) -> torch.nn.Linear:

@@ -1,0 +1,51 @@
+"""Log-probabilities and entropies of sampled tokens, and the one place sampling temperature meets logits.
+
+Sampling at temperature T draws from softmax(z / T). Every log-prob and entropy that PPO compares (the
+sampler's, the policy's in the update, the reference's for the KL penalty) must be of that same tempered
+distribution, so temperature is applied in exactly one function, `tempered`, at the point where logits
+leave a model: the sampler (`rlp_align.models.generation.sample_tokens`) and `response_logits`. Everything
+downstream (`token_logprobs`, `entropy_from_logits`, nucleus sampling, the PPO losses) receives the
+logits of the distribution itself and takes no temperature.
+
+Neutral on purpose: generation, PPO and anything else that scores tokens import it, not each other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits of the distribution sampled at ``temperature`` > 0, z / T, in fp32 (softmax in bf16 is too coarse)."""
+    return logits.float() / temperature
+
+
+def response_logits(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+    temperature: float,
+) -> torch.Tensor:
+    """Tempered logits predicting each of the last ``response_length`` tokens [B, T, V], in one forward.
+
+    Positions come from the attention mask, so left padding changes nothing; logits are computed only
+    for the response (``logits_to_keep``), not the prompt.
+    """
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+    return tempered(logits, temperature)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of the sampled tokens [B, T] (or [B] from logits [B, V]).
+
+    ``logits`` are those of the sampling distribution (already `tempered`).
+    """
+    logits = logits.float()
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy H = logsumexp(z) - sum_v softmax(z)_v * z_v, for logits [..., V]."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)

@@ -1,0 +1,93 @@
+"""The configuration of ``rlp run`` and the small helpers its stages share.
+
+Kept apart from `pipeline` (the stage graph) so that `stages_impl` (what each stage does) can read it
+without importing the pipeline that calls it: the dependency runs one way, pipeline -> stages_impl -> here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rlp_align.core.io import write_jsonl
+from rlp_align.judge.annotators.base import AnnotatorConfig
+from rlp_align.models.generation import GenerateConfig
+from rlp_align.rlp.refine import RefineConfig
+from rlp_align.rlp.spg import SPGConfig
+from rlp_align.train.best_of_n import BestOfNConfig
+from rlp_align.train.ppo import PPOConfig
+from rlp_align.train.reward import RewardConfig
+from rlp_align.train.sample import SampleConfig
+from rlp_align.train.sft import SFTConfig
+
+
+@dataclass
+class DataConfig:
+    """Where instructions come from and how they are split (the paper: SFT 10k / pref 10k / unlabelled 20k)."""
+
+    source: Literal["builtin", "files"] = "builtin"
+    train_file: str | None = None  # instructions for SFT / preference / unlabelled splits (files source)
+    eval_file: str | None = None  # eval instructions with reference answers (files source)
+    with_constraints: bool = False  # append a machine-checkable constraint to file instructions
+    preference_file: str | None = None  # a human preference file replaces the simulated D
+    n_sft: int = 0
+    n_preference: int = 64
+    n_unlabelled: int = 32
+    n_eval: int = 64
+    heldout_fraction: float = 0.1  # of D, for RM accuracy
+    skip_invalid: bool = False  # report and skip bad rows of input files instead of stopping (--skip_invalid)
+
+
+@dataclass
+class EnsembleConfig:
+    """Reward-model ensembles (Coste et al. 2024): k RMs on D with different seeds; 0 disables."""
+
+    k: int = 0
+    aggregates: list[str] = field(default_factory=lambda: ["wco", "uwo"])
+    uwo_lambda: float = 0.5
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = "runs/default"
+    model: str = "smollm2-135m-instruct"
+    world: str = "instructions"  # the task world (rlp_align.worlds.WORLDS): built-in prompts, gold judge, clustering key
+    seed: int = 0
+    rounds: int = 1
+    refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
+    label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
+    pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
+    eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
+    oracle_labels: int | None = None  # fresh gold labels for the oracle RM; None: as many as SPG kept pairs
+    policy_optimizer: Literal["ppo", "rloo"] = "ppo"  # for PPO1, every PPO2 and the ensembles (settings: ppo.*)
+    data: DataConfig = field(default_factory=DataConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    spg: SPGConfig = field(default_factory=SPGConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    best_of_n: BestOfNConfig = field(default_factory=BestOfNConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+def split(items: list, sizes: list[int], seed: int) -> list[list]:
+    """Disjoint seeded splits of ``items`` with the given sizes (the last may be short)."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    out, start = [], 0
+    for size in sizes:
+        out.append([items[i] for i in order[start : start + size]])
+        start += size
+    return out
+
+
+def write_instructions(path: Path, instructions: list) -> str:
+    write_jsonl(path, [{"prompt": x.prompt, "reference": x.reference, "constraints": x.constraints,
+                        "meta": x.meta} for x in instructions])
+    return str(path)
+
