@@ -67,6 +67,6 @@ def test_skip_invalid_travels_as_a_setting_of_the_run_data_section(tmp_path, mon
     skipping, strict = seen
     assert skipping.data.skip_invalid and not strict.data.skip_invalid
     with pytest.raises(DataError, match="row 5"):
-        stages_impl.build_pools(strict.data, strict.seed, tmp_path / "strict")
-    pools = stages_impl.build_pools(skipping.data, skipping.seed, tmp_path / "skipping")
+        stages_impl.build_pools(strict.data, strict.world, strict.seed, tmp_path / "strict")
+    pools = stages_impl.build_pools(skipping.data, skipping.world, skipping.seed, tmp_path / "skipping")
     assert sum(1 for _ in open(pools["preference"])) == 2

@@ -30,10 +30,11 @@ from rlp_align.train.ppo_losses import (
     kl_penalty_rewards,
     masked_mean,
     policy_loss,
+    rloo_advantages,
     value_loss,
     whiten,
 )
-from rlp_align.train.ppo_rollout import ActorCritic, evaluate_responses, make_rollout
+from rlp_align.train.ppo_rollout import ActorCritic, Rollout, evaluate_responses, make_rollout
 from rlp_align.train.training import LoraConfig, OptimConfig, read_metrics
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
@@ -95,6 +96,30 @@ def test_kl_penalty_rewards_by_hand():
     close(kl, [[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]])
     # -0.1 * kl, plus the score at the last real token
     close(rewards, [[-0.05, 0.1, 2.0], [-0.1 - 1.0, 0.0, 0.0]])
+
+
+def test_kl_penalty_clamped_at_zero_per_token_by_hand():
+    """AlpacaFarm's clamp (issue 22 section 6): a token less likely than under the reference earns nothing."""
+    scores = torch.tensor([2.0, -1.0])
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -9.0, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -3.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    rewards, kl = kl_penalty_rewards(scores, logprobs, ref, mask, kl_coef=0.1, clamp=True)
+    close(kl, [[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]])  # the log-ratio itself, as logged
+    # -0.1 * max(0, kl): the -1.0 token is charged 0 instead of paid 0.1
+    close(rewards, [[-0.05, 0.0, 2.0], [-0.1 - 1.0, 0.0, 0.0]])
+    # RLOO's sequence penalty sums the same clamped terms: row sums 0.5 (not -0.5) and 1.0 (pad never read)
+    adv, penalised = rloo_advantages(scores, logprobs, ref, mask, kl_coef=0.1, k=2, clamp=True)
+    close(penalised, [2.0 - 0.05, -1.0 - 0.1])
+    # the setting reaches PPO's shaping step (on by default): with V = 0, gamma = lam = 1 and no whitening the
+    # return at t is the sum of the rewards from t on
+    assert PPOConfig().kl_clamp is True
+    zeros = torch.zeros(2, 3)
+    for clamp, first_row in [(True, [1.95, 2.0, 2.0]), (False, [2.05, 2.1, 2.0])]:
+        rollout = Rollout(torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1), torch.zeros(2, 3, dtype=torch.long),
+                          mask, logprobs, ref, zeros, zeros, scores, scores, torch.zeros(2, dtype=torch.bool))
+        shape_rewards(rollout, PPOConfig(kl_clamp=clamp, whiten_rewards=False), kl_coef=0.1)
+        close(rollout.returns[0], first_row)
 
 
 def test_policy_loss_by_hand():

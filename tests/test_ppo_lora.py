@@ -105,3 +105,29 @@ def test_each_critic_mode_resumes_exactly(tmp_path, lora, critic):
 def test_lora_critic_needs_a_lora_policy(tmp_path):
     with pytest.raises(UserError, match="lora.enabled: true"):
         build_models(small_cfg(tmp_path, critic="lora"), torch.device("cpu"))
+
+
+def _critic_lora_grads(tmp_path, checkpointing: bool) -> dict[str, torch.Tensor]:
+    """Gradients of one joint policy + LoRA-critic backward (as under DDP), with or without checkpointing."""
+    torch.manual_seed(0)  # LoRA's A matrices are random: both builds start identical
+    cfg = lora_cfg(tmp_path, critic="lora", gradient_checkpointing=checkpointing)
+    ac, _, _ = build_models(cfg, torch.device("cpu"))
+    perturb_adapters(ac.policy)  # policy and critic adapters differ, so reading the wrong one shows
+    torch.nn.init.normal_(ac.value.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+    ac.train()  # checkpointing recomputes only in training mode
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
+    logits, values = ac(ids, mask, 3, 1.0)
+    loss = logits.log_softmax(-1)[..., 0].sum() + values.pow(2).sum()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in ac.named_parameters() if p.grad is not None}
+
+
+def test_lora_critic_gradients_are_the_same_with_gradient_checkpointing(tmp_path):
+    """Checkpointing recomputes each layer during backward: the critic's layers must be recomputed under the
+    critic adapter, not under whichever adapter is active by then (issue 22 section 3)."""
+    plain, checkpointed = _critic_lora_grads(tmp_path, False), _critic_lora_grads(tmp_path, True)
+    assert any(".critic." in n for n in plain) and any(".default." in n for n in plain)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)

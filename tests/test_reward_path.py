@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import user_prompt
 from rlp_align.data.reward_path import append_eos, apply_missing_eos_penalty, response_ids, truncated_share
 from rlp_align.data.templates import encode_pair
@@ -101,3 +102,85 @@ def test_best_of_n_applies_the_same_penalty_and_keeps_the_flags(tiny_rm):
             assert not b.best_truncated
         assert b.best_truncated == b.truncated[b.scores.index(max(b.scores))]
     assert any(t for r in plain for t in r.truncated) and not all(t for r in plain for t in r.truncated)
+
+
+# a 1,463-character prompt whose end is the question (issue 22 section 7)
+LONG = ("Here is some background you may or may not need. " * 30)[: 1463 - len(" Please answer now.")] \
+    + " Please answer now."
+HEADER, GENERATION_PROMPT = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_long_prompt_keeps_its_chat_template_and_is_counted(caplog):
+    """Cutting a prompt to max_prompt_length removes the start of the user's text, never the template."""
+    from rlp_align.data.templates import encode_prompt, fit_prompt
+    from rlp_align.models.generation import generate
+
+    tokenizer = load_tokenizer("tiny")
+    assert len(LONG) == 1463
+    ids, cut = fit_prompt(tokenizer, user_prompt(LONG), 16)
+    text = tokenizer.decode(ids)
+    assert cut and len(ids) <= 16
+    assert text.startswith(HEADER) and text.endswith(GENERATION_PROMPT), text
+    for budget in (16, 24, 64):  # what is left of the user's text is the end of it, as long as the budget allows
+        kept = tokenizer.decode(fit_prompt(tokenizer, user_prompt(LONG), budget)[0])[len(HEADER):-len(GENERATION_PROMPT)]
+        assert kept and LONG.endswith(kept) and len(kept) >= budget - 16, (budget, kept)
+    # a pair cut to max_length (RM training, the text path) keeps the template and the whole short answer
+    pair = encode_pair(tokenizer, user_prompt(LONG), "Yes.", 40)
+    text = tokenizer.decode(pair.input_ids)
+    assert len(pair.input_ids) <= 40 and pair.truncated and pair.prompt_cut
+    assert text.startswith(HEADER) and text.endswith(GENERATION_PROMPT + "Yes." + tokenizer.eos_token), text
+    short = user_prompt("Hi.")  # 18 tokens with the template
+    assert fit_prompt(tokenizer, short, 20) == (encode_prompt(tokenizer, short), False)  # fits: untouched
+    # the sampler sees the same cut prompt, and says how many prompts it cut
+    with caplog.at_level("WARNING"):
+        gens = generate(load_policy("tiny"), tokenizer, [user_prompt(LONG), short, user_prompt(LONG + " Twice.")],
+                        max_new_tokens=2, max_prompt_length=20, progress=False)
+    assert gens.prompt_ids[0] == fit_prompt(tokenizer, user_prompt(LONG), 20)[0]
+    assert "2 of 3 prompts are longer than 20 tokens" in caplog.text
+    # a template that cannot fit is refused with the number of tokens it needs
+    with pytest.raises(UserError, match="even without any of its user text"):
+        fit_prompt(tokenizer, user_prompt(LONG), 8)
+
+
+def test_a_long_prompt_scores_the_same_on_the_token_and_the_text_path(tiny_rm):
+    """PPO scores the sampled ids after the cut prompt; best-of-n, SPG and evaluation score text: with the
+    policy's max_prompt_length the RM reads the same tokens on both (issue 22 section 7)."""
+    tokenizer, rm = tiny_rm
+    policy, ref = word_policy(tokenizer, 0), word_policy(tokenizer, 0)
+    ac = ActorCritic(policy, rm)
+    prompts = [user_prompt(LONG), user_prompt("Hi."), user_prompt("Another " + LONG)]  # "Hi.": 18 tokens, whole
+    cfg = PPOConfig(max_new_tokens=4, max_prompt_length=20, rollout_chunk_size=8)
+    reward_fn = RewardModelFn(rm, tokenizer, max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1,
+                              max_prompt_length=cfg.max_prompt_length)
+    runs = [make_rollout(ac, ref, tokenizer, reward_fn, prompts, cfg, torch.Generator().manual_seed(0), tokens, {})
+            for tokens in (True, False)]
+    (by_tokens, texts), (by_text, same_texts) = runs
+    assert texts == same_texts  # same seed, same samples
+    torch.testing.assert_close(by_tokens.raw_scores, by_text.raw_scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(by_tokens.raw_scores, reward_fn(prompts, texts), atol=1e-5, rtol=0)
+    for row in (0, 2):  # the model saw the chat header and the generation prompt of the cut prompts
+        query = tokenizer.decode(by_tokens.query[row][by_tokens.query_mask[row].bool()])
+        assert query.startswith(HEADER) and query.endswith(GENERATION_PROMPT), query
+    # without the policy's max_prompt_length the text path reads more of the prompt: a different score
+    whole = score_texts(rm, tokenizer, prompts, texts, max_length=4096)
+    assert not torch.allclose(whole[[0, 2]], by_tokens.raw_scores[[0, 2]], atol=1e-4)
+    torch.testing.assert_close(whole[1], by_tokens.raw_scores[1], atol=1e-5, rtol=0)
+
+
+def test_spg_scores_samples_on_the_prompt_the_policy_read(tiny_rm, tmp_path):
+    """A sample set records the max_prompt_length it was sampled with; SPG's RM cuts the prompt the same way."""
+    from rlp_align.data.records import SampleSet
+    from rlp_align.models.load import save_model
+    from rlp_align.rlp.spg import SPGConfig, _score
+
+    tokenizer, rm = tiny_rm
+    save_model(rm, tokenizer, tmp_path / "rm")
+    answers = [" the water", " a cycle"]
+    sets = [SampleSet(user_prompt(LONG), answers, {"max_prompt_length": 20}),
+            SampleSet(user_prompt("Another " + LONG), answers, {})]  # no record: the whole prompt
+    scores = _score(SPGConfig(reward_model=str(tmp_path / "rm"), max_length=4096), sets, [True, True])
+    cut = score_texts(rm, tokenizer, [user_prompt(LONG)] * 2, answers, max_length=4096, max_prompt_length=20)
+    whole = score_texts(rm, tokenizer, [user_prompt("Another " + LONG)] * 2, answers, max_length=4096)
+    assert scores[0] == pytest.approx(cut.tolist(), abs=1e-5) and scores[1] == pytest.approx(whole.tolist(), abs=1e-5)
+    assert scores[0] != pytest.approx(score_texts(rm, tokenizer, [user_prompt(LONG)] * 2, answers,
+                                                  max_length=4096).tolist(), abs=1e-4)

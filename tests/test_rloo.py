@@ -10,7 +10,7 @@ from test_ppo import PROMPTS, count_e, run_then_crash_and_resume
 from rlp_align.core.errors import UserError
 from rlp_align.models import load_policy
 from rlp_align.train.ppo import train_ppo
-from rlp_align.train.ppo_losses import rloo_advantages
+from rlp_align.train.ppo_losses import policy_loss, rloo_advantages, sequence_policy_loss
 from rlp_align.train.rloo import RLOOConfig
 from rlp_align.train.training import OptimConfig, read_metrics
 
@@ -31,6 +31,36 @@ def test_rloo_advantages_by_hand():
     assert same.abs().max().item() == 0.0
     with pytest.raises(ValueError, match="whole groups"):
         rloo_advantages(scores, logprobs, ref, mask, kl_coef=0.5, k=4)
+
+
+def test_sequence_and_token_ratios_by_hand():
+    """Per-token ratios 1.5 and 0.7 (a third position is padding, never read), clip 0.2 (issue 22 section 5).
+
+    token level (PPO): each token clipped on its own, the mean over tokens;
+    sequence level (TRL's RLOOTrainer): one ratio 1.5 * 0.7 = 1.05 for the response, inside the clip range.
+    """
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[1, 1, 0]])
+    for a, token_loss, seq_loss in [
+        (2.0, (max(-2 * 1.5, -2 * 1.2) + max(-2 * 0.7, -2 * 0.8)) / 2, -2 * 1.05),  # -1.9 and -2.1
+        (-1.0, (max(1.5, 1.2) + max(0.7, 0.8)) / 2, 1.05),  # 1.15 and 1.05
+    ]:
+        new = torch.tensor([[math.log(1.5), math.log(0.7), 9.0]], requires_grad=True)
+        tok, tok_clip, _ = policy_loss(new, old, torch.full((1, 3), a), mask, clip=0.2)
+        seq, seq_clip, seq_kl = sequence_policy_loss(new, old, torch.tensor([a]), mask, clip=0.2)
+        assert tok.item() == pytest.approx(token_loss) and seq.item() == pytest.approx(seq_loss)
+        assert tok.item() != pytest.approx(seq.item())
+        assert seq_clip.item() == 0.0 and seq_kl.item() == pytest.approx(0.5 * math.log(1.05) ** 2)
+        (grad,) = torch.autograd.grad(seq, new)  # d(-A * rho)/d log pi_t = -A * rho on every real token
+        torch.testing.assert_close(grad, torch.tensor([[-a * 1.05, -a * 1.05, 0.0]]))
+    # A = 2: the first token is clipped (no gradient), the second is not: -A * 0.7 / 2 tokens
+    new = torch.tensor([[math.log(1.5), math.log(0.7), 9.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(policy_loss(new, old, torch.full((1, 3), 2.0), mask, clip=0.2)[0], new)
+    torch.testing.assert_close(grad, torch.tensor([[0.0, -2.0 * 0.7 / 2, 0.0]]))
+    # a product of ratios outside the clip range: 1.5 * 1.5 = 2.25 is clipped to 1.2 for A > 0
+    new = torch.tensor([[math.log(1.5), math.log(1.5), 0.0]])
+    seq, seq_clip, _ = sequence_policy_loss(new, old, torch.tensor([2.0]), mask, clip=0.2)
+    assert seq.item() == pytest.approx(-2 * 1.2) and seq_clip.item() == 1.0
 
 
 def rloo_cfg(out, **kw) -> RLOOConfig:
@@ -90,7 +120,7 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
                  "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}
     cfg = load_config(PipelineConfig, preset_path("tiny"), overrides)
     _validate(cfg)
-    pools = stages_impl.build_pools(cfg.data, cfg.seed, tmp_path / "pools")
+    pools = stages_impl.build_pools(cfg.data, cfg.world, cfg.seed, tmp_path / "pools")
     save_model(load_reward_model("tiny", new_head=True), load_tokenizer("tiny"), tmp_path / "rm")
     out = stages_impl.train_ppo(ppo_section(cfg), cfg.annotator, "tiny", [str(tmp_path / "rm")], pools, cfg.seed,
                                 tmp_path / "ppo")
@@ -102,3 +132,32 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
     cfg.policy_optimizer = "ppo"
     with pytest.raises(UserError, match="policy_optimizer"):
         _validate(cfg)
+
+
+@pytest.mark.parametrize("ratio", ["sequence", "token"])
+def test_ppo_update_uses_the_chosen_rloo_ratio(tmp_path, ratio):
+    """The update's policy loss is the sequence-level one (default) or the token-level one, per `rloo_ratio`:
+    old log-probs set so that each response's two tokens have ratios 1.5 and 0.7 under the current policy."""
+    from rlp_align.train.ppo import ppo_update
+    from rlp_align.train.ppo_models import build_models
+    from rlp_align.train.ppo_rollout import Rollout
+    from rlp_align.train.training import adamw, make_accelerator
+
+    cfg = rloo_cfg(tmp_path, rollout_batch_size=4, step_batch_size=4, ppo_epochs=1, rloo_ratio=ratio,
+                   optim=OptimConfig(learning_rate=0.0, max_grad_norm=0.0))
+    ac, _, groups = build_models(cfg, torch.device("cpu"))
+    query, query_mask = torch.tensor([[0, 5, 6], [7, 8, 9]] * 2), torch.tensor([[0, 1, 1], [1, 1, 1]] * 2)
+    response, mask = torch.tensor([[10, 11, 0], [12, 13, 14]] * 2), torch.tensor([[1, 1, 0], [1, 1, 0]] * 2)
+    with torch.no_grad():
+        logits = ac.logits(torch.cat([query, response], 1), torch.cat([query_mask, mask], 1), 3, 1.0)
+        current = logits.log_softmax(-1).gather(-1, response[..., None]).squeeze(-1)
+    old = (current - torch.tensor([math.log(1.5), math.log(0.7), 0.0])) * mask
+    advantages = torch.tensor([2.0, -1.0, 2.0, -1.0])
+    zeros = torch.zeros(4, 3)
+    rollout = Rollout(query, query_mask, response, mask, old, old, zeros, zeros, advantages, advantages,
+                      torch.zeros(4, dtype=torch.bool), advantages=advantages[:, None] * mask, returns=zeros)
+    stats = ppo_update(ac, adamw(groups, weight_decay=0.0), make_accelerator(0), rollout, cfg, 0,
+                       [g["lr"] for g in groups])
+    # per response (A = 2, A = -1): sequence -2 * 1.05 and 1.05; token (-2.4 - 1.4) / 2 and (1.5 + 0.8) / 2
+    expected = {"sequence": (-2.1 + 1.05) / 2, "token": (-1.9 + 1.15) / 2}[ratio]
+    assert stats["policy_loss"] == pytest.approx(expected, abs=1e-4)

@@ -81,4 +81,12 @@ def test_vllm_engine_plumbing_with_a_stand_in_module(tmp_path, monkeypatch):
     assert [s.responses for s in sets] == [["0-0", "0-1", "0-2"], ["1-0", "1-1", "1-2"]]
     assert sets[0].meta["truncated"] == [True, False, False] and sets[0].meta["engine"] == "vllm"
     assert calls["llm"][2] is False and calls["params"].n == 3 and calls["params"].temperature == 1.0
-    assert "<|im_start|>assistant" in calls["prompts"][0]  # our chat template, not vLLM's
+    # the token ids our own sampler reads (our chat template, not vLLM's; cut as `fit_prompt` cuts), recorded
+    from rlp_align.data.records import user_prompt
+    from rlp_align.data.templates import encode_prompt
+    from rlp_align.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny")
+    ids = calls["prompts"][0]["prompt_token_ids"]
+    assert ids == encode_prompt(tokenizer, user_prompt("Name a colour."), 512)
+    assert "<|im_start|>assistant" in tokenizer.decode(ids) and sets[0].meta["max_prompt_length"] == 512

@@ -9,7 +9,8 @@ Why EOS always (docs/decisions.md): every RM is trained on D encoded with EOS (`
 and human-written answers in a preference file carry no cut flag, so the score at the EOS read-out is the
 only one the head was fit on; scoring a cut answer at a mid-sentence token reads a state it never saw.
 Text paths (`models.score_texts`, best-of-n, SPG, oracle labels, evaluation) and PPO's token path
-(`ppo_rollout.make_rollout`, via `append_eos`) then feed the RM the same tokens for the same answer.
+(`ppo_rollout.make_rollout`, via `append_eos`) then feed the RM the same tokens for the same answer; the prompt
+is cut to the policy's ``max_prompt_length`` the same way on both (`templates.fit_prompt`).
 """
 
 from __future__ import annotations

@@ -7,14 +7,18 @@ tokens a reward model scores are the tokens the policy sampled.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rlp_align.core.errors import UserError
 from rlp_align.data.records import Messages
 from rlp_align.data.reward_path import response_ids as _response_ids
+
+log = logging.getLogger(__name__)
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -32,6 +36,18 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> str:
     return "\n\n".join(turns) + "\n\nAssistant:"
 
 
+def _ids(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> list[int]:
+    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def _with_user_text(prompt: Messages, index: int, text: str) -> Messages:
+    return [dict(m, content=text) if i == index else m for i, m in enumerate(prompt)]
+
+
+def _last_user(prompt: Messages) -> int:
+    return max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=len(prompt) - 1)
+
+
 _LONGEST_TOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -39,54 +55,121 @@ def char_budget(tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> int:
     """Characters that surely hold more than ``max_tokens`` tokens: no token covers more characters than the
     longest vocabulary entry (byte-level entries count bytes, which is more), doubled for normalisers that
     drop characters. Text is cut to this many characters before tokenising, so a 50 MB field with
-    ``max_length`` 64 costs what a short one does (issue 23 §3) and yields the same first tokens."""
+    ``max_length`` 64 costs what a short one does (issue 23 §3) and yields the same tokens."""
     if tokenizer not in _LONGEST_TOKEN:
         _LONGEST_TOKEN[tokenizer] = max((len(t) for t in tokenizer.get_vocab()), default=1)
     return 2 * (max_tokens + 16) * max(1, _LONGEST_TOKEN[tokenizer])
 
 
-def _keep_ends(prompt: Messages, chars: int) -> Messages:
-    """The prompt with each message cut to its last ``chars`` characters (truncation keeps a prompt's end)."""
-    return [{**m, "content": m["content"][-chars:]} if len(m["content"]) > chars else m for m in prompt]
+def _cut_user_text(prompt: Messages, chars: int) -> Messages:
+    """The prompt with its last user text cut to its last ``chars`` characters: `fit_prompt` keeps only an end of
+    that text, and at most ``max_length`` tokens of it, which ``chars`` (`char_budget`) surely holds."""
+    user = _last_user(prompt)
+    if not prompt or len(prompt[user]["content"]) <= chars:
+        return prompt
+    return _with_user_text(prompt, user, prompt[user]["content"][-chars:])
+
+
+def template_length(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> int:
+    """Tokens the prompt takes without its last user text: the part `fit_prompt` never cuts."""
+    return len(_ids(tokenizer, _with_user_text(prompt, _last_user(prompt), "")))
+
+
+def _tail(tokenizer: PreTrainedTokenizerBase, text: str, keep: int) -> str:
+    """The end of ``text`` from the start of its ``keep``-th last token (cut at a token boundary of the text)."""
+    if keep <= 0:
+        return ""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text[offsets[-keep][0]:] if keep < len(offsets) else text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids[-keep:]) if keep < len(ids) else text
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages, max_length: int | None) -> tuple[list[int], bool]:
+    """Prompt token ids, at most ``max_length`` of them, and whether the prompt had to be cut.
+
+    An over-long prompt loses the start of its last user message's text (the end, nearest the answer, stays);
+    the chat template around it (the turn headers and the generation prompt) is never cut, so the model always
+    sees the structure it was trained on. A template longer than ``max_length`` on its own is a UserError.
+    Every path that encodes a prompt (sampling, PPO's rollout, the reward model's text path) goes through here,
+    so with the same ``max_length`` they read the same tokens.
+    """
+    if max_length is not None:
+        prompt = _cut_user_text(prompt, char_budget(tokenizer, max_length))  # by characters first: char_budget
+    ids = _ids(tokenizer, prompt)
+    if max_length is None or len(ids) <= max_length:
+        return ids, False
+    user = _last_user(prompt)
+    text = prompt[user]["content"]
+    keep = len(tokenizer(text, add_special_tokens=False)["input_ids"]) - (len(ids) - max_length)
+    while keep > 0:  # re-tokenising at the junctions can merge tokens differently: shorten until it fits
+        ids = _ids(tokenizer, _with_user_text(prompt, user, _tail(tokenizer, text, keep)))
+        if len(ids) <= max_length:
+            return ids, True
+        keep -= max(1, len(ids) - max_length)
+    empty = template_length(tokenizer, prompt)
+    raise UserError(f"a prompt does not fit in {max_length} tokens even without any of its user text: the chat "
+                    f"template and the other turns take {empty} tokens. Raise max_prompt_length (or the max_length "
+                    "that bounds it) above that.")
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages, max_length: int | None = None) -> list[int]:
-    """Prompt token ids; an over-long prompt keeps its end (the instruction nearest the answer)."""
-    if max_length is not None:
-        prompt = _keep_ends(prompt, char_budget(tokenizer, max_length))
-    ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    if max_length is not None and len(ids) > max_length:
-        ids = ids[-max_length:]
-    return ids
+    """Prompt token ids; an over-long prompt loses the start of the user's text, never the template (`fit_prompt`)."""
+    return fit_prompt(tokenizer, prompt, max_length)[0]
+
+
+def warn_cut_prompts(cut: int, total: int, max_length: int | None, where: str) -> None:
+    """One warning with the number of prompts `fit_prompt` had to cut (none: silent)."""
+    if cut:
+        log.warning("%s: %d of %d prompts are longer than %s tokens; the start of their user text was cut (the chat "
+                    "template kept) so the model and the reward model read the same tokens; raise "
+                    "max_prompt_length to keep them whole", where, cut, total, max_length)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Messages], max_length: int | None,
+                   where: str) -> list[list[int]]:
+    """`encode_prompt` for many prompts, with one warning counting those that were cut (``where``: who asks)."""
+    fitted = [fit_prompt(tokenizer, p, max_length) for p in prompts]
+    warn_cut_prompts(sum(cut for _, cut in fitted), len(prompts), max_length, where)
+    return [ids for ids, _ in fitted]
 
 
 @dataclass
 class EncodedPair:
     input_ids: list[int]
     prompt_length: int
-    truncated: bool
+    truncated: bool  # the prompt or the response was cut
+    prompt_cut: bool = False  # the prompt's user text was cut (`fit_prompt`)
 
 
 def encode_pair(
-    tokenizer: PreTrainedTokenizerBase, prompt: Messages, response: str, max_length: int
+    tokenizer: PreTrainedTokenizerBase, prompt: Messages, response: str, max_length: int,
+    max_prompt_length: int | None = None,
 ) -> EncodedPair:
-    """Prompt + response + EOS, at most ``max_length`` tokens.
+    """Prompt + response + EOS, at most ``max_length`` tokens, the prompt at most ``max_prompt_length``.
 
-    Truncation keeps the whole response when it can (the prompt loses its start); a response longer
-    than the budget keeps its beginning and loses the EOS. ``truncated`` reports either case.
+    The prompt is first cut to ``max_prompt_length`` exactly as the sampler and PPO's rollout cut it
+    (`fit_prompt`), so a reward model scoring a sampled answer as text reads the prompt the policy read.
+    Then truncation keeps the whole response when it can (the prompt loses the start of its user text, never
+    the template); a response longer than the budget keeps its beginning and loses the EOS. ``truncated``
+    reports any cut.
     """
-    budget = char_budget(tokenizer, max_length)  # cut by characters first: see char_budget
-    response_ids = _response_ids(tokenizer, response[:budget])  # the one reward path: EOS always (data.reward_path)
-    prompt_ids = encode_prompt(tokenizer, _keep_ends(prompt, budget))
-    truncated = False
-    min_prompt = min(len(prompt_ids), max(1, max_length // 4))
-    if len(response_ids) > max_length - min_prompt:
-        response_ids = response_ids[: max_length - min_prompt]
-        truncated = True
+    budget = char_budget(tokenizer, max_length)  # cut by characters first: neither field keeps more than this
+    prompt, response = _cut_user_text(prompt, budget), response[:budget]
+    response_ids = _response_ids(tokenizer, response)  # the one reward path: EOS always (rlp_align.data.reward_path)
+    prompt_ids, prompt_cut = fit_prompt(tokenizer, prompt, max_prompt_length)
+    truncated = prompt_cut
     if len(prompt_ids) + len(response_ids) > max_length:
-        prompt_ids = prompt_ids[-(max_length - len(response_ids)) :]
+        # the prompt keeps at least a quarter of the budget, and never less than its template plus one token
+        min_prompt = min(len(prompt_ids), max(template_length(tokenizer, prompt) + 1, max_length // 4))
+        if len(response_ids) > max_length - min_prompt:
+            response_ids = response_ids[: max(1, max_length - min_prompt)]
+        if len(prompt_ids) + len(response_ids) > max_length:
+            prompt_ids, _ = fit_prompt(tokenizer, prompt, max_length - len(response_ids))
+            prompt_cut = True
         truncated = True
-    return EncodedPair(prompt_ids + response_ids, len(prompt_ids), truncated)
+    return EncodedPair(prompt_ids + response_ids, len(prompt_ids), truncated, prompt_cut)
 
 
 def collate(

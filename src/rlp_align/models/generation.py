@@ -24,7 +24,7 @@ from rlp_align.core.device import autocast, default_device
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import Instruction, Messages
-from rlp_align.data.templates import collate, encode_prompt
+from rlp_align.data.templates import collate, encode_prompts
 from rlp_align.models.logprobs import tempered
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    encoded = [encode_prompt(tokenizer, p, max_prompt_length) for p in prompts]
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_length, "sampling")
     flat = [ids for ids in encoded for _ in range(n)]  # prompt-major: i * n + j
     result = Generations(n=n)
     starts = range(0, len(flat), batch_size)

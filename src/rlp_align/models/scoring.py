@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.core.errors import UserError
-from rlp_align.data.templates import collate, encode_pair
+from rlp_align.data.templates import collate, encode_pair, warn_cut_prompts
 
 
 def reward_head(model: PreTrainedModel) -> torch.nn.Linear:
@@ -61,19 +61,26 @@ def score_texts(
     responses: list[str],
     batch_size: int = 8,
     max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    warn: bool = True,
 ) -> torch.Tensor:
-    """RM scores for (prompt, response) pairs, batched; returns a float tensor [N]."""
+    """RM scores for (prompt, response) pairs, batched; returns a float tensor [N].
+
+    ``max_prompt_length``: cut each prompt as the policy's sampler did (`templates.fit_prompt`), so an answer
+    sampled by a policy is scored on the prompt tokens the policy read. ``warn``: log how many prompts were cut.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    out, cut = [], 0
     for start in range(0, len(responses), batch_size):
-        encoded = [
-            encode_pair(tokenizer, p, r, max_length).input_ids
-            for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
-        ]
-        ids, mask = collate(encoded, tokenizer.pad_token_id)
+        pairs = [encode_pair(tokenizer, p, r, max_length, max_prompt_length)
+                 for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])]
+        cut += sum(e.prompt_cut for e in pairs)
+        ids, mask = collate([e.input_ids for e in pairs], tokenizer.pad_token_id)
         scores, _ = reward_scores(model, ids.to(device), mask.to(device))
         out.append(scores.float().cpu())
     model.train(was_training)
+    if warn:
+        warn_cut_prompts(cut, len(responses), max_prompt_length or max_length, "reward model")
     return torch.cat(out) if out else torch.zeros(0)

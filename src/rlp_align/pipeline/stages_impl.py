@@ -134,7 +134,8 @@ def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, sft_model: str, reward
     reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
                                ppo_cfg.uwo_lambda, device=default_device(),
                                batch_size=ppo_cfg.reward_batch_size,
-                               max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1)
+                               max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1,
+                               max_prompt_length=ppo_cfg.max_prompt_length)
     evaluation = read_instructions(pools["eval"]) if ppo.eval_every else []  # evaluation points along PPO
     by_prompt = {x.text: x for x in instructions + evaluation}
     judge = _annotator(annotator)

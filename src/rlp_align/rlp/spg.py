@@ -246,21 +246,33 @@ def _validate(cfg: SPGConfig) -> None:
 
 
 def _score(cfg: SPGConfig, sample_sets: list[SampleSet], wanted: list[bool]) -> list[list[float]]:
-    """RM scores of every response of the wanted instructions; NaN (never read) for the others."""
+    """RM scores of every response of the wanted instructions; NaN (never read) for the others.
+
+    A sample set records the ``max_prompt_length`` its policy's prompts were cut to (`sample.sample_policy`);
+    the RM reads each prompt cut the same way, i.e. the tokens the policy read (sets without it: whole prompts).
+    """
     from rlp_align.core.device import default_device
     from rlp_align.models import load_reward_model, load_tokenizer, score_texts
 
+    by_limit: dict[int | None, list[int]] = {}  # prompt limit -> indices into the flat list of responses
     prompts, responses = [], []
     for s, want in zip(sample_sets, wanted):
         if want:
+            limit = s.meta.get("max_prompt_length")
+            by_limit.setdefault(limit if isinstance(limit, int) else None, []).extend(
+                range(len(responses), len(responses) + len(s.responses)))
             prompts += [s.prompt] * len(s.responses)
             responses += s.responses
-    flat: list[float] = []
+    flat: list[float] = [math.nan] * len(responses)
     if responses:
         model = load_reward_model(cfg.reward_model)
         model.to(default_device())
         tokenizer = load_tokenizer(cfg.reward_model)
-        flat = score_texts(model, tokenizer, prompts, responses, cfg.batch_size, cfg.max_length).tolist()
+        for limit, rows in by_limit.items():
+            scores = score_texts(model, tokenizer, [prompts[i] for i in rows], [responses[i] for i in rows],
+                                 cfg.batch_size, cfg.max_length, max_prompt_length=limit).tolist()
+            for i, score in zip(rows, scores):
+                flat[i] = score
     out, k = [], 0
     for s, want in zip(sample_sets, wanted):
         n = len(s.responses)

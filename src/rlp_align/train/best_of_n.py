@@ -92,7 +92,8 @@ def run_best_of_n(cfg: BestOfNConfig) -> dict[str, Any]:
     tokenizer, policy = load_tokenizer(cfg.policy), load_policy(cfg.policy).to(device)
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=device, batch_size=cfg.reward_batch_size,
-                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
+                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1,
+                               max_prompt_length=cfg.max_prompt_length)
     results = best_of_n(policy, tokenizer, reward_fn, [inst.prompt for inst in instructions], cfg.n,
                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size, seed=cfg.seed,

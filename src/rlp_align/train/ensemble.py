@@ -52,21 +52,27 @@ def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> b
 
 
 class RewardModelFn:
-    """A reward model as a reward function: r(x, y) read at the last real token."""
+    """A reward model as a reward function: r(x, y) read at the last real token.
+
+    ``max_prompt_length``: the policy's; prompts given as text are cut as the policy's sampler cut them
+    (`templates.fit_prompt`), so the text path scores the same tokens as `score_tokens` on the sampled ids.
+    The sampler already warned about cut prompts, so this does not warn again.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 8,
-                 max_length: int = 1024):
+                 max_length: int = 1024, max_prompt_length: int | None = None):
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.max_prompt_length = batch_size, max_length, max_prompt_length
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, device: torch.device | str | None = None, batch_size: int = 8,
-                  max_length: int = 1024) -> RewardModelFn:
+                  max_length: int = 1024, max_prompt_length: int | None = None) -> RewardModelFn:
         return cls(load_reward_model(path).to(device or default_device()), load_tokenizer(path), batch_size=batch_size,
-                   max_length=max_length)
+                   max_length=max_length, max_prompt_length=max_prompt_length)
 
     def __call__(self, prompts: list[Messages], responses: list[str]) -> torch.Tensor:
-        return score_texts(self.model, self.tokenizer, prompts, responses, self.batch_size, self.max_length)
+        return score_texts(self.model, self.tokenizer, prompts, responses, self.batch_size, self.max_length,
+                           self.max_prompt_length, warn=False)
 
     @torch.inference_mode()
     def score_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,13 +91,14 @@ class EnsembleReward:
 
     def __init__(self, model_paths: list[str | os.PathLike | RewardModelFn], method: str = "mean",
                  uwo_lambda: float = 0.5, *, device: torch.device | str | None = None, batch_size: int = 8,
-                 max_length: int = 1024):
+                 max_length: int = 1024, max_prompt_length: int | None = None):
         if not model_paths:
             raise UserError("a reward ensemble needs at least one member reward model")
         if method not in AGGREGATES:
             raise UserError(f"unknown ensemble aggregate '{method}': choose one of {', '.join(AGGREGATES)}")
         self.members = [m if isinstance(m, RewardModelFn) else RewardModelFn.from_path(
-            m, device=device, batch_size=batch_size, max_length=max_length) for m in model_paths]
+            m, device=device, batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length)
+            for m in model_paths]
         self.method, self.uwo_lambda = method, uwo_lambda
         first = self.members[0].tokenizer
         # token ids can be shared only when every member reads them the same way
@@ -120,11 +127,15 @@ def make_reward_fn(
     device: torch.device | str | None = None,
     batch_size: int = 8,
     max_length: int = 1024,
+    max_prompt_length: int | None = None,
 ) -> RewardModelFn | EnsembleReward:
-    """The reward function a config asks for: the ensemble when members are listed, else the single RM."""
+    """The reward function a config asks for: the ensemble when members are listed, else the single RM.
+
+    ``max_prompt_length``: the policy's, so that prompts are cut as its sampler cut them (`RewardModelFn`)."""
     if reward_ensemble:
         return EnsembleReward(list(reward_ensemble), ensemble_aggregate, uwo_lambda, device=device,
-                              batch_size=batch_size, max_length=max_length)
+                              batch_size=batch_size, max_length=max_length, max_prompt_length=max_prompt_length)
     if not reward_model:
         raise UserError("no reward model: set reward_model (an RM folder) or reward_ensemble (a list of them)")
-    return RewardModelFn.from_path(reward_model, device=device, batch_size=batch_size, max_length=max_length)
+    return RewardModelFn.from_path(reward_model, device=device, batch_size=batch_size, max_length=max_length,
+                                   max_prompt_length=max_prompt_length)

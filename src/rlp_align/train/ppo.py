@@ -5,7 +5,8 @@ One PPO step, as in Ziegler et al. 2019 and AlpacaFarm (Dubois et al. 2023):
              keeping log pi(y_t | ...) and the entropy of each distribution sampled from;
   2. score:  one batched forward each for the frozen reference's log-probs and the value model's values,
              plus the reward r(x, y) read at the last real token of the response;
-  3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref), plus r(x, y) at the last token; optional
+  3. shape:  per-token rewards r_t = -beta * (log pi - log pi_ref) (clamped at 0 per token by default, as
+             AlpacaFarm: ``kl_clamp``), plus r(x, y) at the last token; optional
              truncation penalty; optional reward whitening; GAE advantages, whitened;
   4. update: ``ppo_epochs`` passes over shuffled minibatches with the clipped policy and value losses.
 Losses and GAE are pure functions in `rlp_align.train.ppo_losses`. The value model starts as a copy of the RM.
@@ -36,6 +37,7 @@ from rlp_align.core.device import default_device
 from rlp_align.core.errors import UserError
 from rlp_align.core.run_folder import config_inputs
 from rlp_align.data.records import Messages
+from rlp_align.data.templates import encode_prompts
 from rlp_align.models import load_tokenizer
 from rlp_align.models.generation import seeded_generator
 from rlp_align.models.logprobs import token_logprobs
@@ -46,10 +48,12 @@ from rlp_align.train.ppo_losses import (
     AdaptiveKLController,
     SumOverRanks,
     gae,
+    kl_penalty,
     kl_penalty_rewards,
     masked_mean,
     policy_loss,
     rloo_advantages,
+    sequence_policy_loss,
     value_loss,
     whiten,
 )
@@ -75,7 +79,8 @@ def shape_rewards(
 
     ``reduce`` (a sum over ranks) makes the whitening statistics those of the global rollout batch.
     """
-    rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef)
+    rewards, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.mask, kl_coef,
+                                     cfg.kl_clamp)
     if cfg.whiten_rewards:
         rewards = whiten(rewards, rollout.mask, shift_mean=False, reduce=reduce)
     advantages, rollout.returns = gae(rewards, rollout.values, rollout.mask, cfg.gamma, cfg.lam)
@@ -115,12 +120,14 @@ def _check(cfg: PPOConfig, num_processes: int) -> None:
 def shape_rloo(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> torch.Tensor:
     """Step 3 for RLOO: the sequence's leave-one-out advantage on every one of its tokens; returns the KL [B, T].
 
-    The policy loss is then PPO's clipped surrogate over tokens, as TRL's RLOOTrainer uses (with one epoch
-    of one minibatch it is exactly REINFORCE with the leave-one-out baseline, averaged over tokens).
+    ``rloo_ratio: sequence`` reads it back once per response (`ppo_losses.sequence_policy_loss`, TRL's
+    RLOOTrainer); ``token`` uses it as every token's advantage in PPO's per-token surrogate. With one epoch of one
+    minibatch both are REINFORCE with the leave-one-out baseline, summed over a response's tokens (sequence) or
+    averaged over the minibatch's tokens (token); from the second epoch on they clip differently.
     """
     mask = rollout.mask.to(rollout.logprobs.dtype)
     advantages, _ = rloo_advantages(rollout.scores, rollout.logprobs, rollout.ref_logprobs, mask, kl_coef,
-                                    cfg.rloo_k)
+                                    cfg.rloo_k, cfg.kl_clamp)
     rollout.advantages = advantages[:, None] * mask
     rollout.returns = torch.zeros_like(mask)
     return (rollout.logprobs - rollout.ref_logprobs) * mask
@@ -133,7 +140,8 @@ def ppo_update(
     """Step 4: ``ppo_epochs`` passes over shuffled minibatches of this rank's rollout; one optimiser step each.
 
     A minibatch may be split into micro-batches (gradient accumulation); each micro-batch's masked-mean loss
-    is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean.
+    is weighted by its share of the minibatch's tokens, so the result equals the minibatch's masked mean
+    (RLOO's sequence-level loss is a mean over responses: its share is the micro-batch's share of the rows).
     Returns the token-weighted means of the loss statistics over all updates of this step.
 
     ``split_backward`` (default: on with one process) backpropagates the policy loss before the value model's
@@ -143,6 +151,8 @@ def ppo_update(
     """
     actor_critic: ActorCritic = accelerator.unwrap_model(model)
     has_critic = actor_critic.critic != "none"
+    # RLOO with one ratio per response: its loss is a mean over sequences, so micro-batches weigh by rows
+    per_sequence = cfg.estimator == "rloo" and cfg.rloo_ratio == "sequence"
     # a value head on the policy's trunk shares its forward pass: one pass, one backward
     split = accelerator.num_processes == 1 if split_backward is None else split_backward
     split = split and actor_critic.critic != "head"
@@ -166,7 +176,7 @@ def ppo_update(
             chunks = minibatch.split(micro)
             for i, rows in enumerate(chunks):
                 b = rollout.rows(rows)
-                share = b["mask"].sum() / minibatch_tokens
+                share = len(rows) / len(minibatch) if per_sequence else b["mask"].sum() / minibatch_tokens
                 # gradients are all-reduced across ranks only on the minibatch's last micro-batch
                 inputs = (b["input_ids"], b["attention_mask"], b["response"].shape[1])
                 with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model):
@@ -177,8 +187,12 @@ def ppo_update(
                     else:
                         logits, values = model(*inputs, cfg.temperature)
                     logprobs = token_logprobs(logits, b["response"])
-                    pg_loss, clip_fraction, approx_kl = policy_loss(
-                        logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
+                    if per_sequence:  # shape_rloo put the sequence advantage on every token: read the first
+                        pg_loss, clip_fraction, approx_kl = sequence_policy_loss(
+                            logprobs, b["logprobs"], b["advantages"][:, 0], b["mask"], cfg.clip_range)
+                    else:
+                        pg_loss, clip_fraction, approx_kl = policy_loss(
+                            logprobs, b["logprobs"], b["advantages"], b["mask"], cfg.clip_range)
                     stats = {"policy_loss": pg_loss, "clip_fraction": clip_fraction, "approx_kl": approx_kl}
                     if has_critic and split:
                         accelerator.backward(pg_loss * share)  # frees the policy's graph
@@ -216,6 +230,10 @@ def train_ppo(
         raise UserError("PPO needs at least one prompt")
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     _check(cfg, accelerator.num_processes)
+    # every prompt is cut the same way at every step: count (and warn about) the cut ones once, and refuse a
+    # max_prompt_length the chat template does not fit in, before any model is loaded
+    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
+    encode_prompts(tokenizer, prompts, cfg.max_prompt_length, "ppo")
     out_dir = Path(cfg.output_dir)
     run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:  # the same run (its fingerprint matched): this command's config, its numbers
@@ -223,7 +241,6 @@ def train_ppo(
     device = accelerator.device
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
-    tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     actor_critic, ref, groups = build_models(cfg, device, **trust)
     base_lrs = [g["lr"] for g in groups]
     optimizer = adamw(groups, weight_decay=cfg.optim.weight_decay)
@@ -283,7 +300,7 @@ def train_ppo(
             "entropy": masked_mean(rollout.entropy, rollout.mask),
             "response_length": rollout.mask.sum(-1).float().mean(),
             "truncated_fraction": rollout.truncated.float().mean(),
-            "non_score_reward": (-kl_ctl.value * seq_kl).mean(),
+            "non_score_reward": (-kl_ctl.value * kl_penalty(kl, cfg.kl_clamp).sum(-1)).mean(),
             **{k: torch.tensor(v) for k, v in losses.items()},
             **{k: torch.tensor(v) for k, v in timings.items()},
         }
@@ -319,5 +336,6 @@ def run_ppo(cfg: PPOConfig) -> dict[str, Any]:
     prompts = [inst.prompt for inst in read_instructions(cfg.prompts_file, skip_invalid=cfg.skip_invalid)]
     reward_fn = make_reward_fn(cfg.reward_model or None, cfg.reward_ensemble, cfg.ensemble_aggregate, cfg.uwo_lambda,
                                device=default_device(), batch_size=cfg.reward_batch_size,
-                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1)
+                               max_length=cfg.max_prompt_length + cfg.max_new_tokens + 1,
+                               max_prompt_length=cfg.max_prompt_length)
     return train_ppo(cfg, prompts, reward_fn)

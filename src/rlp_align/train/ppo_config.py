@@ -35,6 +35,9 @@ class PPOConfig:
     # prompt, no critic (Ahmadian et al. 2024); rollout_batch_size then counts sequences (prompts x rloo_k)
     estimator: Literal["gae", "rloo"] = "gae"
     rloo_k: int = 4
+    # RLOO's importance ratio: "sequence" = one ratio per response, clipped and averaged over sequences (TRL's
+    # RLOOTrainer: the response is one action); "token" = PPO's per-token ratio and clip, averaged over tokens
+    rloo_ratio: Literal["sequence", "token"] = "sequence"
     # where V(s) comes from (ignored by RLOO): its own value model, a LoRA adapter on the policy's base
     # (needs lora.enabled), or a head on the policy's trunk; memory costs in docs/decisions.md
     critic: Literal["separate", "lora", "head"] = "separate"
@@ -45,6 +48,9 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 1.0
     kl_coef: float = 0.0067  # AlpacaFarm, simulated preferences
+    # charge max(0, log pi/pi_ref) per token, as AlpacaFarm (whose kl_coef this is) does; false: the plain
+    # log-ratio (Ziegler et al., TRL); the logged `kl` is always the unclamped estimate (docs/decisions.md)
+    kl_clamp: bool = True
     adaptive_kl: bool = False
     kl_target: float = 6.0
     kl_horizon: int = 10000

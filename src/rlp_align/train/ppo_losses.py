@@ -58,18 +58,29 @@ def whiten(
     return out * mask.to(x.dtype)
 
 
+def kl_penalty(kl: torch.Tensor, clamp: bool) -> torch.Tensor:
+    """The per-token KL term the penalty charges: log(pi/pi_ref) itself, or AlpacaFarm's max(0, log(pi/pi_ref)).
+
+    The clamp (Dubois et al. 2023, their PPO trainer's reward shaping) never pays the policy for a token it
+    finds less likely than the reference; AlpacaFarm's ``kl_coef`` was tuned with it (docs/decisions.md).
+    """
+    return kl.clamp(min=0.0) if clamp else kl
+
+
 def kl_penalty_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+    clamp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards of Ziegler et al. 2019, Eq. 2: R(x, y) = r(x, y) - beta * log(pi(y|x) / pi_ref(y|x)).
 
-    The KL term is spread over tokens, r_t = -beta * (log pi(y_t|.) - log pi_ref(y_t|.)), and the sequence
-    score r(x, y) [B] is added at the last real token (EOS when produced). Returns ``(rewards [B, T],
-    kl [B, T])``, both zero where ``mask`` is 0.
+    The KL term is spread over tokens, r_t = -beta * (log pi(y_t|.) - log pi_ref(y_t|.)) (with ``clamp``,
+    -beta * max(0, .), see `kl_penalty`), and the sequence score r(x, y) [B] is added at the last real token
+    (EOS when produced). Returns ``(rewards [B, T], kl [B, T])``, both zero where ``mask`` is 0; ``kl`` is the
+    unclamped log-ratio, whose sum over tokens estimates KL(pi || pi_ref) without bias.
     """
     mask_f = mask.to(logprobs.dtype)
     kl = (logprobs - ref_logprobs) * mask_f
-    rewards = -kl_coef * kl
+    rewards = -kl_coef * kl_penalty(kl, clamp)
     last = (mask_f.sum(-1).long() - 1).clamp(min=0)  # prefix masks: the last real token of each row
     at_last = torch.nn.functional.one_hot(last, rewards.shape[1]).to(rewards.dtype) * mask_f
     rewards = rewards + scores.to(rewards.dtype)[:, None] * at_last
@@ -100,11 +111,12 @@ def gae(
 
 def rloo_advantages(
     scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-    k: int,
+    k: int, clamp: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, Sec. 3.2; Kool et al. 2019):
 
-    R_i = r(x, y_i) - beta * sum_t (log pi(y_i,t | .) - log pi_ref(y_i,t | .)),
+    R_i = r(x, y_i) - beta * sum_t (log pi(y_i,t | .) - log pi_ref(y_i,t | .))  (each term max(0, .) with
+    ``clamp``, see `kl_penalty`),
     A_i = R_i - 1/(k-1) * sum_{j != i} R_j,
     for the k samples y_1..y_k of one prompt, which are consecutive rows (row g * k + i is sample i of prompt g).
     The baseline is the mean of the *other* samples' KL-penalised rewards, so it does not depend on y_i and
@@ -113,7 +125,7 @@ def rloo_advantages(
     if k < 2 or scores.shape[0] % k:
         raise ValueError(f"RLOO needs k >= 2 samples per prompt and a batch of whole groups (k={k}, "
                          f"batch={scores.shape[0]})")
-    kl = ((logprobs - ref_logprobs) * mask.to(logprobs.dtype)).sum(-1)
+    kl = kl_penalty((logprobs - ref_logprobs) * mask.to(logprobs.dtype), clamp).sum(-1)
     rewards = scores.to(kl.dtype) - kl_coef * kl
     groups = rewards.view(-1, k)
     baseline = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
@@ -135,6 +147,27 @@ def policy_loss(
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     clip_fraction = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
     approx_kl = 0.5 * masked_mean(log_ratio.pow(2), mask)
+    return loss, clip_fraction.detach(), approx_kl.detach()
+
+
+def sequence_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate with the whole response as one action (RLOO as TRL's RLOOTrainer computes it):
+
+    L = E_i[ max(-A_i * rho_i, -A_i * clip(rho_i, 1 - eps, 1 + eps)) ],
+    rho_i = pi(y_i|x) / pi_old(y_i|x) = exp(sum_t (log pi(y_i,t|.) - log pi_old(y_i,t|.))),
+    the mean over sequences, with ``advantages`` [B] one per sequence (Ahmadian et al. 2024, Sec. 3: a response
+    is one action). At rho = 1 the gradient is REINFORCE's, -A_i * grad sum_t log pi(y_i,t|.), per sequence.
+    Returns ``(loss, clip_fraction, approx_kl)`` with approx_kl = E_i[(log rho_i)^2] / 2.
+    """
+    log_ratio = ((logprobs - old_logprobs) * mask.to(logprobs.dtype)).sum(-1)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = torch.maximum(unclipped, clipped).mean()
+    clip_fraction = (clipped > unclipped).to(logprobs.dtype).mean()
+    approx_kl = 0.5 * log_ratio.pow(2).mean()
     return loss, clip_fraction.detach(), approx_kl.detach()
 
 

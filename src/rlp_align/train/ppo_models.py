@@ -20,7 +20,7 @@ from torch import nn
 from rlp_align.core.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_value_model
 from rlp_align.models.dropout import disable_dropout
-from rlp_align.train.ppo_rollout import ActorCritic, AdaptersOff
+from rlp_align.train.ppo_rollout import ActorCritic, AdaptersOff, checkpoint_with_active_adapter
 
 if TYPE_CHECKING:
     from rlp_align.train.ppo_config import PPOConfig
@@ -81,6 +81,8 @@ def build_models(
         for name, p in policy.named_parameters():
             if f".{CRITIC_ADAPTER}." in name:
                 p.requires_grad_(True)  # peft freezes an adapter added while another is active
+        if cfg.gradient_checkpointing:  # recompute each layer under the adapter its forward ran with
+            checkpoint_with_active_adapter(policy)
 
     def is_critic(name: str) -> bool:
         return f".{CRITIC_ADAPTER}." in name

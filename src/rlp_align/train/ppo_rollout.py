@@ -121,13 +121,47 @@ def keep_trainable(model: nn.Module) -> Iterator[None]:
 def use_adapter(peft_model: nn.Module, name: str) -> Iterator[None]:
     """Run the peft model's LoRA adapter ``name`` for the duration, then switch back."""
     model = getattr(peft_model, "module", peft_model)
-    previous = model.active_adapter
+    previous = model.base_model.active_adapter  # the LoRA model's (PeftModel's own attribute is not switched)
     with keep_trainable(model):
         model.base_model.set_adapter(name)
         try:
             yield
         finally:
             model.base_model.set_adapter(previous)
+
+
+def checkpoint_with_active_adapter(peft_model: nn.Module) -> None:
+    """Gradient checkpointing whose recompute runs under the adapter that was active in the forward.
+
+    Checkpointing recomputes each layer during backward, when `use_adapter` has long switched back to the
+    policy's adapter; the LoRA critic's layers would then be recomputed with the policy's adapter and the
+    critic trained on the wrong activations. torch's non-reentrant checkpoint takes a ``context_fn``, called at
+    forward time, whose second context manager wraps the recompute: it captures the active adapter there and
+    switches to it for the recompute (and back), so a joint backward (DDP) gets both adapters right.
+    """
+    model = getattr(peft_model, "module", peft_model)
+
+    def context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), _RecomputeUnder(model, model.base_model.active_adapter)
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                       "context_fn": context_fn})
+
+
+class _RecomputeUnder(contextlib.AbstractContextManager):
+    """Switch to adapter ``name`` for a recompute if another one is active by then (see above)."""
+
+    def __init__(self, model: nn.Module, name: str):
+        self.model, self.name = model, name
+        self.inner: contextlib.AbstractContextManager = contextlib.nullcontext()
+
+    def __enter__(self) -> None:
+        if self.model.base_model.active_adapter != self.name:
+            self.inner = use_adapter(self.model, self.name)
+        self.inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.__exit__(*exc)
 
 
 class AdaptersOff:

@@ -4,7 +4,9 @@ RLOO is PPO's trainer (`rlp_align.train.ppo`) with step 3 replaced: ``rloo_k`` s
 sequence-level reward minus the KL penalty beta * sum_t log(pi / pi_ref), and as each sample's baseline the mean
 of the other k-1 samples' penalised rewards (`rlp_align.train.ppo_losses.rloo_advantages`). No value model is loaded
 or trained, which saves one model's weights, gradients and optimiser state, and its forward passes.
-The update is PPO's clipped surrogate on the sequence advantage, as TRL's RLOOTrainer does.
+The update is PPO's clipped surrogate with the whole response as one action, as TRL's RLOOTrainer does: one
+importance ratio per response, the product of its tokens' ratios, clipped and averaged over sequences
+(``rloo_ratio: sequence``); ``rloo_ratio: token`` keeps PPO's per-token ratio and clip instead.
 """
 
 from __future__ import annotations

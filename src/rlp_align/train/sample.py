@@ -56,11 +56,15 @@ def sample_policy(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
 ) -> list[SampleSet]:
-    """``n`` samples per prompt, one `SampleSet` per prompt in input order."""
+    """``n`` samples per prompt, one `SampleSet` per prompt in input order.
+
+    ``meta["max_prompt_length"]`` records how the prompts were cut (`templates.fit_prompt`), so that SPG's reward
+    model scores the samples on the prompt tokens the policy read."""
     _check_sample_count(n)
     gens = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
                     top_p=top_p, batch_size=batch_size, seed=seed, max_prompt_length=max_prompt_length)
-    base = {"temperature": temperature, "seed": seed, "n": n, **(meta or {})}
+    base = {"temperature": temperature, "seed": seed, "n": n, "max_prompt_length": max_prompt_length,
+            **(meta or {})}
     return [
         SampleSet(prompt, responses, {**base, "truncated": gens.truncated[i * n : (i + 1) * n]})
         for i, (prompt, responses) in enumerate(zip(prompts, gens.grouped()))
@@ -76,25 +80,29 @@ def sample_with_vllm(
     temperature: float = 1.0,
     top_p: float = 1.0,
     max_new_tokens: int = 256,
+    max_prompt_length: int = 512,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
 ) -> list[SampleSet]:
     """The same sample set drawn with vLLM's paged-attention engine (GPU only; much faster at n = 10).
 
-    Prompts are rendered by our own `format_prompt`, so vLLM sees exactly the text our sampler would.
+    Prompts are given as the token ids our own sampler would read (`templates.encode_prompts`: the chat
+    template, the user text cut to ``max_prompt_length``), so vLLM sees exactly what the torch engine sees.
     Samples are seeded but not token-identical to the torch engine's.
     """
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
         raise UserError("engine 'vllm' needs vLLM on a CUDA machine: `pip install vllm`, or use engine 'torch'") from None
-    from rlp_align.data.templates import format_prompt
+    from rlp_align.data.templates import encode_prompts
 
     _check_sample_count(n)
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_length, "sampling")
     llm = LLM(model=str(policy_path), seed=seed, trust_remote_code=False)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-    outputs = llm.generate([format_prompt(tokenizer, p) for p in prompts], params)
-    base = {"temperature": temperature, "seed": seed, "n": n, "engine": "vllm", **(meta or {})}
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)  # vLLM's TokensPrompt
+    base = {"temperature": temperature, "seed": seed, "n": n, "engine": "vllm",
+            "max_prompt_length": max_prompt_length, **(meta or {})}
     return [SampleSet(prompt, [c.text for c in out.outputs],
                       {**base, "truncated": [c.finish_reason == "length" for c in out.outputs]})
             for prompt, out in zip(prompts, outputs)]
@@ -119,7 +127,8 @@ def run_sample(cfg: SampleConfig) -> dict[str, Any]:
 
         sets = sample_with_vllm(str(resolve_model(cfg.policy)), tokenizer, prompts, cfg.n,
                                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                seed=cfg.seed, meta={"policy": str(cfg.policy)})
+                                max_prompt_length=cfg.max_prompt_length, seed=cfg.seed,
+                                meta={"policy": str(cfg.policy)})
     else:
         device = default_device()
         model = load_policy(cfg.policy).to(device)
