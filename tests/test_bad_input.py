@@ -749,6 +749,16 @@ def moved_finished_run(tmp: Path) -> list[str]:
     return [*args, "--output_dir", str(tmp / "moved")]
 
 
+def tokenizer_changed_after_finish(tmp: Path) -> list[str]:
+    """A finished reward run, then its input model's tokenizer.json cut short (found by the fuzzer)."""
+    args = reward(tmp, jsonl(tmp, [GOOD]), model=str(model_copy(tmp, lambda f: None)))
+    assert cli.main(args) == 0
+    tokenizer = tmp / "model" / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:272])
+    snapshot(tmp, tmp / "out")
+    return args
+
+
 def reports_new_place(tmp: Path, output: str) -> None:
     result, _ = json.JSONDecoder().raw_decode(output[output.rindex('{\n  "output_dir"'):])
     assert result["output_dir"] == str(tmp / "moved") and result["model_dir"] == str(tmp / "moved/model")
@@ -805,6 +815,11 @@ CASES += [
          "exit 2 naming the variable (found by the fuzzer; was: a message about the `mixed_precision` option, "
          "which the user had not set)", lambda tmp: reward(tmp, jsonl(tmp, [GOOD])),
          ("ACCELERATE_MIXED_PRECISION='fp8'",), patch=lambda mp: mp.setenv("ACCELERATE_MIXED_PRECISION", "fp8")),
+    Case("finished-run-tokenizer-changed", "training",
+         "a rerun into a finished run whose input model's tokenizer.json was changed since",
+         "exit 2: the run fingerprint hashes the tokenizer files too (found by the fuzzer; was: exit 0 with the old "
+         "result, though the same command on a clean folder fails on the broken tokenizer)",
+         tokenizer_changed_after_finish, ("made with other settings", "model (content changed)"), check=unchanged),
     Case("datasets-folder", "data", "a Hugging Face `datasets` folder (save_to_disk) as data",
          "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
          lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,
