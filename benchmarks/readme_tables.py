@@ -1,6 +1,6 @@
 """Rewrite the README's benchmark tables from the result JSON files (figures are measured, never typed in).
 
-    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality,gpu}.json
+    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality-micro,gpu}.json
 
 Replaces everything between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` in README.md. A
 missing JSON file gives a line saying that benchmark is not yet measured.
@@ -107,62 +107,64 @@ def render_speed(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ci(p: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """``diff [low, high]`` of a `{diff, ci_low, ci_high}` entry (no interval with one seed)."""
+    if not p:
+        return "–"
+    body = f"{scale * p['diff']:+.{digits}f}"
+    return body + ("" if p.get("ci_low") is None else
+                   f" [{scale * p['ci_low']:+.{digits}f}, {scale * p['ci_high']:+.{digits}f}]")
+
+
+def seeds_above(e: dict[str, Any] | None) -> str:
+    return "–" if not e else f"{sum(s['ci_low'] > 0 for s in e['per_seed'])} of {len(e['per_seed'])}"
+
+
 def render_quality(d: dict[str, Any]) -> str:
-    st = d["settings"]
-    baseline = "the reference answers" if st.get("baseline") == "reference" else "the SFT answers"
-    lines = ["### Quality (`benchmarks/results/quality.json`)\n",
-             provenance(d) + f" Preset `{d['preset']}`, seeds finished {d['seeds_finished']} of "
-             f"{d['seeds_requested']}; {st.get('n_eval')} eval instructions. Gold win-rate against {baseline}, "
-             f"judged by the {st['gold']}; D labelled with {pct(st['label_noise'], 0)} % label noise.",
-             "", "| method | gold win-rate % (mean over seeds) | 95 % CI across seeds | per-seed bootstrap 95 % CIs "
-             "| gold reward |", "|---|---|---|---|---|"]
-    for label, row in d["methods"].items():
-        wr, gold = row["win_rate"], row["gold_reward"]
-        seeds = "; ".join(f"{pct(s['mean'])} [{pct(s['ci_low'])}, {pct(s['ci_high'])}]" for s in row["per_seed"])
-        lines.append(f"| {label} | {pct(wr['mean'])} | [{pct(wr['ci_low'])}, {pct(wr['ci_high'])}] | {seeds} "
-                     f"| {num(gold['mean'], '.3f')} |")
-    lines += ["", "| reward model | on-policy accuracy % (mean) | 95 % CI across seeds |", "|---|---|---|"]
-    for label, acc in d["rm_accuracy_on_policy"].items():
-        lines.append(f"| {label} | {pct(acc['mean'])} | [{pct(acc['ci_low'])}, {pct(acc['ci_high'])}] |")
-    lines += ["", "| RLP variant | recovered share (RLP − PPO) / (Oracle − PPO) | 95 % CI across seeds "
-              "| seeds where Oracle ≠ PPO |", "|---|---|---|---|"]
-    for label, r in d["recovered_share"].items():
-        defined = sum(v is not None for v in r["per_seed"])  # undefined where the oracle's win-rate equals PPO's
-        lines.append(f"| {label} | {num(r['mean'])} | [{num(r['ci_low'])}, {num(r['ci_high'])}] "
-                     f"| {defined} of {len(r['per_seed'])} |")
-    lines += ["", "| pair selection (Table 5) | gold agreement % (mean) | 95 % CI | pairs per seed |",
-              "|---|---|---|---|"]
-    for r in d["spg_label_accuracy"].values():
-        lines.append(f"| {r['label']} | {pct(r['mean'])} | [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-                     f"| {r['pairs_per_seed']} |")
-    runs = d.get("per_seed_run") or {}
-    if runs:
-        lines += ["", "| seed | wall time of its stages (min) | synthetic pairs SPG kept for RLP-SPG |", "|---|---|---|"]
-        lines += [f"| {seed} | {r['total_minutes']} | {r['spg_pairs']} |" for seed, r in runs.items()]
-    lines += ["", "| target | measured | result |", "|---|---|---|"]
-    lines += [f"| {t.get('target', name)} | {quality_measured(t, d)} | {verdict(t)} |" for name, t in d["targets"].items()]
-    png = Path(d.get("png", ""))
-    if png.name and (RESULTS / png.name).exists() and not d.get("smoke"):
-        lines.append(f"\n![quality](benchmarks/results/{png.name})")
+    """The study (`benchmarks/quality.py`): controls, every method against PPO₁, Table 5, majority vote."""
+    name = f"quality-{d['world']}.json"
+    sz = d["sizes"]
+    lines = [f"### Quality, {d['world']} world (`benchmarks/results/{name}`)\n",
+             provenance(d) + f" Preset `{d['preset']}`, seeds {d['seeds_finished']} of {d['seeds_requested']}; "
+             f"{sz['n_eval']} eval prompts, {sz['n_onpolicy_pairs']} gold-labelled on-policy pairs, SPG pairs per "
+             f"seed {sz['spg_pairs_per_seed']}; minutes per seed "
+             f"{[round(x / 60, 1) for x in d['seconds_per_seed']]}.",
+             "\nEvery comparison is paired on the same prompts (pairs). A seed's 95 % CI is a bootstrap over its "
+             "prompts: it says whether *these runs* differ. The pooled 95 % CI is a t-interval over the per-seed "
+             "means (S − 1 degrees of freedom): that one speaks to the method.\n",
+             "| check (issue 21) | measured | target | result |", "|---|---|---|---|"]
+    lines += [f"| {key} | {c['measured']} | {c['target']} | {verdict(c)} |" for key, c in d["checks"].items()]
+    lines += ["", "| method − PPO₁ (gold) | at the end, pooled | seeds with CI > 0 | at PPO₁'s final KL, pooled "
+              "| recovered share (end) |", "|---|---|---|---|---|"]
+    for label, e in d["vs_ppo"].items():
+        rec = (e.get("recovered_share") or {}).get("end")
+        share = "–" if label == "Oracle" else "not given: the oracle's gain is not significant" \
+            if not rec or rec["share"] is None else ci({"diff": rec["share"], "ci_low": rec["ci_low"],
+                                                        "ci_high": rec["ci_high"]}, digits=2)
+        lines.append(f"| {label} | {ci((e.get('end') or {}).get('pooled'))} | {seeds_above(e.get('end'))} "
+                     f"| {ci((e.get('matched_kl') or {}).get('pooled'))} | {share} |")
+    lines += ["", "| pair selection (Table 5) | agreement with gold %, pooled | pairs per seed |", "|---|---|---|"]
+    for r in d["label_accuracy"].values():
+        pooled = r["pooled"]
+        acc = "–" if not pooled else f"{100 * pooled['diff']:.1f}" + (
+            "" if pooled["ci_low"] is None else f" [{100 * pooled['ci_low']:.1f}, {100 * pooled['ci_high']:.1f}]")
+        lines.append(f"| {r['label']} | {acc} | {[s['pairs'] for s in r['per_seed']]} |")
+    m = d["majority_vs_single"]
+    if m.get("pooled"):
+        p = m["pooled"]
+        lines.append(f"\nSelf-consistency on SFT samples (n = {m['per_seed'][0]['n_samples']}): P(majority answer "
+                     f"correct) {ci(p['p_majority'])}, P(one sample correct) {ci(p['p_single'])}; difference "
+                     f"{ci(p['majority_minus_single'])}.")
+    else:
+        lines.append(f"\nSelf-consistency: not measured ({m.get('reason', '–')}).")
+    bon = d["controls"]["overoptimisation"].get("best_of_n")
+    if bon:
+        picks = [r for r in bon["pooled"] if r["n"] in (1, 4, 16, 64)]
+        lines.append("\nBest-of-n from SFT against RM₀ (gold at analytic KL log n − (n − 1)/n): " + ", ".join(
+            f"n = {r['n']} (KL {r['kl_analytic']:.2f}) {ci(r['gold'])}" for r in picks) + ".")
+    lines += [f"\n![{Path(png).stem}](benchmarks/results/{Path(png).name})" for png in d.get("png", [])
+              if (RESULTS / Path(png).name).exists() and not d.get("smoke")]
     return "\n".join(lines)
-
-
-def quality_measured(target: dict[str, Any], d: dict[str, Any]) -> str:
-    """What a quality target was judged on, with the figures that explain a miss."""
-    if "refined" in target:  # on-policy RM accuracy: means, and in how many seeds each refined RM beat RM0
-        rm0 = d["rm_accuracy_on_policy"]["RM0"]["per_seed"]
-        parts = []
-        for label, mean in target["refined"].items():
-            mine = d["rm_accuracy_on_policy"][label]["per_seed"]
-            wins = sum(mine[s] > rm0[s] for s in mine if s in rm0)
-            parts.append(f"{label} {pct(mean)} % (above RM0 in {wins} of {len(mine)} seeds)")
-        return f"RM0 {pct(target['RM0'])} %; " + ", ".join(parts)
-    low = next((v for k, v in target.items() if k.endswith("_ci_low")), None)
-    if low is None and "PPO_ci_high" not in target:
-        return target.get("reason", "–")
-    means = [m["win_rate"]["mean"] for m in d["methods"].values()]
-    return (f"CI low {pct(low)} % vs PPO's CI high {pct(target.get('PPO_ci_high'))} %; every method's mean "
-            f"win-rate lies in {pct(min(means))} – {pct(max(means))} %")
 
 
 def gb(x: float | None) -> str:
@@ -218,7 +220,7 @@ def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None, gpu: di
     parts = [render_speed(speed) if speed else
              "### Speed\n\nNot yet measured: run `.venv/bin/python benchmarks/speed.py`.",
              render_quality(quality) if quality else
-             "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py`.",
+             "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py --world micro`.",
              render_gpu(gpu) if gpu else
              "### GPU\n\nNot yet measured: no GPU has run `benchmarks/gpu_check.sh` yet (the CPU runs its "
              "`--dry-run`)."]
@@ -241,7 +243,7 @@ def read(path: Path) -> dict[str, Any] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", default=str(RESULTS / "speed.json"))
-    parser.add_argument("--quality", default=str(RESULTS / "quality.json"))
+    parser.add_argument("--quality", default=str(RESULTS / "quality-micro.json"))
     parser.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args()

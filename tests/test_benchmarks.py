@@ -119,48 +119,110 @@ def test_speed_smoke(tmp_path):
     assert d["targets"]["update_mfu"]["passed"] or "profile" in d["targets"]["update_mfu"]["why"]
 
 
-def test_t_interval_by_hand():
-    quality = _module("quality")
-    r = quality.t_interval([0.4, 0.6])  # sd = 0.1414, half-width = 12.706 * 0.1414 / sqrt(2) = 1.2706
-    assert r["mean"] == pytest.approx(0.5) and r["ci_high"] == pytest.approx(1.7706, abs=1e-4)
-    assert quality.t_interval([0.4, 0.6], (0.0, 1.0))["ci_low"] == 0.0
-    assert quality.t_interval([0.3])["ci_low"] is None and quality.t_interval([])["mean"] is None
+QUALITY_KEYS = {"controls", "vs_ppo", "label_accuracy", "majority_vs_single", "sizes", "seconds_per_seed",
+                "commit", "date", "checks"}
+CONTROLS = {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "overoptimisation",
+            "refined_fit_d", "uml_mi_above_floor"}
+VS_PPO = {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "Best-of-n", "Ensemble-MEAN", "Ensemble-WCO",
+          "Ensemble-UWO"}
 
 
-def test_quality_smoke_and_resume(tmp_path):
-    out, work = tmp_path / "quality.json", tmp_path / "work"
-    log = _run("quality.py", "--smoke", "--jobs", "2", "--out", str(out), "--work_dir", str(work), timeout=400)
-    assert "seed 0: running" in log and "seed 1: running" in log
-    assert (work / "seed0.log").exists() and (work / "seed1.log").exists()  # one process per seed
+def test_quality_micro_smoke_writes_every_key(tmp_path):
+    """`quality.py --world micro --smoke` (CI, issue 21 section 4): every key of quality-micro.json is written."""
+    out, work = tmp_path / "quality-micro.json", tmp_path / "work"
+    _run("quality.py", "--world", "micro", "--smoke", "--out", str(out), "--work_dir", str(work), timeout=900)
     d = json.loads(out.read_text())
-    assert d["seeds_finished"] == [0, 1] and {"date", "commit", "settings", "targets"} <= set(d)
+    assert QUALITY_KEYS <= set(d) and d["world"] == "micro" and d["seeds_finished"] == [0]
+    assert set(d["controls"]) == CONTROLS
+    for key in ("ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold"):
+        assert [s["seed"] for s in d["controls"][key]["per_seed"]] == [0] and "pooled" in d["controls"][key]
+    over = d["controls"]["overoptimisation"]
+    assert over["per_seed"][0]["points"] and over["pooled"]["points"] and "shown" in over["pooled"]
+    assert [r["n"] for r in over["best_of_n"]["pooled"]] == list(range(1, 65))
+    assert set(d["controls"]["refined_fit_d"]) == {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle"}
+    assert isinstance(d["controls"]["uml_mi_above_floor"]["passed"], bool)
+    assert set(d["vs_ppo"]) == VS_PPO
+    for label, e in d["vs_ppo"].items():
+        assert e["end"]["per_seed"] and e["end"]["pooled"] and e["matched_kl"]["per_seed"], label
+    assert set(d["label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
+    assert d["majority_vs_single"]["per_seed"][0]["n_samples"] == 8  # the micro world has a canonical answer
+    assert {"n_eval", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
+    assert len(d["seconds_per_seed"]) == 1 and d["seconds_per_seed"][0] > 0
+    assert all(Path(p).stat().st_size > 1000 for p in d["png"])
+
+
+def _points(kls: list[float], gold: list[list[float]], proxy: list[list[float]]) -> list[dict]:
+    return [{"step": 10 * j, "kl": k, "per_prompt": {"gold": g, "proxy": x, "kl": [k] * len(g)}}
+            for j, (k, g, x) in enumerate(zip(kls, gold, proxy))]
+
+
+def _records(oracle_gain: float) -> list[dict]:
+    """Three seeds of hand-made evaluations: PPO beats SFT by 0.1, the oracle PPO by ``oracle_gain``, RLP-SPG by
+    half of it; PPO1's gold peaks at its middle evaluation point while the proxy keeps rising."""
+    import numpy as np
+
+    from rlp_align.pipeline.stages_impl import paired_evaluation
+
+    records = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        base = rng.uniform(0, 1, size=64)
+        gold = {"SFT": base, "PPO": base + 0.1 + rng.normal(0, 0.01, 64), "Oracle": base + 0.1 + oracle_gain
+                + rng.normal(0, 0.01, 64), "RLP-SPG": base + 0.1 + oracle_gain / 2 + rng.normal(0, 0.01, 64)}
+        ev = paired_evaluation({k: list(v) for k, v in gold.items()},
+                               {"RM0": [1.0] * 40 + [0.0] * 24, "Oracle": [1.0] * 56 + [0.0] * 8}, seed,
+                               {"RM0": [1.0] * 60 + [0.0] * 4, "Oracle": [1.0] * 59 + [0.5] + [0.0] * 4})
+        ev.update(n_eval=64, on_policy_pairs=64, heldout_d_pairs=64)
+        g = [list(base + d + rng.normal(0, 0.01, 64)) for d in (0.0, 0.3, 0.1)]  # peak at the middle point
+        x = [list(base + d + rng.normal(0, 0.01, 64)) for d in (0.0, 0.5, 1.0)]  # proxy still rising
+        # RLP-SPG passes PPO1's final KL (2.0) half-way between its points at KL 1 and 3
+        spg = _points([0.0, 1.0, 3.0], [list(base)] * 2 + [list(base + 0.4)], [list(base)] * 3)
+        records.append({"seed": seed, "evaluation": ev, "spg_pairs": 130, "seconds": 500.0 + seed,
+                        "eval_points": {"PPO": _points([0.0, 1.0, 2.0], g, x), "RLP-SPG": spg},
+                        "uml_i_jsd": {"RLP-UML": -1.0}, "table5": {"spg": {"label": "SPG", "pairs": 10,
+                                                                            "instructions": 12, "accuracy": 0.7}},
+                        "majority": {"n": 8, "majority_correct": [1.0, 1.0, 0.0, 1.0],
+                                     "single_correct": [0.75, 0.5, 0.25, 0.5]}})
+    return records
+
+
+def test_quality_aggregate_on_hand_made_seeds():
+    import numpy as np
+
+    agg = _module("quality_aggregate")
+    records = _records(oracle_gain=0.1)
+    d = agg.aggregate(records)
+    c = d["controls"]
+    ppo_sft = c["ppo_vs_sft_gold"]
+    means = [s["diff"] for s in ppo_sft["per_seed"]]
+    half = 4.303 * np.std(means, ddof=1) / np.sqrt(3)  # t-interval over the 3 per-seed means, 2 dof
+    assert ppo_sft["pooled"]["ci_low"] == pytest.approx(np.mean(means) - half, abs=1e-3) and half > 0
+    assert d["checks"]["ppo_vs_sft_gold"]["passed"] is True and d["checks"]["oracle_vs_ppo_gold"]["passed"] is True
+    assert c["oracle_rm_vs_rm0_accuracy"]["pooled"]["diff"] == pytest.approx(16 / 64)
+    assert c["refined_fit_d"]["Oracle"]["pooled"]["diff"] == pytest.approx(-0.5 / 64)  # a tie counts 1/2
+    over = c["overoptimisation"]["pooled"]
+    assert over["peak_step"] == 10 and over["shown"] and d["checks"]["overoptimisation"]["passed"]
+    assert over["gold_final_minus_peak"]["diff"] == pytest.approx(-0.2, abs=0.01)
+    assert c["uml_mi_above_floor"]["passed"] and d["majority_vs_single"]["pooled"]["majority_minus_single"][
+        "diff"] == pytest.approx(0.25)
+    # matched KL: RLP-SPG's gold at KL 2.0 is half-way between base and base + 0.4; PPO1's final is base + 0.1
+    spg = d["vs_ppo"]["RLP-SPG"]
+    assert spg["matched_kl"]["pooled"]["diff"] == pytest.approx(0.1, abs=0.01)
+    assert spg["matched_kl"]["where"][0] == {"reached": True, "between_steps": [10, 20], "ppo1_final_kl": 2.0}
+    assert spg["recovered_share"]["end"]["share"] == pytest.approx(0.5, abs=0.05)
+    assert d["checks"]["sizes"]["passed"] is False and d["checks"]["budget"]["passed"] is True
+    # no significant oracle gain: no share, a reason instead
+    flat = agg.aggregate(_records(oracle_gain=0.0))["vs_ppo"]["RLP-SPG"]["recovered_share"]["end"]
+    assert flat["share"] is None and "not significant" in flat["reason"]
+
+
+def test_expected_best_of_k_by_hand():
     quality = _module("quality")
-    assert list(d["methods"]) == quality.METHODS
-    for row in d["methods"].values():
-        assert 0 <= row["win_rate"]["mean"] <= 1 and len(row["per_seed"]) == 2
-        assert all(0 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 1 for s in row["per_seed"])
-    assert set(d["rm_accuracy_on_policy"]) == {"RM0", "RLP-UML", "RLP-SPG", "RLP-UML+SPG", "Oracle"}
-    assert set(d["recovered_share"]) == set(quality.RLP_VARIANTS)
-    assert set(d["spg_label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
-    for r in d["spg_label_accuracy"].values():
-        assert r["mean"] is None or 0 <= r["mean"] <= 1
-    assert set(d["targets"]) == {"RLP-SPG_above_PPO", "RLP-UML_above_PPO", "refined_RMs_more_accurate_on_policy"}
-    assert Path(d["png"]).stat().st_size > 1000
-    # the paired keys (issue 17): per-seed paired CIs and the hierarchical bootstrap pooled over seeds
-    assert set(d["controls"]) == {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "refined_fit_d"}
-    ppo_sft = d["controls"]["ppo_vs_sft_gold"]
-    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1]
-    assert ppo_sft["pooled"]["ci_low"] <= ppo_sft["pooled"]["diff"] <= ppo_sft["pooled"]["ci_high"]
-    assert set(d["vs_ppo"]) == set(quality.METHODS) - {"PPO"}
-    assert set(d["truncated_share"]) == set(quality.METHODS)
-    assert d["sizes"]["n_eval"] > 0 and len(d["sizes"]["spg_pairs_per_seed"]) == 2
-    for run in d["per_seed_run"].values():  # read from each seed's stage manifests
-        assert run["total_minutes"] > 0 and run["spg_pairs"] >= 0
-    # a later call with no seed budget aggregates the finished seeds without running anything
-    out2 = tmp_path / "again.json"
-    log = _run("quality.py", "--smoke", "--out", str(out2), "--work_dir", str(work), "--max_seeds_per_call", "0")
-    assert "running" not in log
-    assert json.loads(out2.read_text())["methods"] == d["methods"]
+    proxy, gold = [3.0, 1.0, 2.0], [0.9, 0.3, 0.6]
+    assert quality.expected_best_of(proxy, gold, 1) == pytest.approx((2.0, 0.6))  # the mean of the samples
+    # k = 2: subsets {0,1} -> 0, {0,2} -> 0, {1,2} -> 2, each with probability 1/3
+    assert quality.expected_best_of(proxy, gold, 2) == pytest.approx(((3 + 3 + 2) / 3, (0.9 + 0.9 + 0.6) / 3))
+    assert quality.expected_best_of(proxy, gold, 3) == pytest.approx((3.0, 0.9))
 
 
 def test_readme_tables_render_from_json(tmp_path):
@@ -185,7 +247,7 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| rlp_align | 2.00, 2.00 – 2.00 | 2.00 |" in text and "| TRL 1.12 PPOTrainer | 5.00" in text
     assert "of 180 GFLOP/s (the highest of 2 measurements, 150 – 180)" in text
     assert "median 2.50×" in text and "12.3 %" in text and "**miss**" in text and "| 8 | 64 | 8.0 |" in text
-    assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py`" in text
+    assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py --world micro`" in text
     readme = "# x\n\nintro\n\n" + tables.START + "\nold\n" + tables.END + "\ntail\n"
     new = tables.replace_section(readme, "NEW")
     assert new == "# x\n\nintro\n\n" + tables.START + "\nNEW\n" + tables.END + "\ntail\n"
@@ -193,63 +255,21 @@ def test_readme_tables_render_from_json(tmp_path):
     assert tables.START in (ROOT / "README.md").read_text()
     assert "Speed\n\nNot yet measured" in tables.render(None, None)
 
-    interval = {"mean": 0.6, "ci_low": 0.55, "ci_high": 0.65, "n": 3}
-    quality = {
-        "date": "2026-01-01", "commit": "abc123", "preset": "configs/alpaca.yaml", "seeds_finished": [0, 1, 2],
-        "seeds_requested": [0, 1, 2],
-        "settings": {"baseline": "reference", "n_eval": 64, "gold": "rule annotator without label noise",
-                     "label_noise": 0.25},
-        "methods": {"RLP-SPG": {"win_rate": interval, "gold_reward": {"mean": 0.4321},
-                                "per_seed": [{"mean": 0.6, "ci_low": 0.5, "ci_high": 0.7}]}},
-        "rm_accuracy_on_policy": {"RM0": {"mean": 0.55, "ci_low": None, "ci_high": None, "per_seed": {"0": 0.5, "1": 0.6}},
-                                  "RLP-UML": {"mean": 0.6, "ci_low": None, "ci_high": None,
-                                              "per_seed": {"0": 0.6, "1": 0.6}}},
-        "recovered_share": {"RLP-SPG": {"mean": 0.25, "ci_low": -0.1, "ci_high": 0.6, "per_seed": [0.2, None, 0.3]}},
-        "spg_label_accuracy": {"spg": {"label": "SPG (gamma = 0.5)", "mean": 0.7, "ci_low": 0.6, "ci_high": 0.8,
-                                       "pairs_per_seed": [10, 11, 12]}},
-        "targets": {"x": {"target": "RLP-SPG above PPO", "RLP-SPG_ci_low": 0.55, "PPO_ci_high": 0.5, "passed": True},
-                    "y": {"target": "refined RMs better", "RM0": 0.55, "refined": {"RLP-UML": 0.6}, "passed": True}},
-    }
+    agg = _module("quality_aggregate")
+    quality = {"world": "micro", "date": "2026-01-01", "commit": "abc123", "preset": "configs/micro.yaml",
+               "seeds_finished": [0, 1, 2], "seeds_requested": [0, 1, 2, 3, 4], **agg.aggregate(_records(0.1)),
+               "png": []}
     text = tables.render(None, quality)
-    assert "| RLP-SPG | 60.0 | [55.0, 65.0] | 60.0 [50.0, 70.0] | 0.432 |" in text
-    assert "| RM0 | 55.0 | [–, –] |" in text and "| RLP-SPG | 0.25 | [-0.10, 0.60] | 2 of 3 |" in text
-    assert "| SPG (gamma = 0.5) | 70.0 | [60.0, 80.0] | [10, 11, 12] |" in text
-    assert "| RLP-SPG above PPO | CI low 55.0 % vs PPO's CI high 50.0 %; every method's mean win-rate lies in " \
-           "60.0 – 60.0 % | **pass** |" in text
-    assert "| refined RMs better | RM0 55.0 %; RLP-UML 60.0 % (above RM0 in 1 of 2 seeds) | **pass** |" in text and "against the reference answers" in text
+    assert "### Quality, micro world (`benchmarks/results/quality-micro.json`)" in text
+    assert "| ppo_vs_sft_gold | CI above 0 in 3 of 3 seeds; pooled +0.0998 [" in text and "**pass**" in text
+    spg_row = next(line for line in text.splitlines() if line.startswith("| RLP-SPG |"))
+    assert "| 3 of 3 |" in spg_row and spg_row.endswith("| +0.50 [+0.48, +0.51] |")  # the recovered share
+    assert "| sizes | n_eval 64, on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
+    assert "P(majority answer correct) +0.750" in text
+    unshared = {**quality, **agg.aggregate(_records(0.0))}
+    assert "not given: the oracle's gain is not significant" in tables.render(None, unshared)
 
 
-def test_quality_paired_aggregate_on_synthetic_records():
-    import numpy as np
-
-    from rlp_align.pipeline.stages_impl import paired_evaluation
-
-    quality = _module("quality")
-    records = []
-    for seed in range(3):
-        rng = np.random.default_rng(seed)
-        base = rng.uniform(0, 1, size=64)
-        gold = {"SFT": base, "PPO": base + 0.1 + rng.normal(0, 0.01, 64), "Oracle": base + 0.2,
-                "RLP-SPG": base + 0.15 + rng.normal(0, 0.01, 64)}
-        ev = paired_evaluation({k: list(v) for k, v in gold.items()},
-                               {"RM0": [True] * 40 + [False] * 24, "Oracle": [True] * 56 + [False] * 8}, seed,
-                               {"RM0": [True] * 60 + [False] * 4, "Oracle": [True] * 60 + [False] * 4})
-        ev.update(n_eval=64, on_policy_pairs=64, heldout_d_pairs=64,
-                  win_rates={m: {"truncated_share": 0.25} for m in gold})
-        records.append({"seed": seed, "evaluation": ev, "run": {"spg_pairs": 70 + seed}})
-    out = quality.paired_aggregate(records)
-    ppo_sft = out["controls"]["ppo_vs_sft_gold"]
-    assert [s["seed"] for s in ppo_sft["per_seed"]] == [0, 1, 2] and all(s["ci_low"] > 0 for s in ppo_sft["per_seed"])
-    assert abs(ppo_sft["pooled"]["diff"] - 0.1) < 0.01 and ppo_sft["pooled"]["ci_low"] > 0
-    assert abs(out["controls"]["oracle_rm_vs_rm0_accuracy"]["pooled"]["diff"] - 16 / 64) < 1e-9
-    assert out["controls"]["oracle_vs_ppo_gold"]["pooled"]["ci_low"] > 0
-    fit = out["controls"]["refined_fit_d"]["Oracle"]["pooled"]
-    assert fit == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0} and not out["controls_missing"]
-    assert set(out["vs_ppo"]) == {"SFT", "Oracle", "RLP-SPG"}
-    assert abs(out["recovered_share_paired"]["RLP-SPG"]["share"] - 0.5) < 0.05
-    assert out["sizes"] == {"n_eval": 64, "n_heldout_d_pairs": 64, "n_onpolicy_pairs": 64,
-                            "spg_pairs_per_seed": [70, 71, 72]}
-    assert out["truncated_share"]["PPO"] == 0.25
 
 
 def test_gpu_check_dry_run(tmp_path):

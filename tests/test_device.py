@@ -106,11 +106,13 @@ def test_uml_head_learns_on_device(device):
     h1 = (content + 0.1 * torch.randn(16, 16, generator=g)).to(device)
     h2 = (content + 0.1 * torch.randn(16, 16, generator=g)).to(device)
     torch.manual_seed(0)
-    head = MultiViewHead(hidden_size=16, z_dim=8, method="mib", beta=1.0).to(device)
+    # beta rises from 1e-3 as in refine; at beta = 1 from the start mib stays collapsed (issue 22)
+    head = MultiViewHead(hidden_size=16, z_dim=8, method="mib", beta=1.0, beta_schedule="exponential",
+                         beta_anneal_steps=120).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     losses = []
-    for _ in range(120):
-        loss, stats = head(h1, h2)
+    for step in range(120):
+        loss, stats = head(h1, h2, step)
         assert math.isfinite(stats["loss"])
         opt.zero_grad()
         loss.backward()

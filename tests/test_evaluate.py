@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -91,6 +92,23 @@ def test_rm_accuracy_counts_pairs_where_chosen_outscores_rejected(tiny_rm):
     ranked = sorted(texts, key=s.get, reverse=True)
     aligned = [Preference(user_prompt("q?"), ranked[i], ranked[j]) for i in range(6) for j in range(i + 1, 6)]
     assert rm_accuracy(model, tok, aligned, 4, 64)["accuracy"] == 1.0
+
+
+def test_an_untrained_zero_head_rm_scores_one_half_and_every_pair_is_a_tie(tiny_rm):
+    """Issue 22 section 8: equal scores are a coin flip's 1/2, not a wrong answer (the old code said 0 %)."""
+    from rlp_align.judge.stats import rm_accuracy_vs
+    from rlp_align.models import reward_head
+
+    model, tok = copy.deepcopy(tiny_rm[0]), tiny_rm[1]  # the fixture is shared: zero a copy's head
+    torch.nn.init.zeros_(reward_head(model).weight)
+    if reward_head(model).bias is not None:
+        torch.nn.init.zeros_(reward_head(model).bias)
+    prefs = [Preference(user_prompt("q?"), "a good answer", "bad"), Preference(user_prompt("2+2?"), "4", "5")]
+    got = rm_accuracy(model, tok, prefs, batch_size=2, max_length=64, per_pair=True)
+    assert got["accuracy"] == 0.5 and got["ties"] == 2 and got["tie_rate"] == 1.0 and got["correct"] == [0.5, 0.5]
+    # against an RM that gets both right: one whole discordant pair (two halves), McNemar p = 1
+    vs = rm_accuracy_vs([1.0, 1.0], got["correct"], n_boot=100)
+    assert vs["diff"] == 0.5 and (vs["only_new"], vs["only_ref"]) == (1.0, 0.0) and vs["mcnemar_p"] == 1.0
 
 
 def test_run_rm_accuracy_on_a_trl_file(tmp_path, tiny_rm):

@@ -38,3 +38,24 @@ def test_paired_evaluation_and_report_section():
     flat = "\n".join(paired_section(synthetic(oracle_gain=0.0)))
     assert "not reported: the oracle's gain over PPO is not significant" in flat
     assert paired_section({}) == []
+
+
+def test_report_shows_the_uml_information_term(tmp_path):
+    """Issue 22: uml/i_jsd and uml/d_skl of each UML refinement appear in the report, with the distance of the
+    last I_JSD from its floor -2 log 2; folders without UML metrics (SPG) give no row."""
+    import json
+
+    from rlp_align.pipeline.report import uml_section
+
+    (tmp_path / "07_refine_uml").mkdir()
+    (tmp_path / "07_refine_spg").mkdir()
+    rows = [{"step": 1, "uml/i_jsd": -1.386, "uml/d_skl": 0.5, "uml/beta": 0.001},
+            {"step": 2, "eval/accuracy": 0.9},
+            {"step": 100, "uml/i_jsd": -0.5, "uml/d_skl": 0.125, "uml/beta": 1.0}]
+    (tmp_path / "07_refine_uml" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "07_refine_spg" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.6}) + "\n")
+    md = "\n".join(uml_section(tmp_path))
+    assert "### RLP-UML information term" in md
+    assert "| uml | 100 | -1.386 | -0.500 | +0.886 | 0.1250 | 1 |" in md
+    assert "spg" not in md.split("|---|")[-1]
+    assert uml_section(tmp_path / "07_refine_spg") == []

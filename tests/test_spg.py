@@ -147,6 +147,17 @@ def test_west_of_n_pairs_the_best_and_worst_distinct_samples():
     assert stats["dropped"] == {"low_confidence": 0, "no_rejected": 1, "empty": 1}
 
 
+def test_west_of_n_drops_an_instruction_whose_distinct_samples_all_score_the_same():
+    """Equal scores: before issue 22 the best and the worst were the same sample, a pair of one answer with
+    itself that counted towards pairs and acceptance. Now the instruction is dropped (no_rejected)."""
+    sets = [sset("tied", ["a", "b", "c", "a"]), sset("q", ["x", "y"])]
+    prefs, stats = west_of_n_preferences(sets, [[0.5, 0.5, 0.5, 0.5], [0.0, 1.0]])
+    assert [(p.chosen, p.rejected) for p in prefs] == [("y", "x")]
+    assert all(p.chosen != p.rejected for p in prefs)
+    assert stats["pairs"] == 1 and stats["acceptance_rate"] == 0.5
+    assert stats["dropped"] == {"low_confidence": 0, "no_rejected": 1, "empty": 0}
+
+
 def test_misaligned_inputs_fail_loudly():
     with pytest.raises(ValueError):
         synthesize_preferences([sset("q", ["a", "b"])], [[0, 1]], [[0.0]], 0.5, 0)

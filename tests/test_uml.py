@@ -11,9 +11,10 @@ from rlp_align.rlp.uml import (
     Critic,
     GaussianEncoder,
     MultiViewHead,
-    annealed_beta,
+    beta_at,
     jsd_mutual_information,
     pick_views,
+    standardise_views,
     symmetric_kl,
 )
 
@@ -113,11 +114,13 @@ def _dependent_views(batch: int = 16, hidden: int = 16, seed: int = 0):
 def test_multiview_loss_falls_on_fixed_dependent_views(method):
     torch.manual_seed(0)
     h1, h2 = _dependent_views()
-    head = MultiViewHead(hidden_size=16, z_dim=8, method=method, beta=1.0)
+    # mib: beta rises from 1e-3 (the refine default); at beta = 1 from the start it stays collapsed (issue 22)
+    head = MultiViewHead(hidden_size=16, z_dim=8, method=method, beta=1.0,
+                         beta_schedule="exponential" if method == "mib" else "constant", beta_anneal_steps=None)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     losses = []
-    for _ in range(120):
-        loss, stats = head(h1, h2)
+    for step in range(120):
+        loss, stats = head(h1, h2, step, 120)
         assert math.isfinite(stats["loss"]) and math.isfinite(stats["d_skl"])
         opt.zero_grad()
         loss.backward()
@@ -169,11 +172,61 @@ def test_bad_config_is_a_user_error():
         MultiViewHead(hidden_size=8, beta=-1)
 
 
-def test_annealed_beta():
-    assert annealed_beta(0, 1.0, 100) == 0.0
-    assert annealed_beta(50, 1.0, 100) == 0.5
-    assert annealed_beta(500, 1.0, 100) == 1.0
-    assert annealed_beta(0, 0.7) == 0.7
+def test_beta_at_each_schedule():
+    assert beta_at(0, 0.7) == 0.7  # constant
+    assert [beta_at(t, 1.0, "linear", 100) for t in (0, 50, 500)] == [0.0, 0.5, 1.0]
+    # exponential (Federici et al.): 1e-3 -> 1 log-linearly, 1e-3 * 1000^(t / 100)
+    assert [beta_at(t, 1.0, "exponential", 100) for t in (0, 50, 100, 500)] == pytest.approx(
+        [1e-3, 1e-3 * 1000**0.5, 1.0, 1.0])
+    assert beta_at(10, 2.0, "exponential", 20, start=0.02) == pytest.approx(0.2)  # sqrt(0.02 * 2)
+    assert beta_at(10, 1.0, "exponential", 0) == 1.0 and beta_at(10, 0.0, "exponential", 20) == 0.0
+
+
+def test_an_unset_anneal_length_spans_the_whole_run():
+    head = MultiViewHead(hidden_size=8, beta_schedule="exponential", beta_anneal_steps=None)
+    assert head.beta_at(0, 10) == pytest.approx(1e-3) and head.beta_at(10, 10) == 1.0
+    assert head.beta_at(5, 10) == pytest.approx(1e-3 * 1000**0.5)
+
+
+def test_standardise_views_hand_computed():
+    # feature 0 over the 4 states {1, 3, 5, 7}: mean 4, variance 5; feature 1 is constant -> 0
+    h1, h2 = torch.tensor([[1.0, 2.0], [3.0, 2.0]]), torch.tensor([[5.0, 2.0], [7.0, 2.0]])
+    a, b = standardise_views(h1, h2, eps=0.0 + 1e-12)
+    assert torch.allclose(a[:, 0], torch.tensor([-3.0, -1.0]) / math.sqrt(5), atol=1e-5)
+    assert torch.allclose(b[:, 0], torch.tensor([1.0, 3.0]) / math.sqrt(5), atol=1e-5)
+    assert torch.all(a[:, 1] == 0) and torch.all(b[:, 1] == 0)
+
+
+def _mib_toy(beta_schedule: str, input_norm: str = "batch", steps: int = 300) -> tuple[float, float]:
+    """Two noisy views of a shared 32-d state whose common offset dwarfs its variation (as in a young RM's
+    last-token states); batch 8, Adam 3e-3. Returns the mean I_JSD and D_SKL of the last 30 steps."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    offset = 10.0 * torch.randn(32, generator=g)
+    head = MultiViewHead(32, z_dim=16, beta=1.0, beta_schedule=beta_schedule,
+                         beta_anneal_steps=0 if beta_schedule == "constant" else steps, input_norm=input_norm)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    history = []
+    for step in range(steps):
+        shared = torch.randn(8, 32, generator=g)
+        h1 = offset + shared + 0.1 * torch.randn(8, 32, generator=g)
+        h2 = offset + shared + 0.1 * torch.randn(8, 32, generator=g)
+        loss, stats = head(h1, h2, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append((stats["i_jsd"], stats["d_skl"]))
+    return tuple(sum(h[k] for h in history[-30:]) / 30 for k in (0, 1))
+
+
+def test_mib_learns_the_information_term_with_a_rising_beta_and_collapses_with_beta_one():
+    """Issue 22: with beta = 1 from the first step I_JSD sits at its floor -2 log 2 (the encoder collapses,
+    D_SKL ~ 0); the exponential schedule from 1e-3 (Federici et al.) lets the critic learn first."""
+    floor = -2 * math.log(2)
+    i_rising, _ = _mib_toy("exponential")
+    i_constant, d_constant = _mib_toy("constant")
+    assert i_rising > floor + 0.3
+    assert i_constant < floor + 0.05 and d_constant < 0.05
 
 
 def test_pick_views_distinct_pairs_seeded_and_skips_counted():

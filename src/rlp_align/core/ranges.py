@@ -117,7 +117,8 @@ RANGES: dict[str, Range] = {
     "rloo_k": Range(2, why="samples per prompt; the leave-one-out baseline needs at least 2"),
     # RLP: UML and SPG
     "beta": NON_NEGATIVE,
-    "beta_anneal_steps": Range(0, why="steps over which beta rises from 0; 0 with beta_schedule constant"),
+    "beta_anneal_steps": Range(0, why="steps over which beta rises; 0 with beta_schedule constant"),
+    "beta_start": Range(0, lo_open=True, why="the exponential beta schedule's first value"),
     "z_dim": AT_LEAST_1,
     "similarity_threshold": Range(-1, 1, why="a cosine similarity"),
     # annotators and evaluation

@@ -2,7 +2,9 @@
 
 Win-rate (AlpacaFarm): the mean over instructions of P(answer preferred over the baseline answer), where a
 tie counts 1/2; the 95 % interval is the percentile bootstrap over instructions (Efron & Tibshirani 1993).
-RM accuracy: the fraction of preference pairs with r(x, chosen) > r(x, rejected) (ties are reported apart).
+RM accuracy: the fraction of preference pairs with r(x, chosen) > r(x, rejected), a tie (equal scores) counting
+1/2 -- what a coin flip between the two would score -- so an RM that cannot tell them apart scores 50 %, not 0 %;
+the tie rate is reported beside it.
 """
 
 from __future__ import annotations
@@ -126,9 +128,11 @@ def run_winrate(cfg: WinrateConfig) -> dict:
 
 def rm_accuracy(model, tokenizer, prefs: list[Preference], batch_size: int = 8, max_length: int = 1024,
                 per_pair: bool = False) -> dict:
-    """Fraction of pairs with r(x, chosen) > r(x, rejected); ties (equal scores) are counted apart.
+    """Fraction of pairs with r(x, chosen) > r(x, rejected), a tie (equal scores) counting 1/2; ``ties`` and
+    ``tie_rate`` say how many pairs tied.
 
-    ``per_pair`` adds ``correct`` (one bool per pair), for paired comparisons of RMs (`rlp_align.judge.stats`).
+    ``per_pair`` adds ``correct`` (per pair: 1 right, 0.5 tie, 0 wrong), for paired comparisons of RMs
+    (`rlp_align.judge.stats.rm_accuracy_vs`).
     """
     from rlp_align.models import score_texts
 
@@ -138,9 +142,11 @@ def rm_accuracy(model, tokenizer, prefs: list[Preference], batch_size: int = 8, 
     chosen = score_texts(model, tokenizer, prompts, [p.chosen for p in prefs], batch_size, max_length)
     rejected = score_texts(model, tokenizer, prompts, [p.rejected for p in prefs], batch_size, max_length)
     margin = (chosen - rejected).double()
-    return {"accuracy": float((margin > 0).double().mean()), "ties": int((margin == 0).sum()),
+    credit = (margin > 0).double() + 0.5 * (margin == 0).double()
+    ties = int((margin == 0).sum())
+    return {"accuracy": float(credit.mean()), "ties": ties, "tie_rate": ties / len(prefs),
             "mean_margin": float(margin.mean()), "n": len(prefs),
-            **({"correct": (margin > 0).tolist()} if per_pair else {})}
+            **({"correct": credit.tolist()} if per_pair else {})}
 
 
 @dataclass

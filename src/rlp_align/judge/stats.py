@@ -9,10 +9,13 @@ is left. Unpaired intervals (one per method, checked for overlap) ignore that an
 - `head_to_head`: win-rate of A's answer against B's answer to the same prompt (ties 1/2), bootstrap CI.
 - `rm_accuracy_vs`: accuracy of a refined RM minus RM0's on the same gold-labelled pairs: paired bootstrap of
   the per-pair correctness difference and the exact McNemar test on the discordant pairs (McNemar 1947).
-- `hierarchical_bootstrap`: across seeds, resample seeds, then items within each resampled seed
-  (two-stage bootstrap, Davison & Hinkley 1997, sec. 3.8); the pooled statistic weights seeds equally.
-- `seed_summary`: the `{per_seed: [...], pooled: {...}}` shape of `benchmarks/results/quality.json`.
-- `recovered_share`: (method - PPO) / (oracle - PPO), given only when the oracle's gain over PPO is significant.
+- `pooled_t`: across seeds, the t-interval (S - 1 degrees of freedom) over the per-seed mean differences: the
+  seeds are the replicates of training, so the pooled interval is over them. (A bootstrap over 3 seeds shrinks
+  the between-seed variance by (S - 1)/S and uses normal-like quantiles: 13 % false positives at 3 seeds.)
+- `seed_summary`: the `{per_seed: [...], pooled: {...}}` shape of `benchmarks/results/quality-micro.json`;
+  a per-seed (bootstrap) CI says "these runs differ", the pooled (t) CI speaks to the method.
+- `recovered_share`: (method - PPO) / (oracle - PPO), given only when the oracle's gain over PPO is significant
+  (Fieller's interval over seeds).
 
 Pure numpy; every function takes a `seed` so a result is reproducible.
 """
@@ -108,68 +111,86 @@ def mcnemar_exact(b: int, c: int) -> float:
 def rm_accuracy_vs(correct_new, correct_ref, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Accuracy of a refined RM minus the reference RM's (RM0) on the same gold-labelled pairs.
 
-    `correct_*` are per-pair booleans (r(chosen) > r(rejected) under gold labels). Returns the paired bootstrap
-    CI of the per-pair correctness difference and the exact McNemar p-value on the discordant pairs.
+    `correct_*` are per-pair credits under gold labels: 1 when r(chosen) > r(rejected), 1/2 on a tie (equal
+    scores: a coin flip's expected credit), 0 otherwise (booleans work too). Returns the paired bootstrap CI of
+    the per-pair credit difference and the exact McNemar p-value on the discordant pairs. A pair where one RM
+    ties and the other decides counts as half a discordant pair (only_new and only_ref are then halves);
+    the exact test needs whole counts, so they are rounded towards each other (the smaller up, the larger
+    down), which can only raise p.
     """
-    new = np.asarray(correct_new, dtype=bool)
-    ref = np.asarray(correct_ref, dtype=bool)
-    res = paired_diff(new.astype(np.float64), ref.astype(np.float64), n_boot, seed, level)
-    only_new, only_ref = int((new & ~ref).sum()), int((~new & ref).sum())
+    new, ref = _paired(np.asarray(correct_new, dtype=np.float64), np.asarray(correct_ref, dtype=np.float64))
+    if np.any((new < 0) | (new > 1)) or np.any((ref < 0) | (ref > 1)):
+        raise UserError("per-pair correctness must be 1 (right), 1/2 (tie) or 0 (wrong)")
+    res = paired_diff(new, ref, n_boot, seed, level)
+    d = new - ref
+    only_new, only_ref = float(d.clip(min=0).sum()), float((-d).clip(min=0).sum())
+    small, large = sorted((only_new, only_ref))
     return {**res, "accuracy": float(new.mean()), "accuracy_ref": float(ref.mean()),
-            "only_new": only_new, "only_ref": only_ref, "mcnemar_p": mcnemar_exact(only_new, only_ref)}
+            "only_new": only_new, "only_ref": only_ref,
+            "mcnemar_p": mcnemar_exact(math.ceil(small), math.floor(large))}
 
 
-def _per_seed_arrays(values_by_seed: Mapping[int, object] | Sequence[object]) -> tuple[list[np.ndarray], bool]:
-    """Per-seed (n_s, k) arrays, and whether the input was 1-D per seed (k = 1, squeeze on return)."""
-    items = list(values_by_seed.values()) if isinstance(values_by_seed, Mapping) else list(values_by_seed)
-    if not items:
-        raise UserError("a hierarchical bootstrap needs at least one seed")
-    arrays, flat = [], all(np.ndim(v) == 1 for v in items)
-    for i, v in enumerate(items):
-        a = np.asarray(v, dtype=np.float64)
-        a = a[:, None] if a.ndim == 1 else a
-        if a.ndim != 2 or a.shape[0] == 0 or not np.all(np.isfinite(a)):
-            raise UserError(f"seed {i}: expected a non-empty array of finite per-item values, got shape {a.shape}")
-        arrays.append(a)
-    if len({a.shape[1] for a in arrays}) != 1:
-        raise UserError("every seed must hold the same number of value columns")
-    return arrays, flat
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (t_{df, (1+level)/2}).
 
-
-def hierarchical_draws(values_by_seed, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
-    """Two-stage bootstrap draws of the seed-weighted mean: (n_boot,) or (n_boot, k) for k joint columns.
-
-    One replicate draws S seeds with replacement, then, for each drawn seed independently, its items with
-    replacement, and averages the S resampled seed means. Columns of a seed (e.g. method and oracle diffs on
-    the same prompts) are resampled jointly, so ratios of them keep their pairing.
+    P(|T| <= t) has a closed form for integer df (Abramowitz & Stegun 1964, 26.7.3-4) with theta = atan(t / sqrt(df));
+    the quantile is found by bisection on it (numpy has no t distribution and scipy is not a dependency).
     """
-    arrays, flat = _per_seed_arrays(values_by_seed)
-    rng = np.random.default_rng(seed)
-    n_seeds, k = len(arrays), arrays[0].shape[1]
-    total = np.zeros((n_boot, k))
-    for _slot in range(n_seeds):
-        picked = rng.integers(0, n_seeds, size=n_boot)
-        # A fresh within-seed resample for every slot, so a seed drawn twice contributes two independent resamples.
-        slot_means = np.stack([bootstrap_means(a, n_boot, rng) for a in arrays])  # (S, n_boot, k)
-        total += slot_means[picked, np.arange(n_boot)]
-    draws = total / n_seeds
-    return draws[:, 0] if flat else draws
+    if df < 1:
+        raise UserError(f"a t-interval needs at least 1 degree of freedom (2 seeds), got {df}")
+    if not 0 < level < 1:
+        raise UserError(f"confidence level must be in (0, 1), got {level}")
+
+    def central(t: float) -> float:  # P(|T| <= t)
+        theta = math.atan(t / math.sqrt(df))
+        c, term, total = math.cos(theta), 1.0, 1.0
+        if df % 2 == 0:  # sin(theta) * sum_{j=0}^{(df-2)/2} prod_{i<=j} (2i-1)/(2i) * cos^{2j}
+            for j in range(1, df // 2):
+                term *= (2 * j - 1) / (2 * j) * c * c
+                total += term
+            return math.sin(theta) * total
+        if df == 1:
+            return 2 * theta / math.pi
+        for j in range(1, (df - 1) // 2):  # cos + 2/3 cos^3 + (2*4)/(3*5) cos^5 + ...
+            term *= (2 * j) / (2 * j + 1) * c * c
+            total += term
+        return 2 / math.pi * (theta + math.sin(theta) * c * total)
+
+    low, high = 0.0, 1.0
+    while central(high) < level:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if central(mid) < level else (low, mid)
+    return (low + high) / 2
 
 
-def hierarchical_bootstrap(values_by_seed, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Seed-weighted mean of per-item values (e.g. per-prompt differences) with a two-stage bootstrap CI."""
-    arrays, _ = _per_seed_arrays(values_by_seed)
-    point = float(np.mean([a[:, 0].mean() for a in arrays]))
-    low, high = _interval(hierarchical_draws([a[:, 0] for a in arrays], n_boot, seed), level)
-    return {"diff": point, "ci_low": low, "ci_high": high}
+def pooled_t(seed_means: Sequence[float], level: float = 0.95) -> dict:
+    """Pooled result over seeds: the mean of the per-seed means and its t-interval with S - 1 degrees of freedom.
+
+    The seeds are the independent replicates of the whole training run, so the interval is over them:
+    mean +- t_{S-1} * sd / sqrt(S) (sd with ddof = 1). It carries the between-seed variance in full, which a
+    bootstrap over 3-5 seeds shrinks by (S - 1) / S and judges with normal-like quantiles. With one seed there is
+    no between-seed spread to measure: ``ci_low``/``ci_high`` are None and nothing is called significant.
+    """
+    x = _as_array(seed_means, "seed_means")
+    out = {"diff": float(x.mean()), "ci_low": None, "ci_high": None, "n_seeds": int(x.size),
+           "interval": f"t-interval over seeds ({x.size - 1} dof)" if x.size > 1 else "one seed: no interval"}
+    if x.size > 1:
+        half = t_quantile(x.size - 1, level) * float(x.std(ddof=1)) / math.sqrt(x.size)
+        out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
+    return out
 
 
 def seed_summary(values_by_seed: Mapping[int, object], n_boot: int = 2000, seed: int = 0,
                  level: float = 0.95) -> dict:
-    """`{per_seed: [{seed, diff, ci_low, ci_high}], pooled: {diff, ci_low, ci_high}}` for per-item values.
+    """`{per_seed: [{seed, diff, ci_low, ci_high}], pooled: {diff, ci_low, ci_high, n_seeds}}` for per-item values.
 
     The values are what the statistic averages: per-prompt gold differences, head-to-head outcomes
-    (`win_outcomes`), or per-pair correctness differences of two RMs.
+    (`win_outcomes`), or per-pair correctness differences of two RMs. A seed's CI is the bootstrap over its
+    items: it says whether *these two runs* differ on these prompts, not whether the method is better (it does
+    not resample training randomness). The pooled CI is `pooled_t` over the per-seed means: that one speaks to
+    the method.
     """
     if not values_by_seed:
         raise UserError("seed_summary needs the values of at least one seed")
@@ -177,12 +198,33 @@ def seed_summary(values_by_seed: Mapping[int, object], n_boot: int = 2000, seed:
     for s, values in sorted(values_by_seed.items()):
         res = mean_ci(values, n_boot, seed, level)
         per_seed.append({"seed": int(s), "diff": res["diff"], "ci_low": res["ci_low"], "ci_high": res["ci_high"]})
-    return {"per_seed": per_seed, "pooled": hierarchical_bootstrap(values_by_seed, n_boot, seed, level)}
+    return {"per_seed": per_seed, "pooled": pooled_t([e["diff"] for e in per_seed], level)}
 
 
 def significant(entry: Mapping) -> bool:
-    """True when a `{diff, ci_low, ci_high}` interval lies wholly above 0."""
-    return entry["ci_low"] > 0
+    """True when a `{diff, ci_low, ci_high}` interval exists and lies wholly above 0."""
+    return entry.get("ci_low") is not None and entry["ci_low"] > 0
+
+
+def fieller_interval(num: np.ndarray, den: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Fieller's interval for mean(num) / mean(den) over paired seed means (Fieller 1954).
+
+    The set of theta with |mean(num - theta den)| <= t_{S-1} * se(num - theta den) is a quadratic inequality
+    a theta^2 + b theta + c <= 0; it is a bounded interval exactly when mean(den) is significantly non-zero
+    (a > 0), otherwise None.
+    """
+    s = num.size
+    t2 = t_quantile(s - 1, level) ** 2
+    cov = np.cov(np.stack([num, den]), ddof=1) / s  # covariance of the two means
+    mn, md = num.mean(), den.mean()
+    a = md * md - t2 * cov[1, 1]
+    b = -2 * (mn * md - t2 * cov[0, 1])
+    c = mn * mn - t2 * cov[0, 0]
+    disc = b * b - 4 * a * c
+    if a <= 0 or disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return float((-b - root) / (2 * a)), float((-b + root) / (2 * a))
 
 
 def recovered_share(method_vs_ppo: Mapping[int, object], oracle_vs_ppo: Mapping[int, object],
@@ -190,29 +232,40 @@ def recovered_share(method_vs_ppo: Mapping[int, object], oracle_vs_ppo: Mapping[
     """Share of the oracle's gold gain over PPO that a method recovers: (method - PPO) / (oracle - PPO).
 
     Both arguments map seed -> per-prompt gold differences against PPO on the same prompts. The share is only
-    meaningful when the denominator is known to be positive, so it is returned only when the oracle's pooled
-    gain has a CI above 0; otherwise `share` is None and `reason` says why. The CI of the share comes from the
-    same two-stage resamples for numerator and denominator.
+    meaningful when the denominator is known to be positive, so it is returned only when the oracle's gain is
+    significant; otherwise `share` is None and `reason` says why. Over several seeds the gain is judged by
+    `pooled_t` and the share's CI is Fieller's on the per-seed means; with one seed (a run's own report) both
+    come from the joint bootstrap over its prompts, and ``scope`` says they describe these runs only.
     """
     if sorted(method_vs_ppo) != sorted(oracle_vs_ppo):
         raise UserError(f"recovered share needs the same seeds, got {sorted(method_vs_ppo)} and {sorted(oracle_vs_ppo)}")
-    joint = []
-    for s in sorted(method_vs_ppo):
-        m, o = _paired(method_vs_ppo[s], oracle_vs_ppo[s])
-        joint.append(np.stack([m, o], axis=1))
-    oracle = hierarchical_bootstrap([j[:, 1] for j in joint], n_boot, seed, level)
+    joint = [np.stack(_paired(method_vs_ppo[s], oracle_vs_ppo[s]), axis=1) for s in sorted(method_vs_ppo)]
+    means = np.array([j.mean(axis=0) for j in joint])  # (S, 2): per-seed mean method and oracle differences
+    if len(joint) == 1:
+        scope = "within one seed: these runs, on these prompts"
+        draws = bootstrap_means(joint[0], n_boot, np.random.default_rng(seed))
+        low, high = _interval(draws[:, 1], level)
+        oracle = {"diff": float(means[0, 1]), "ci_low": low, "ci_high": high, "n_seeds": 1}
+    else:
+        scope = f"pooled over {len(joint)} seeds"
+        oracle = pooled_t(means[:, 1], level)
     if not significant(oracle):
-        return {"share": None, "ci_low": None, "ci_high": None, "oracle_gain": oracle,
-                "reason": (f"the oracle's gain over PPO is not significant (pooled diff {oracle['diff']:.4g}, "
-                           f"{level:.0%} CI [{oracle['ci_low']:.4g}, {oracle['ci_high']:.4g}] is not above 0), "
-                           "so there is no gain to recover a share of")}
-    draws = hierarchical_draws(joint, n_boot, seed)
-    method_point = float(np.mean([j[:, 0].mean() for j in joint]))
-    # Replicates with a non-positive oracle gain have no share; at a significant gain they are < (1 - level) / 2.
-    ok = draws[:, 1] > 0
-    low, high = _interval(draws[ok, 0] / draws[ok, 1], level)
-    return {"share": method_point / oracle["diff"], "ci_low": low, "ci_high": high, "oracle_gain": oracle,
+        return {"share": None, "ci_low": None, "ci_high": None, "oracle_gain": oracle, "scope": scope,
+                "reason": (f"the oracle's gain over PPO is not significant (diff {oracle['diff']:.4g}, "
+                           f"{level:.0%} CI {_fmt_ci(oracle)} is not above 0), so there is no gain to recover a "
+                           "share of")}
+    share = float(means[:, 0].mean() / means[:, 1].mean())
+    if len(joint) == 1:
+        ok = draws[:, 1] > 0  # replicates without a gain have no share; at a significant gain they are rare
+        interval = _interval(draws[ok, 0] / draws[ok, 1], level)
+    else:
+        interval = fieller_interval(means[:, 0], means[:, 1], level) or (None, None)
+    return {"share": share, "ci_low": interval[0], "ci_high": interval[1], "oracle_gain": oracle, "scope": scope,
             "reason": None}
+
+
+def _fmt_ci(entry: Mapping) -> str:
+    return "none (one seed)" if entry["ci_low"] is None else f"[{entry['ci_low']:.4g}, {entry['ci_high']:.4g}]"
 
 
 def paired_comparisons(gold_by_method: Mapping[str, Sequence[float]], baselines: Sequence[str] = ("PPO", "SFT"),

@@ -2,7 +2,8 @@
 
 Sections: the win-rate table with 95 % CIs (the shape of the paper's Table 2); RM reward and gold
 reward along each PPO run (over-optimisation curves); KL and response length along PPO; on-policy RM
-accuracy before and after refinement; SPG statistics; cost and time per stage; config and versions.
+accuracy before and after refinement, with RLP-UML's information term (I_JSD, D_SKL); SPG statistics; cost
+and time per stage; config and versions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,9 @@ def paired_section(evaluation: dict[str, Any]) -> list[str]:
     if paired:
         md += ["\n### Paired comparisons on the same prompts\n",
                "Gold difference per prompt (method − baseline) and head-to-head win-rate of the method's answer "
-               "against the baseline's answer to the same prompt (ties ½), with 95 % paired bootstrap CIs.\n",
+               "against the baseline's answer to the same prompt (ties ½), with 95 % paired bootstrap CIs over prompts. "
+               "A CI that excludes 0 says that *these runs differ* on these prompts: it resamples prompts, not "
+               "training randomness, so whether a method is better needs seeds (`benchmarks/quality.py`).\n",
                "| method | baseline | gold diff | 95 % CI | head-to-head % | 95 % CI |", "|---|---|---|---|---|---|"]
         for base, methods in paired.items():
             for label, c in methods.items():
@@ -128,8 +132,34 @@ def paired_section(evaluation: dict[str, Any]) -> list[str]:
                "| reward model | accuracy − RM0's | 95 % CI | only it right | only RM0 right | McNemar p |",
                "|---|---|---|---|---|---|"]
         md += [f"| {label} | {100 * r['diff']:+.1f} pts | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] "
-               f"| {r['only_new']} | {r['only_ref']} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
+               f"| {r['only_new']:g} | {r['only_ref']:g} | {r['mcnemar_p']:.3g} |" for label, r in rows.items()]
     return md
+
+
+def uml_section(run_dir: Path) -> list[str]:
+    """Markdown: RLP-UML's information term in each UML refinement's metrics (``uml/i_jsd``, ``uml/d_skl``).
+
+    I_JSD lies in [-2 log 2, 0] for a useful critic; at its floor -2 log 2 the encoder has collapsed and L_M
+    only penalises differences between the views (issue 22), so a run that ends there did not do RLP-UML.
+    """
+    floor = -2 * math.log(2)
+    md: list[str] = []
+    for folder in sorted(run_dir.glob("07_refine_*uml*")):
+        rows = [r for r in read_metrics(folder) if isinstance(r.get("uml/i_jsd"), (int, float))]
+        if not rows:
+            continue
+        first, last = rows[0], rows[-1]
+        md.append(f"| {folder.name.split('_', 2)[2]} | {last['step']} | {first['uml/i_jsd']:+.3f} | "
+                  f"{last['uml/i_jsd']:+.3f} | {last['uml/i_jsd'] - floor:+.3f} | {last.get('uml/d_skl', 0.0):.4f} | "
+                  f"{last.get('uml/beta', 0.0):.3g} |")
+    if not md:
+        return []
+    return ["\n### RLP-UML information term\n",
+            f"The Jensen-Shannon estimate I_JSD of I(z1; z2) and the symmetric KL D_SKL between the two views' "
+            f"encodings at the first and last logged step. An I_JSD still at its floor 2 log 2 = {-floor:.3f} "
+            "below 0 means the encoder collapsed and L_M acted as a mere invariance penalty.\n",
+            "| refinement | steps | I_JSD first | I_JSD last | above floor | D_SKL last | beta last |",
+            "|---|---|---|---|---|---|---|", *md]
 
 
 def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs: dict[str, dict]) -> Path:
@@ -166,10 +196,12 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     md += ["## KL and response length\n", "![KL and length](plots/kl_length.png)\n" if made["kl_len"] else "(none)\n"]
     md += ["## On-policy reward-model accuracy\n",
            f"Accuracy on {evaluation.get('on_policy_pairs', 0)} gold-labelled pairs of PPO₁ samples (the "
-           "distribution RLP refines the RM for).\n", "| reward model | accuracy % |", "|---|---|"]
+           "distribution RLP refines the RM for); a tie in the RM's scores counts ½.\n",
+           "| reward model | accuracy % | ties % |", "|---|---|---|"]
     for label, acc in evaluation.get("rm_accuracy_on_policy", {}).items():
         value = acc["accuracy"] if isinstance(acc, dict) else acc
-        md.append(f"| {label} | {100 * value:.1f} |")
+        tie_rate = acc.get("tie_rate") if isinstance(acc, dict) else None
+        md.append(f"| {label} | {100 * value:.1f} | {'–' if tie_rate is None else f'{100 * tie_rate:.1f}'} |")
     heldout = {}
     for name in ("03_rm0", *sorted(p.name for p in run_dir.glob("07_refine_*"))):
         manifest = cache.read_manifest(name)
@@ -178,6 +210,7 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     if heldout:
         md.append("\nHeld-out accuracy on D (the SFT-distribution pairs; refinement should keep it): "
                   + ", ".join(f"{k} {100 * v:.1f} %" for k, v in heldout.items()) + ".")
+    md += uml_section(run_dir)
     md += ["", "## SPG statistics\n"]
     spg_stats = sorted(run_dir.glob("06_spg*/synthetic.jsonl.stats.json"))
     if spg_stats:

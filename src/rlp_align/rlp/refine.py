@@ -16,6 +16,7 @@ The encoder/critic of L_M are saved beside the RM as ``uml_head.safetensors``, n
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from rlp_align.data.records import Preference, SampleSet
 from rlp_align.data.templates import encode_pair
 from rlp_align.models import load_tokenizer, resolve_model
 from rlp_align.models.model_kind import check_reward_model_folder
-from rlp_align.rlp.uml import METHODS, MultiViewHead, pick_views
+from rlp_align.rlp.uml import BETA_SCHEDULES, METHODS, MultiViewHead, pick_views
 from rlp_align.train.reward import AuxiliaryLoss, EncodedPair, RewardConfig, train_reward_model
 from rlp_align.train.training import LoraConfig, OptimConfig, batch_indices
 
@@ -52,12 +53,16 @@ class RefineConfig:
     output_dir: str = "runs/refine"
     lam: float = 0.5  # λ of Eq. 1; used by uml and uml+spg only (spg/oracle: λ = 0)
     uml_method: Literal["mib", "mvi", "infomax", "contrastive"] = "mib"
-    beta: float = 1.0
-    beta_schedule: Literal["constant", "linear"] = "constant"  # linear: 0 -> beta over beta_anneal_steps (mib)
-    beta_anneal_steps: int = 0
+    beta: float = 1.0  # the paper's D_SKL weight, reached at the end of the schedule (mib only)
+    # exponential: beta_start -> beta log-linearly (Federici et al.'s trainer); linear: 0 -> beta; constant: beta.
+    # Why not constant: with beta = 1 from the first step I_JSD stays at its floor -2 log 2 (issue 22).
+    beta_schedule: Literal["constant", "linear", "exponential"] = "exponential"
+    beta_anneal_steps: int | None = None  # steps of the rise; None: the whole refinement
+    beta_start: float = 1e-3
+    uml_input_norm: Literal["batch", "layer"] = "batch"  # how the view states are normalised (uml.standardise_views)
     z_dim: int = 64
     uml_batch_size: int = 8  # instructions per view batch, over all ranks
-    uml_learning_rate: float | None = 1e-4  # encoder/critic peak LR (Federici et al.); None: the RM's
+    uml_learning_rate: float | None = 1e-3  # encoder/critic LR, constant (issue 22: 3e-3 collapses a 576-wide head)
     seed: int = 0
     # How r̂ trains. Unset (None) = like the step-2 reward model: `reward:` in `rlp run`, RewardConfig's
     # defaults alone (`inherit_reward_settings`). optim and lora are per key: the keys given here win.
@@ -152,14 +157,11 @@ def refine_reward_model(
                         "from the policy samples by `rlp spg` or the gold annotator)")
     if cfg.init == "previous_rm" and not cfg.previous_rm:
         raise UserError("init 'previous_rm' needs previous_rm: the folder of the step-2 reward model")
-    if cfg.beta_schedule not in ("constant", "linear"):
-        raise UserError(f"beta_schedule must be 'constant' or 'linear', got '{cfg.beta_schedule}'")
-    if (cfg.beta_schedule == "linear") != (cfg.beta_anneal_steps > 0):
-        raise UserError("beta_schedule 'linear' needs beta_anneal_steps > 0 (the steps over which beta rises "
-                        f"from 0), and 'constant' takes none; got {cfg.beta_schedule!r} with {cfg.beta_anneal_steps}")
-    if cfg.beta_schedule == "linear" and cfg.uml_method != "mib":
-        raise UserError(f"beta_schedule 'linear' anneals the D_SKL weight of uml_method 'mib'; '{cfg.uml_method}' "
-                        "has no beta")
+    if cfg.beta_schedule not in BETA_SCHEDULES:
+        raise UserError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got '{cfg.beta_schedule}'")
+    if cfg.beta_anneal_steps is not None and (cfg.beta_schedule == "constant") != (cfg.beta_anneal_steps == 0):
+        raise UserError(f"beta_schedule '{cfg.beta_schedule}' with beta_anneal_steps {cfg.beta_anneal_steps}: a rising "
+                        "schedule needs beta_anneal_steps > 0 (or unset: the whole refinement), 'constant' takes none")
     if cfg.init not in ("sft", "previous_rm"):
         raise UserError(f"init must be 'sft' or 'previous_rm', got '{cfg.init}'")
     if cfg.previous_rm:  # a causal LM here would restart from a zero head and score everything 0
@@ -189,8 +191,9 @@ def refine_reward_model(
         hidden_size = AutoConfig.from_pretrained(resolve_model(init_model, allow_pickle=cfg.allow_pickle)).hidden_size
         with torch.random.fork_rng():  # the head's initialisation depends on the seed alone
             torch.manual_seed(cfg.seed)
-            head = MultiViewHead(hidden_size, cfg.z_dim, cfg.uml_method, cfg.beta,
-                                 beta_anneal_steps=cfg.beta_anneal_steps)
+            head = MultiViewHead(hidden_size, cfg.z_dim, cfg.uml_method, cfg.beta, beta_schedule=cfg.beta_schedule,
+                                 beta_anneal_steps=cfg.beta_anneal_steps, beta_start=cfg.beta_start,
+                                 input_norm=cfg.uml_input_norm)
         stat_keys = ("loss", "i_nce" if cfg.uml_method == "contrastive" else "i_jsd", "d_skl", "beta", "skipped")
         extra = AuxiliaryLoss(head, make_view_batches(tokenizer, sets, cfg.uml_batch_size, cfg.max_length, cfg.seed),
                               lam, "uml", stat_keys, cfg.uml_learning_rate)
@@ -198,7 +201,23 @@ def refine_reward_model(
     info = {"method": cfg.method, "lambda": lam, "init": cfg.init, "init_model": str(init_model),
             "preference_pairs": len(preferences), "synthetic_pairs": len(synthetic or []) if uses_synthetic else 0,
             "sample_sets": len(samples or [])}
-    return train_reward_model(rm_cfg, train, eval_prefs, extra_loss=extra, summary_extra={"refine": info})
+    summary = train_reward_model(rm_cfg, train, eval_prefs, extra_loss=extra, summary_extra={"refine": info})
+    warn_if_information_term_at_floor(summary.get("train") or {})
+    return summary
+
+
+def warn_if_information_term_at_floor(last: dict[str, float]) -> None:
+    """Warn when the last logged I_JSD is within 0.05 of its floor -2 log 2: the critic never separated the
+    views, so L_M acted only as an invariance penalty, not as RLP-UML (issue 22)."""
+    i_jsd = last.get("uml/i_jsd")
+    if i_jsd is None or last.get("uml/skipped"):
+        return
+    if i_jsd < -2 * math.log(2) + 0.05:
+        warnings.warn(f"RLP-UML's mutual-information estimate ended at its floor (I_JSD {i_jsd:.3f}, floor "
+                      f"{-2 * math.log(2):.3f}): the encoder did not learn I(z1; z2), so L_M only penalised "
+                      "differences between the views. At the default head LR the critic needs ~120 steps with "
+                      "uml_batch_size 8 and more with 4 (docs/decisions.md): refine longer or with larger view batches",
+                      RuntimeWarning, stacklevel=2)
 
 
 def run_refine(cfg: RefineConfig) -> dict:

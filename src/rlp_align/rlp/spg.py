@@ -130,7 +130,9 @@ def west_of_n_preferences(
     """Table-5 "West-of-N" (Pace et al. 2024): the RM's highest-scored sample against its lowest-scored one.
 
     Samples with identical text count once (first occurrence); an instruction with fewer than 2 distinct
-    samples gives no pair (``no_rejected``). On equal scores the earlier sample wins both ends.
+    samples gives no pair (``no_rejected``), and so does one whose distinct samples all score the same: the RM
+    prefers none of them, and the best and the worst would be one sample paired with itself (issue 22). Among
+    equal highest (lowest) scores the earlier sample is chosen (rejected).
     """
     _check_aligned(sample_sets, [[0] * len(s.responses) for s in sample_sets], rm_scores)
     prefs: list[Preference] = []
@@ -145,6 +147,9 @@ def west_of_n_preferences(
             continue
         chosen = max(distinct, key=lambda j: (scores[j], -j))
         rejected = min(distinct, key=lambda j: (scores[j], j))
+        if scores[chosen] == scores[rejected]:  # all tied: chosen == rejected, no preference to learn
+            dropped["no_rejected"] += 1
+            continue
         prefs.append(Preference(s.prompt, s.responses[chosen], s.responses[rejected], meta={
             **s.meta,
             **pair_truncation(s.meta.get("truncated"), chosen, rejected),

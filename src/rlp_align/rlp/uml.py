@@ -27,6 +27,10 @@ from rlp_align.data.records import Messages, SampleSet
 
 Method = Literal["mib", "mvi", "infomax", "contrastive"]
 METHODS = ("mib", "mvi", "infomax", "contrastive")
+BetaSchedule = Literal["constant", "linear", "exponential"]
+BETA_SCHEDULES = ("constant", "linear", "exponential")
+InputNorm = Literal["batch", "layer"]
+INPUT_NORMS = ("batch", "layer")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -69,15 +73,40 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def annealed_beta(step: int, beta: float, anneal_steps: int = 0) -> float:
-    """Linear warm-up of the compression weight from 0 to ``beta`` over ``anneal_steps`` (0: constant).
+def beta_at(step: int, beta: float, schedule: BetaSchedule = "constant", anneal_steps: int = 0,
+            start: float = 1e-3) -> float:
+    """The compression weight beta_t of L_M at optimiser step ``step`` (0-based).
 
-    Federici et al. anneal beta because a strong bottleneck early collapses z before I(z1; z2) is learned.
-    ``refine.beta_schedule: linear`` with ``refine.beta_anneal_steps`` selects it; ``step`` is the optimiser step.
+    - ``constant``: beta.
+    - ``linear``: 0 -> beta linearly over ``anneal_steps``.
+    - ``exponential``: ``start`` -> beta log-linearly, beta_t = start * (beta / start)^(t / anneal_steps), then beta
+      (the ExponentialScheduler of Federici et al.'s MIB trainer, which starts at 1e-3 and ends at 1).
+    A strong bottleneck early collapses z before I(z1; z2) is learned: with beta = 1 from the first step the
+    estimate never leaves its floor -2 log 2 (issue 22). ``anneal_steps`` <= 0 with a rising schedule: beta.
     """
-    if anneal_steps <= 0:
+    if schedule == "constant" or anneal_steps <= 0:
         return beta
-    return beta * min(1.0, step / anneal_steps)
+    progress = min(1.0, step / anneal_steps)
+    if schedule == "linear":
+        return beta * progress
+    if beta <= 0:
+        return 0.0
+    return start * (beta / start) ** progress
+
+
+def standardise_views(h1: torch.Tensor, h2: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both view batches [B, H] standardised per feature with the mean and variance over all 2B states.
+
+    (h - mean) / sqrt(var + eps), as a BatchNorm without affine parameters. Last-token states of a young RM
+    share one large common component (cosine 0.98 between different instructions on the tiny model, 0.99
+    within one after a per-example LayerNorm); removing it across the batch is what lets the critic see the
+    instruction (cosine 0.45 within, -0.11 between). Both views share one statistic, so it carries no
+    pair-specific information.
+    """
+    both = torch.cat([h1, h2]).float()
+    mean, var = both.mean(0), both.var(0, unbiased=False)
+    scale = torch.rsqrt(var + eps)
+    return (h1.float() - mean) * scale, (h2.float() - mean) * scale
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,6 +175,9 @@ class MultiViewHead(nn.Module):
     infomax/contrastive), ``i_jsd`` (mib, mvi: I(z1; z2); infomax: mean I(h; z)) or ``i_nce`` (contrastive:
     log B - InfoNCE loss), ``beta``.
 
+    beta_t follows ``beta_schedule`` (`beta_at`; refine uses ``exponential`` from ``beta_start`` to ``beta`` over
+    the run, this class defaults to ``constant``); ``input_norm`` picks how h is normalised (`standardise_views`).
+
     A batch with fewer than 2 instructions has no negatives: the loss is a zero tensor (no gradient from
     L_M, so the Bradley-Terry part of a refinement step still runs), a ``RuntimeWarning`` is issued and
     ``stats["skipped"] = 1.0``. Never NaN.
@@ -159,7 +191,10 @@ class MultiViewHead(nn.Module):
         beta: float = 1.0,
         width: int | None = None,
         temperature: float = 0.1,
-        beta_anneal_steps: int = 0,
+        beta_schedule: BetaSchedule = "constant",
+        beta_anneal_steps: int | None = 0,
+        beta_start: float = 1e-3,
+        input_norm: InputNorm = "batch",
     ):
         super().__init__()
         if method not in METHODS:
@@ -168,9 +203,16 @@ class MultiViewHead(nn.Module):
             raise UserError(f"multi-view beta must be >= 0, got {beta}")
         if temperature <= 0:
             raise UserError(f"contrastive temperature must be > 0, got {temperature}")
-        if beta_anneal_steps < 0:
-            raise UserError(f"beta_anneal_steps must be >= 0 (0: constant beta), got {beta_anneal_steps}")
-        self.beta_anneal_steps = int(beta_anneal_steps)
+        if beta_schedule not in BETA_SCHEDULES:
+            raise UserError(f"unknown beta_schedule '{beta_schedule}': choose one of {', '.join(BETA_SCHEDULES)}")
+        if beta_anneal_steps is not None and beta_anneal_steps < 0:
+            raise UserError(f"beta_anneal_steps must be >= 0 (or unset: the whole run), got {beta_anneal_steps}")
+        if beta_start <= 0:
+            raise UserError(f"beta_start must be > 0 (the exponential schedule's first beta), got {beta_start}")
+        if input_norm not in INPUT_NORMS:
+            raise UserError(f"unknown input_norm '{input_norm}': choose one of {', '.join(INPUT_NORMS)}")
+        self.beta_schedule, self.beta_anneal_steps, self.beta_start = beta_schedule, beta_anneal_steps, beta_start
+        self.input_norm = input_norm
         width = width or hidden_size
         self.method, self.beta, self.temperature = method, float(beta), float(temperature)
         self.encoder = GaussianEncoder(hidden_size, z_dim, width)
@@ -179,11 +221,16 @@ class MultiViewHead(nn.Module):
         elif method == "infomax":
             self.critic = Critic(hidden_size, z_dim, width)
 
+    def beta_at(self, step: int, total_steps: int | None = None) -> float:
+        """beta_t at optimiser ``step``; an unset ``beta_anneal_steps`` anneals over ``total_steps`` (the run)."""
+        anneal = self.beta_anneal_steps if self.beta_anneal_steps is not None else (total_steps or 0)
+        return beta_at(step, self.beta, self.beta_schedule, anneal, self.beta_start)
+
     def forward(
-        self, h1: torch.Tensor, h2: torch.Tensor, step: int = 0
+        self, h1: torch.Tensor, h2: torch.Tensor, step: int = 0, total_steps: int | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_M and its parts for view batches [B, H]; ``step`` (the optimiser step) sets an annealed beta."""
-        beta = annealed_beta(step, self.beta, self.beta_anneal_steps)
+        """L_M and its parts for view batches [B, H]; ``step`` of ``total_steps`` optimiser steps sets beta_t."""
+        beta = self.beta_at(step, total_steps)
         if h1.dim() != 2 or h1.shape != h2.shape:
             raise ValueError(f"h1 and h2 must both be [B, H]; got {tuple(h1.shape)} and {tuple(h2.shape)}")
         if h1.shape[0] < 2:
@@ -197,10 +244,14 @@ class MultiViewHead(nn.Module):
             zero = 0.0 * sum(p.sum() for p in self.parameters())
             return zero, {"loss": 0.0, "i_jsd": 0.0, "d_skl": 0.0, "beta": beta, "skipped": 1.0}
 
-        # [decided] a parameter-free LayerNorm first: last-token states of a barely trained RM differ by
-        # ~1 % between inputs, too little for the critic to separate before the encoder adapts.
-        h1 = nn.functional.layer_norm(h1, h1.shape[-1:])
-        h2 = nn.functional.layer_norm(h2, h2.shape[-1:])
+        # [decided] parameter-free normalisation first: last-token states of a young RM differ by ~1 % between
+        # inputs. "batch" (default) removes the component all states share (`standardise_views`); "layer", the
+        # per-example LayerNorm used before issue 22, keeps it and the critic never separates the views.
+        if self.input_norm == "batch":
+            h1, h2 = standardise_views(h1, h2)
+        else:
+            h1 = nn.functional.layer_norm(h1, h1.shape[-1:])
+            h2 = nn.functional.layer_norm(h2, h2.shape[-1:])
         mu1, sigma1, z1 = self.encoder(h1)
         mu2, sigma2, z2 = self.encoder(h2)
         d_skl = symmetric_kl(mu1, sigma1, mu2, sigma2).mean()

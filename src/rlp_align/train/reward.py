@@ -111,7 +111,7 @@ class RewardScorer(nn.Module):
 
 @dataclass
 class AuxiliaryLoss:
-    """An extra term ``weight · head(h1, h2, step)`` on the hidden states of view pairs scored with the pairs.
+    """An extra term ``weight · head(h1, h2, step, total_steps)`` on the hidden states of view pairs scored with the pairs.
 
     RLP-UML: ``head`` is a `uml.MultiViewHead` giving L_M, ``views(step)`` the step's global batch of
     (view 1, view 2) token ids, ``weight`` is λ. The head is trained and checkpointed with the RM and saved
@@ -123,7 +123,7 @@ class AuxiliaryLoss:
     weight: float
     name: str = "uml"
     stat_keys: tuple[str, ...] = ("loss", "i_jsd", "d_skl")
-    learning_rate: float | None = None  # the head's own peak LR (fresh MLPs barely move at RM LRs); None: the RM's
+    learning_rate: float | None = None  # the head's own LR, constant (no warm-up or decay); None: the RM's peak
 
 
 def encode_preferences(tokenizer, prefs: list[Preference], max_length: int) -> list[EncodedPair]:
@@ -260,7 +260,7 @@ def train_reward_model(
         groups.append({"params": list(extra_loss.head.parameters()),
                        "lr": extra_loss.learning_rate or cfg.optim.learning_rate})
     optimizer = adamw(groups, lr=cfg.optim.learning_rate, weight_decay=cfg.optim.weight_decay)
-    scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps)
+    scheduler = linear_schedule(optimizer, cfg.optim.warmup_steps, total_steps, constant_groups=len(groups) - 1)
     *modules, optimizer, scheduler = acc.prepare(*modules, optimizer, scheduler)
     # after prepare: FSDP replaces the parameters by sharded ones (the optimiser's groups are updated)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -308,7 +308,7 @@ def train_reward_model(
                     scaled = loss / len(chunks)
                     if extra_loss is not None and i == len(chunks) - 1:  # once per step, all ranks' views
                         l_m, aux_stats = head(gather_views(hidden[2 * n : 2 * n + v], acc),
-                                              gather_views(hidden[2 * n + v :], acc), step)
+                                              gather_views(hidden[2 * n + v :], acc), step, total_steps)
                         check_finite("multi-view loss", l_m.detach(), step + 1, out)
                         skipped_steps += int(aux_stats.get("skipped", 0.0))
                         scaled = scaled + extra_loss.weight * l_m

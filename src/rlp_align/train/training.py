@@ -291,8 +291,12 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=fusable or None, **kwargs)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up then linear decay to 10% of the peak learning rate."""
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, constant_groups: int = 0):
+    """Linear warm-up then linear decay to 10% of the peak learning rate.
+
+    The last ``constant_groups`` parameter groups keep their learning rate throughout (RLP-UML's encoder and
+    critic: a fresh head that must first leave the uninformative critic's plateau, issue 22).
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -300,7 +304,8 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return max(0.1, 1.0 - 0.9 * progress)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    n = len(optimizer.param_groups)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * (n - constant_groups) + [lambda _: 1.0] * constant_groups)
 
 
 def _relocated(summary: Any, out: Path) -> Any:

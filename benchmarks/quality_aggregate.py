@@ -1,0 +1,358 @@
+"""Across seeds: the controls, every method against PPO1 (at the end and at matched KL), and the plots.
+
+Input: the per-seed records `quality.py` writes (``<work>/seed<k>/quality_seed.json``). Every comparison is
+paired: per-prompt (or per-pair) differences on the same eval prompts (pairs) within a seed; a seed's CI is the
+bootstrap over its prompts ("these runs differ"), the pooled CI the t-interval over the per-seed means
+(`rlp_align.judge.stats.seed_summary`), which is the one that speaks to a method.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlp_align.judge.stats import mean_ci, pooled_t, recovered_share, seed_summary
+
+JSD_FLOOR = -2 * math.log(2)  # I_JSD's lower bound (a collapsed encoder), issue 22 section 1
+MI_MARGIN = 0.1
+# method label -> the PPO stage whose evaluation points it has (matched-KL comparison)
+PPO_STAGES = {"PPO": "04_ppo1", "RLP-UML": "08_ppo2_uml", "RLP-SPG": "08_ppo2_spg", "RLP-UML+SPG": "08_ppo2_uml_spg",
+              "Oracle": "08_ppo2_oracle", "West-of-N": "08_ppo2_west_of_n", "Ensemble-MEAN": "10_ppo_ens_mean",
+              "Ensemble-WCO": "10_ppo_ens_wco", "Ensemble-UWO": "10_ppo_ens_uwo"}
+VS_PPO = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "Best-of-n", "Ensemble-MEAN", "Ensemble-WCO",
+          "Ensemble-UWO"]
+REFINED = ["RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle"]
+
+
+def summary(by_seed: dict[int, Any]) -> dict[str, Any] | None:
+    """`seed_summary` of the seeds that have this comparison; None when none has."""
+    values = {s: v for s, v in by_seed.items() if v is not None and len(v)}
+    return seed_summary(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Matched KL
+
+
+def at_kl(points: list[dict[str, Any]], target: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-prompt gold at mean KL ``target``, linearly interpolated between the two evaluation points around it.
+
+    A run that never reaches ``target`` gives its last point (``reached`` False)."""
+    kls = [p["kl"] for p in points]
+    gold = [np.asarray(p["per_prompt"]["gold"], dtype=np.float64) for p in points]
+    for j in range(1, len(points)):
+        if kls[j] >= target:
+            w = 0.0 if kls[j] == kls[j - 1] else (target - kls[j - 1]) / (kls[j] - kls[j - 1])
+            w = min(max(w, 0.0), 1.0)
+            return (1 - w) * gold[j - 1] + w * gold[j], {"reached": True, "between_steps": [points[j - 1]["step"],
+                                                                                            points[j]["step"]]}
+    return gold[-1], {"reached": target <= kls[-1], "between_steps": [points[-1]["step"]] * 2}
+
+
+def bon_at_kl(curve: dict[str, Any], target: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Best-of-n's per-prompt expected gold at analytic KL ``target`` (interpolated between neighbouring n)."""
+    kls, gold = curve["kl_analytic"], np.asarray(curve["per_prompt_gold"], dtype=np.float64)  # (n_max, prompts)
+    for j in range(1, len(kls)):
+        if kls[j] >= target:
+            w = (target - kls[j - 1]) / (kls[j] - kls[j - 1])
+            return (1 - w) * gold[j - 1] + w * gold[j], {"reached": True, "n": j + w + 0.0}
+    return gold[-1], {"reached": False, "n": len(kls)}
+
+
+def vs_ppo(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each method minus PPO1 in gold, per prompt: at the end (the evaluation stage's answers) and at PPO1's final
+    KL (evaluation points along each PPO run; best-of-n along its analytic-KL curve), with the recovered share
+    (method - PPO) / (oracle - PPO) only where the oracle's pooled gain is significant."""
+    end = {m: {r["seed"]: ((r["evaluation"].get("paired") or {}).get("PPO", {}).get(m) or {}).get("per_prompt_diff")
+               for r in records} for m in VS_PPO}
+    matched: dict[str, dict[int, Any]] = {m: {} for m in VS_PPO}
+    where: dict[str, dict[int, Any]] = {m: {} for m in VS_PPO}
+    for r in records:
+        points = r.get("eval_points", {})
+        if not points.get("PPO"):
+            continue
+        ppo_final = points["PPO"][-1]
+        target, base = ppo_final["kl"], np.asarray(ppo_final["per_prompt"]["gold"], dtype=np.float64)
+        for m in VS_PPO:
+            if points.get(m):
+                gold, info = at_kl(points[m], target)
+            elif m == "Best-of-n" and r.get("bon_curve"):
+                gold, info = bon_at_kl(r["bon_curve"], target)
+            else:
+                continue
+            matched[m][r["seed"]] = (gold - base[: gold.size]).tolist()
+            where[m][r["seed"]] = {**info, "ppo1_final_kl": target}
+    out: dict[str, Any] = {}
+    for m in VS_PPO:
+        entry = {"end": summary(end[m]), "matched_kl": summary(matched[m])}
+        if entry["matched_kl"]:
+            entry["matched_kl"]["where"] = where[m]
+        if not entry["end"] and not entry["matched_kl"]:
+            continue
+        if m != "Oracle":
+            entry["recovered_share"] = {when: share(values, oracle) for when, values, oracle in
+                                        (("end", end[m], end["Oracle"]), ("matched_kl", matched[m], matched["Oracle"]))}
+        out[m] = entry
+    return out
+
+
+def share(method: dict[int, Any], oracle: dict[int, Any]) -> dict[str, Any] | None:
+    seeds = sorted(s for s in method if method[s] is not None and oracle.get(s) is not None)
+    if not seeds:
+        return None
+    # best-of-n's matched-KL curve covers the first eval prompts only: the oracle is taken on the same ones
+    res = recovered_share({s: method[s] for s in seeds}, {s: oracle[s][: len(method[s])] for s in seeds})
+    return {k: v for k, v in res.items() if k != "oracle_gain"}  # share None (with the reason) unless significant
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Controls
+
+
+def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Gold and proxy against sqrt(KL) along PPO1 (each point with its CI), and whether gold's final value is below
+    its peak beyond the CI while the proxy still rises; plus best-of-n's gold and proxy against its analytic KL."""
+    per_seed, curves = [], []
+    for r in records:
+        points = (r.get("eval_points") or {}).get("PPO") or []
+        if len(points) < 2 or "gold" not in points[0]["per_prompt"]:
+            continue
+        curves.append((r["seed"], points))
+        per_seed.append({"seed": r["seed"], "points": [
+            {"step": p["step"], "kl": p["kl"], "sqrt_kl": math.sqrt(max(p["kl"], 0.0)),
+             "gold": mean_ci(p["per_prompt"]["gold"]), "proxy": mean_ci(p["per_prompt"]["proxy"])} for p in points]})
+    out: dict[str, Any] = {"per_seed": per_seed, "pooled": None, "best_of_n": best_of_n_curve(records)}
+    if not curves:
+        return out
+    n_points = min(len(p) for _, p in curves)
+    pooled_points = [{"step": curves[0][1][j]["step"],
+                      "sqrt_kl": float(np.mean([math.sqrt(max(p[j]["kl"], 0.0)) for _, p in curves])),
+                      "gold": pooled_t([np.mean(p[j]["per_prompt"]["gold"]) for _, p in curves]),
+                      "proxy": pooled_t([np.mean(p[j]["per_prompt"]["proxy"]) for _, p in curves])}
+                     for j in range(n_points)]
+    peak = int(np.argmax([p["gold"]["diff"] for p in pooled_points]))  # the pooled curve's peak: one choice
+    last = n_points - 1
+
+    def change(key: str, seed_points: list[dict[str, Any]]) -> np.ndarray:  # final minus peak, per prompt
+        return np.asarray(seed_points[last]["per_prompt"][key]) - np.asarray(seed_points[peak]["per_prompt"][key])
+
+    gold_drop = seed_summary({s: change("gold", p) for s, p in curves})
+    proxy_rise = seed_summary({s: change("proxy", p) for s, p in curves})
+    for e, g, x in zip(per_seed, gold_drop["per_seed"], proxy_rise["per_seed"]):
+        e.update(gold_final_minus_peak=g, proxy_final_minus_at_peak=x,
+                 shown=g["ci_high"] < 0 and x["ci_low"] > 0)
+    pooled = {"points": pooled_points, "peak_step": pooled_points[peak]["step"],
+              "gold_final_minus_peak": gold_drop["pooled"], "proxy_final_minus_at_peak": proxy_rise["pooled"]}
+    g, x = gold_drop["pooled"], proxy_rise["pooled"]
+    pooled["shown"] = g["ci_high"] is not None and g["ci_high"] < 0 and x["ci_low"] > 0  # both None with 1 seed
+    out["pooled"] = pooled
+    return out
+
+
+def best_of_n_curve(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    curves = [(r["seed"], r["bon_curve"]) for r in records if r.get("bon_curve")]
+    if not curves:
+        return None
+    n_max = min(len(c["kl_analytic"]) for _, c in curves)
+    rows = []
+    for j in range(n_max):
+        rows.append({"n": j + 1, "kl_analytic": curves[0][1]["kl_analytic"][j],
+                     "gold": pooled_t([np.mean(c["per_prompt_gold"][j]) for _, c in curves]),
+                     "proxy": pooled_t([np.mean(c["per_prompt_proxy"][j]) for _, c in curves])})
+    return {"per_seed": [{"seed": s, "gold": [float(np.mean(g)) for g in c["per_prompt_gold"]],
+                          "proxy": [float(np.mean(x)) for x in c["per_prompt_proxy"]], "prompts": c["prompts"]}
+                         for s, c in curves], "pooled": rows,
+            "kl": "analytic: log n - (n - 1) / n (Stiennon et al. 2020)"}
+
+
+def uml_mi(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """RLP-UML's final I_JSD against the JSD critic's floor -2 ln 2: above it by at least 0.1 in every seed."""
+    per_seed = []
+    for r in records:
+        for label, value in (r.get("uml_i_jsd") or {}).items():
+            per_seed.append({"seed": r["seed"], "rm": label, "final_i_jsd": value,
+                             "margin": None if value is None else value - JSD_FLOOR})
+    margins = [e["margin"] for e in per_seed if e["margin"] is not None]
+    passed = bool(per_seed) and len(margins) == len(per_seed) and min(margins) >= MI_MARGIN
+    pooled = {}  # per refined RM, its margin over the floor pooled over seeds
+    for rm in sorted({e["rm"] for e in per_seed}):
+        mine = [e["margin"] for e in per_seed if e["rm"] == rm and e["margin"] is not None]
+        if mine:
+            pooled[rm] = {**pooled_t(mine), "passed": min(mine) >= MI_MARGIN}
+    return {"floor": JSD_FLOOR, "required_margin": MI_MARGIN, "per_seed": per_seed, "pooled": pooled or None,
+            "passed": passed, **({} if margins else {"reason": "no refine run logged uml/i_jsd"})}
+
+
+def controls(records: list[dict[str, Any]]) -> dict[str, Any]:
+    def paired(base: str, m: str):
+        return {r["seed"]: ((r["evaluation"].get("paired") or {}).get(base, {}).get(m) or {}).get("per_prompt_diff")
+                for r in records}
+
+    def rm(key: str, m: str):
+        return {r["seed"]: ((r["evaluation"].get(key) or {}).get(m) or {}).get("per_pair_diff") for r in records}
+
+    return {"ppo_vs_sft_gold": summary(paired("SFT", "PPO")),
+            "oracle_rm_vs_rm0_accuracy": summary(rm("rm_accuracy_vs_rm0", "Oracle")),
+            "oracle_vs_ppo_gold": summary(paired("PPO", "Oracle")),
+            "overoptimisation": overoptimisation(records),
+            "refined_fit_d": {m: s for m in REFINED if (s := summary(rm("refined_fit_d", m)))},
+            "uml_mi_above_floor": uml_mi(records)}
+
+
+def label_accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Table 5: agreement with gold of each synthetic-pair selection, per seed and pooled over seeds."""
+    out = {}
+    for sel in sorted({k for r in records for k in r.get("table5", {})}):
+        per_seed = [{"seed": r["seed"], **r["table5"][sel]} for r in records if sel in r.get("table5", {})]
+        acc = [e["accuracy"] for e in per_seed if e["accuracy"] is not None]
+        out[sel] = {"label": per_seed[0]["label"], "per_seed": per_seed, "pooled": pooled_t(acc) if acc else None}
+    return out
+
+
+def majority(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """P(the majority answer of n SFT samples is correct) minus P(one sample is correct), paired per prompt."""
+    got = {r["seed"]: r["majority"] for r in records if r.get("majority")}
+    if not got:
+        reasons = {r.get("majority_reason") for r in records} - {None}
+        return {"per_seed": [], "pooled": None, "reason": "; ".join(sorted(reasons)) or "not measured"}
+    diff = seed_summary({s: np.subtract(m["majority_correct"], m["single_correct"]) for s, m in got.items()})
+    per_seed = [{"seed": s, "n_samples": m["n"], "p_majority": float(np.mean(m["majority_correct"])),
+                 "p_single": float(np.mean(m["single_correct"])), "majority_minus_single": d}
+                for (s, m), d in zip(sorted(got.items()), diff["per_seed"])]
+    return {"per_seed": per_seed, "pooled": {
+        "p_majority": pooled_t([e["p_majority"] for e in per_seed]),
+        "p_single": pooled_t([e["p_single"] for e in per_seed]), "majority_minus_single": diff["pooled"]}}
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {"n_seeds": len(records), "controls": controls(records), "vs_ppo": vs_ppo(records),
+           "label_accuracy": label_accuracy(records), "majority_vs_single": majority(records),
+           "sizes": {"n_eval": min(r["evaluation"].get("n_eval") or 0 for r in records),
+                     "n_onpolicy_pairs": min(r["evaluation"].get("on_policy_pairs") or 0 for r in records),
+                     "n_heldout_d_pairs": min(r["evaluation"].get("heldout_d_pairs") or 0 for r in records),
+                     "spg_pairs_per_seed": [r.get("spg_pairs") for r in records]},
+           "seconds_per_seed": [r["seconds"] for r in records]}
+    out["checks"] = checks(out)
+    return out
+
+
+def checks(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 21's "How it is checked", judged on the aggregate: ``passed`` True/False, or None where the figure
+    cannot be judged yet (a pooled interval needs 2 seeds)."""
+    c, n = d["controls"], d["n_seeds"]
+
+    def seeds_above(entry: dict | None) -> int:
+        return sum(s["ci_low"] > 0 for s in entry["per_seed"]) if entry else 0
+
+    def pooled_low(entry: dict | None) -> float | None:
+        return entry["pooled"]["ci_low"] if entry else None
+
+    def judged(ok: bool | None, measured: str, target: str) -> dict[str, Any]:
+        return {"target": target, "measured": measured, "passed": ok}
+
+    out = {}
+    for key, extra in (("ppo_vs_sft_gold", None), ("oracle_rm_vs_rm0_accuracy", 0.10)):
+        e, low = c[key], pooled_low(c[key])
+        ok = None if low is None else (low > 0 and seeds_above(e) >= math.ceil(0.8 * n)
+                                       and (extra is None or e["pooled"]["diff"] >= extra))
+        out[key] = judged(ok, f"CI above 0 in {seeds_above(e)} of {n} seeds; pooled "
+                          f"{_fmt(e['pooled']) if e else 'not measured'}",
+                          "CI above 0 in at least 4 of 5 seeds and pooled" + (", pooled gain >= 10 points"
+                                                                               if extra else ""))
+    e = c["oracle_vs_ppo_gold"]
+    out["oracle_vs_ppo_gold"] = judged(None if pooled_low(e) is None else pooled_low(e) > 0,
+                                       f"pooled {_fmt(e['pooled']) if e else 'not measured'}", "pooled CI above 0")
+    over = c["overoptimisation"]["pooled"]
+    out["overoptimisation"] = judged(
+        None if not over or over["gold_final_minus_peak"]["ci_high"] is None else over["shown"],
+        "not measured" if not over else f"gold final − peak {_fmt(over['gold_final_minus_peak'])}, proxy final − "
+        f"at peak {_fmt(over['proxy_final_minus_at_peak'])}",
+        "gold's final value below its peak beyond the CI while the proxy still rises")
+    fits = c["refined_fit_d"]
+    highs = {m: e["pooled"]["ci_high"] for m, e in fits.items()}
+    out["refined_fit_d"] = judged(None if not highs or None in highs.values() else min(highs.values()) >= -0.03,
+                                  ", ".join(f"{m} {_fmt(e['pooled'])}" for m, e in fits.items()) or "not measured",
+                                  "pooled CI high >= -0.03 for every refined RM")
+    mi = c["uml_mi_above_floor"]
+    finals = [f"seed {e['seed']} {e['rm']} " + ("–" if e["final_i_jsd"] is None else f"{e['final_i_jsd']:.3f}")
+              for e in mi["per_seed"]]
+    out["uml_mi_above_floor"] = judged(mi["passed"], ", ".join(finals) or mi.get("reason", "–"),
+                                       "final I_JSD >= -2 ln 2 + 0.1 in every seed")
+    sizes = d["sizes"]
+    spg = [x for x in sizes["spg_pairs_per_seed"] if x is not None]
+    out["sizes"] = judged(sizes["n_eval"] >= 512 and sizes["n_onpolicy_pairs"] >= 1000 and bool(spg)
+                          and min(spg) >= 128, f"n_eval {sizes['n_eval']}, on-policy pairs "
+                          f"{sizes['n_onpolicy_pairs']}, SPG pairs per seed {sizes['spg_pairs_per_seed']}",
+                          ">= 512 eval prompts, >= 1000 on-policy pairs, >= 128 SPG pairs per seed")
+    worst = max(d["seconds_per_seed"])
+    out["budget"] = judged(worst * 5 <= 2700, f"slowest seed {worst / 60:.1f} min (x 5 = {worst / 12:.0f} min)",
+                           "5 seeds within 45 minutes")
+    return out
+
+
+def _fmt(p: dict[str, Any]) -> str:
+    ci = "no CI (one seed)" if p["ci_low"] is None else f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+    return f"{p['diff']:+.4f} {ci}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot(path: Path, result: dict[str, Any]) -> list[str]:
+    """Two figures: ``<path>`` (every method minus PPO1, pooled, at the end and at matched KL) and
+    ``<stem>-overopt.png`` (gold and proxy against sqrt KL along PPO1, and best-of-n against its analytic KL)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    labels = list(result["vs_ppo"])
+    for k, (when, color) in enumerate((("end", "#4C72B0"), ("matched_kl", "#DD8452"))):
+        for i, m in enumerate(labels):
+            e = result["vs_ppo"][m].get(when)
+            if not e:
+                continue
+            p = e["pooled"]
+            x = i + (k - 0.5) * 0.35
+            ax.bar(x, p["diff"], width=0.35, color=color, label=when.replace("_", " ") if i == 0 else None)
+            if p["ci_low"] is not None:
+                ax.errorbar(x, p["diff"], yerr=[[p["diff"] - p["ci_low"]], [p["ci_high"] - p["diff"]]], color="k",
+                            capsize=3)
+            ax.scatter([x] * len(e["per_seed"]), [s["diff"] for s in e["per_seed"]], color="k", s=8, zorder=3)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel("gold − PPO₁ (per prompt, mean)")
+    ax.set_title(f"Each method against PPO₁ over {result['n_seeds']} seed(s): pooled t-interval, seeds as dots")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written = [str(path)]
+    over = result["controls"]["overoptimisation"]
+    if over["pooled"] or over["best_of_n"]:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        for ax, rows, x_of, title in (
+                (axes[0], (over["pooled"] or {}).get("points") or [], lambda r: r["sqrt_kl"], "PPO₁ against RM₀"),
+                (axes[1], (over["best_of_n"] or {}).get("pooled") or [], lambda r: math.sqrt(r["kl_analytic"]),
+                 "best-of-n against RM₀ (n = 1 … 64)")):
+            for axis, key, color in ((ax, "gold", "#55A868"), (ax.twinx(), "proxy", "#C44E52")):  # own scales
+                xs = [x_of(r) for r in rows]
+                axis.plot(xs, [r[key]["diff"] for r in rows], marker="o", markersize=3, color=color)
+                if rows and rows[0][key]["ci_low"] is not None:
+                    axis.fill_between(xs, [r[key]["ci_low"] for r in rows], [r[key]["ci_high"] for r in rows],
+                                      color=color, alpha=0.2)
+                axis.set_ylabel(f"{key} (pooled mean, 95 % CI)", color=color)
+            ax.set_xlabel("√KL")
+            ax.set_title(title)
+        fig.tight_layout()
+        over_path = path.with_name(path.stem + "-overopt.png")
+        fig.savefig(over_path, dpi=110)
+        plt.close(fig)
+        written.append(str(over_path))
+    return written
