@@ -84,15 +84,21 @@ def _content_digest(path: Path, size: int) -> str:
     return h.hexdigest()[:16]
 
 
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
+                   "chat_template.json"}
+
+
 def input_digest(path: Path) -> str:
     """A file's `file_digest`; a folder's from its files' names and digests (a model folder: its config,
-    weight index and weight files; the tokenizer and the rest of a model folder do not change what it is)."""
+    weight index, weight and tokenizer files; a changed tokenizer changes every token the model reads, so a
+    finished run on the old one is not this run: found by the fuzzer, issue 23 §5)."""
     if path.is_file():
         return file_digest(path)
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     if (path / "config.json").exists():
         files = [p for p in files if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
-                 or p.name.endswith(".index.json")]
+                 or p.name.endswith(".index.json") or p.name in TOKENIZER_FILES]
     h = hashlib.sha256()
     for p in files[:10_000]:
         h.update(f"{p.relative_to(path)}\0{file_digest(p)}\n".encode())

@@ -66,6 +66,32 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def _mismatch(e: RuntimeError, folder, what: str) -> Exception:
+    """transformers reports weights whose shapes differ from config.json as a RuntimeError pointing at a
+    logged table; name the embedding's shape and the config's sizes instead (``e`` itself if it is another
+    RuntimeError)."""
+    text = str(e)
+    if "mismatch" not in text and "loading state_dict" not in text and "conversion" not in text:
+        return e
+    from safetensors import safe_open
+
+    detail = ""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as weights:
+                name = next((k for k in weights.keys() if "embed_tokens" in k or "wte" in k), None)
+                if name is not None:
+                    detail = (f": {name} is {list(weights.get_slice(name).get_shape())} in {file.name}, but "
+                              f"config.json says vocab_size={config.get('vocab_size')}, "
+                              f"hidden_size={config.get('hidden_size')}")
+                    break
+    except (OSError, ValueError, SafetensorError):
+        pass
+    return UserError(f"cannot load {what} from {folder}: the shapes of its weights differ from its config.json"
+                     f"{detail}. Fix config.json (or use the folder the weights were saved with).")
+
+
 def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
     return {"dtype": torch.float32, "use_safetensors": None if allow_pickle else True,
             "trust_remote_code": trust_remote_code}
@@ -81,6 +107,8 @@ def load_policy(
         model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
+    except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
+        raise _mismatch(e, folder, "a causal language model") from None
     return model
 
 
@@ -111,6 +139,8 @@ def load_reward_model(
         )
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a reward model from {folder}: {e}") from None
+    except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
+        raise _mismatch(e, folder, "a reward model") from None
     if not new_head:
         head = {n for n, p in model.named_parameters() if any(p is q for q in reward_head(model).parameters())}
         check_trained_head(folder, sorted(head & set(info["missing_keys"])))
