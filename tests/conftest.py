@@ -13,6 +13,8 @@ def pytest_addoption(parser):
     parser.addoption("--rlp-device", default=os.environ.get("RLP_TEST_DEVICE") or None, choices=("cpu", "cuda"),
                      help="run the device-marked tiny-model tests on this device (default: $RLP_TEST_DEVICE, "
                           "else the package's own rule: a GPU when one is visible, else the CPU)")
+    parser.addoption("--long", action="store_true", default=False,
+                     help="tests/test_fuzz.py: fuzz with fresh random examples for an hour (RLP_FUZZ_SECONDS)")
 
 
 def pytest_configure(config):

@@ -294,7 +294,8 @@ CASES = [
     Case("missing-data-file", "data", "a train_file that does not exist", "exit 2",
          lambda tmp: reward(tmp, tmp / "absent.jsonl"), ("absent.jsonl: no such file",)),
     Case("data-file-is-folder", "data", "a folder given as train_file", "exit 2",
-         lambda tmp: reward(tmp, tmp), ("is a folder, expected a JSON or JSONL file",)),
+         lambda tmp: reward(tmp, write(tmp, "folder/x", "").parent),
+         ("is a folder, expected a JSON, JSONL or parquet file",)),
     Case("duplicate-rows", "data", "the same pair twice",
          "accepted: exact duplicates are dropped, counted and reported (`rlp data inspect`, a warning in training)",
          lambda tmp: ["data", "inspect", "--json", str(jsonl(tmp, [GOOD, GOOD]))], ('"duplicates": 1',), code=0,
@@ -597,6 +598,232 @@ CASES += [
          ("in use by another rlp process",), check=released),
     Case("status-not-a-run-folder", "cli", "`rlp run --status` on a folder with no stage manifests, or no folder",
          "exit 2: not a run folder", lambda tmp: ["run", "--status", str(tmp)], ("not a run folder",)),
+]
+
+
+# ---- issue 23: one guard for every output path; exit 0 only with a right result
+
+
+def users_model_folder(tmp: Path) -> list[str]:
+    """`reward(...)` into ``out/``, a plain folder holding the user's own ``model/`` (no rlp record)."""
+    shutil.copytree(resolve_model("tiny"), tmp / "out" / "model")
+    snapshot(tmp, tmp / "out")
+    return reward(tmp, jsonl(tmp, [GOOD]))
+
+
+def users_file(tmp: Path) -> list[str]:
+    mine = write(tmp, "samples.jsonl", "my own notes\n")
+    snapshot(tmp, mine)
+    return ["sample", "--prompts_file", str(prompts(tmp)), "--n", "2", "--output_file", str(mine)]
+
+
+def inside_a_live_run(tmp: Path) -> list[str]:
+    return locked_output(tmp) + ["--output_dir", str(tmp / "out" / "model")]
+
+
+def judge_replies(refuse: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """An LLM judge answering HTTP 200 with a refusal for every prompt containing ``refuse``."""
+    def patch(monkeypatch: pytest.MonkeyPatch) -> None:
+        def post(self, messages):
+            user = messages[-1]["content"]
+            return "I'm sorry, I can't help with that." if refuse in user else "Output (a)"
+
+        monkeypatch.setattr("rlp_align.judge.annotators.llm.LLMJudge._post", post)
+
+    return patch
+
+
+def annotate_llm(tmp: Path) -> list[str]:
+    rows = [{"prompt": p, "responses": ["A banana.", "A rock."]} for p in ("Name a fruit.", "Name a stone.")]
+    return ["annotate", "--input", str(jsonl(tmp, rows)), "--annotator.kind", "llm", "--annotator.model", "judge",
+            "--annotator.base_url", "http://127.0.0.1:9/v1", "--output_dir", str(tmp / "ann")]
+
+
+def help_default_is_the_runs(_: Path, output: str) -> None:
+    from rlp_align.train.reward import RewardConfig
+
+    assert f"--optim.learning_rate (float, default {RewardConfig().optim.learning_rate!r})" in output
+
+
+CASES += [
+    Case("output-folder-holds-users-model", "cli", "`rlp reward --output_dir D`, D a plain folder holding the "
+         "user's own `model/` (with or without `--overwrite true`)",
+         "exit 2: a folder holding files rlp did not write is never written into; D stays byte-identical "
+         "(was: silently replaced)", users_model_folder, ("holds files rlp did not write (model)",),
+         check=unchanged),
+    Case("output-file-not-written-by-rlp", "cli", "`--output_file` naming an existing file rlp did not write "
+         "(e.g. a finished RM's `model.safetensors`)", "exit 2: only the same command's own unchanged output is "
+         "replaced (its record: `.NAME.rlp.json`); the file stays byte-identical", users_file,
+         ("was not written by rlp",), check=unchanged),
+    Case("output-inside-live-run", "training", "`rlp reward --output_dir X/model` while another process runs in X",
+         "exit 2 naming the holder's PID: the run lock covers nested paths (was: both exit 0, X's save deletes "
+         "the second run)", inside_a_live_run, ("in use by another rlp process", "lies inside it"), check=released),
+    Case("output-inside-input", "cli", "`rlp generate --policy M --output_file M/answers.jsonl`",
+         "exit 2: an output may not be, contain or lie inside an input",
+         lambda tmp: ["generate", "--policy", causal_lm(tmp), "--instructions_file", str(prompts(tmp)),
+                      "--output_file", str(tmp / "policy" / "answers.jsonl")], ("lies inside the input policy",)),
+    Case("yaml-duplicate-key", "config", "a YAML config with the same key twice (`optim:` twice)",
+         "exit 2 naming the key and both lines (was: the first section silently dropped)",
+         lambda tmp: ["reward", "--config", str(write(tmp, "c.yaml", "optim:\n  learning_rate: 0.1\nmodel: tiny\n"
+                                                       "optim:\n  batch_size: 2\n"))],
+         ("the key 'optim' appears twice", "lines 1 and 4")),
+    Case("chosen-equals-rejected-all", "data", "a preference file whose every pair has chosen == rejected",
+         "exit 2: nothing to learn from (was: trained on zero gradient, exit 0)",
+         reward_rows({**GOOD, "rejected": GOOD["chosen"]}), ("1 with chosen identical to rejected",),
+         check=nothing_trained),
+    Case("chosen-equals-rejected-some", "data", "some pairs with chosen == rejected",
+         "exit 0: those pairs are skipped with a counted warning; `rlp data inspect` counts them",
+         reward_rows(GOOD, {**GOOD, "prompt": "Name a stone.", "rejected": GOOD["chosen"]}),
+         ("1 of 2 preference pairs have chosen identical to rejected and are skipped", '"train_pairs": 1'), code=0),
+    Case("llm-judge-refuses", "data", "an LLM judge answering HTTP 200 with a refusal (\"I'm sorry, I can't help\")",
+         "exit 2 quoting the reply, nothing written (was: tie_rate 1.0 and coin-flip labels)", annotate_llm,
+         ("gave no valid verdict for any of the 2 pairs", "I'm sorry"), patch=judge_replies("Name a"),
+         check=untouched("ann")),
+    Case("llm-judge-refuses-some", "data", "an LLM judge refusing some pairs",
+         "exit 0: those pairs are left out with a counted warning (not labelled by a coin flip)", annotate_llm,
+         ("no valid verdict for 1 of 2 pairs", '"n_pairs_without_verdict": 1', '"tie_rate": 0.0'), code=0,
+         patch=judge_replies("stone")),
+    Case("winrate-n-boot-1", "config", "`rlp eval winrate --n_boot 1`",
+         "exit 2 (was: a CI that excludes its own mean)", lambda tmp: ["eval", "winrate", "--n_boot", "1"],
+         ("n_boot = 1 is out of range: n_boot must be >= 100",)),
+    Case("reward-model-as-policy", "model", "a reward model given as `rlp sample --policy`",
+         "exit 2 (was: sampled with its score head silently dropped)",
+         lambda tmp: ["sample", "--policy", headless_classifier(tmp), "--prompts_file", str(prompts(tmp)), "--n", "2",
+                      "--output_file", str(tmp / "s.jsonl")], ("is a reward model", "not a policy")),
+    Case("inspect-head-negative", "cli", "`rlp data inspect --head -1`", "exit 2 (was: 7 of 8 rows printed)",
+         lambda tmp: ["data", "inspect", "--head", "-1", str(jsonl(tmp, [GOOD]))], ("--head -1",)),
+    Case("help-default-is-the-runs", "cli", "`rlp reward --help`'s learning-rate default",
+         "the help reads each default from the config's default instance, the one definition runs use "
+         "(was: 1e-05 shown, 3e-06 used)", lambda tmp: ["reward", "--help"], ("default 3e-06",), code=0,
+         check=help_default_is_the_runs),
+]
+
+
+# ---- issue 23 §3-4: memory, tracebacks, misleading messages, columnar data; rows found by tests/test_fuzz.py
+
+
+def same_settings_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]:
+    """`reward(...)` into ``out/`` of a run with the same settings, holding ``files`` (the last one snapshot)."""
+    def build(tmp: Path) -> list[str]:
+        from rlp_align.core.config import load_config, parse_overrides
+        from rlp_align.core.run_folder import FINGERPRINT, config_inputs, fingerprint
+        from rlp_align.train.reward import RewardConfig
+
+        args = reward(tmp, jsonl(tmp, [GOOD]))
+        cfg = load_config(RewardConfig, None, parse_overrides(args[1:]))
+        write(tmp, f"out/{FINGERPRINT}", json.dumps(fingerprint("reward", cfg, config_inputs(cfg))))
+        for name, content in files:
+            snapshot(tmp, write(tmp, f"out/{name}", content))  # the damaged file must stay as it was
+        return args
+
+    return build
+
+
+def table(tmp: Path, name: str, rows: list[dict]) -> Path:
+    """A parquet file of ``rows`` (every row gets every column, as in a real file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), tmp / name)
+    return tmp / name
+
+
+def saved_dataset(tmp: Path) -> Path:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_list([GOOD, {**GOOD, "prompt": "Name a stone."}]).save_to_disk(str(tmp / "ds"))
+    return tmp / "ds"
+
+
+HUGE = {**GOOD, "chosen": "word " * 1_000_000}  # a 5 MB field
+
+
+def moved_finished_run(tmp: Path) -> list[str]:
+    """`reward(...)` into a copy of a finished run with the same settings (found by the fuzzer)."""
+    args = reward(tmp, jsonl(tmp, [GOOD]))
+    assert cli.main(args) == 0
+    shutil.copytree(tmp / "out", tmp / "moved")
+    shutil.rmtree(tmp / "out")
+    return [*args, "--output_dir", str(tmp / "moved")]
+
+
+def tokenizer_changed_after_finish(tmp: Path) -> list[str]:
+    """A finished reward run, then its input model's tokenizer.json cut short (found by the fuzzer)."""
+    args = reward(tmp, jsonl(tmp, [GOOD]), model=str(model_copy(tmp, lambda f: None)))
+    assert cli.main(args) == 0
+    tokenizer = tmp / "model" / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:272])
+    snapshot(tmp, tmp / "out")
+    return args
+
+
+def reports_new_place(tmp: Path, output: str) -> None:
+    result, _ = json.JSONDecoder().raw_decode(output[output.rindex('{\n  "output_dir"'):])
+    assert result["output_dir"] == str(tmp / "moved") and result["model_dir"] == str(tmp / "moved/model")
+
+CASES += [
+    Case("huge-field", "data", "a 5 MB response with `--max_length 64` (the issue's was 50 MB)",
+         "accepted and truncated; the field is cut by characters before tokenising (was: the whole field "
+         "tokenised, 68 s and 9.2 GB for 50 MB)", reward_rows(HUGE, GOOD), ("1 of 2 preference pairs were truncated",),
+         code=0),
+    Case("vocab-size-mismatch", "model", "a model whose config.json vocab_size differs from its weights",
+         "exit 2 naming the embedding's shape and the config's sizes (was: a transformers traceback)",
+         reward_with_model(lambda f: edit_json(f / "config.json", lambda c: c.update(vocab_size=1000))),
+         ("the shapes of its weights differ from its config.json", "[512, 64]", "vocab_size=1000")),
+    Case("int-overflow", "config", "`--optim.batch_size 99999999999999999999`",
+         "exit 2 before any work, no output folder (was: OverflowError, fingerprint.json left behind)",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.batch_size", "99999999999999999999"),
+         ("optim.batch_size = 99999999999999999999 is too large",), check=untouched("out")),
+    Case("metrics-not-json", "training", "an unfinished output folder whose metrics.jsonl is not JSON",
+         "exit 2 naming the file and line; the file is left as it was (was: JSONDecodeError)",
+         same_settings_folder(("metrics.jsonl", "garbage{\n")), ("out/metrics.jsonl, line 1: not a metrics row",),
+         check=unchanged),
+    Case("summary-not-json", "training", "a finished output folder whose summary.json is not JSON",
+         "exit 2 offering --overwrite (was: JSONDecodeError)", same_settings_folder(("summary.json", "{")),
+         ("summary.json is damaged", "--overwrite true"), check=unchanged),
+    Case("diverged-before-checkpoint", "training", "a run diverging (learning rate 1e30) before its first checkpoint",
+         "exit 2 saying no checkpoint exists (was: \"the last good checkpoint is kept in out/checkpoint\")",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.learning_rate", "1e30", "--optim.max_steps", "6"),
+         ("became nan", "no checkpoint had been saved yet"), check=untouched("out/checkpoint")),
+    Case("pipeline-n-preference-1", "config", "`rlp run --data.n_preference 1`",
+         "exit 2 naming the key before stage 1 (was: stage 2 failing on an internal empty file)",
+         lambda tmp: pipeline(tmp) + ["--data.n_preference", "1"], ("data.n_preference = 1 is out of range",),
+         check=untouched("run")),
+    Case("parquet-named-jsonl", "data", "a parquet file named train.jsonl",
+         "read as parquet, recognised by its magic bytes (was: refused as \"not valid UTF-8\")",
+         lambda tmp: ["data", "inspect", "--json", str(table(tmp, "train.jsonl", [GOOD]))], ('"format": "trl"',),
+         code=0, check=report("kept", 1)),
+    Case("parquet-bad-row", "data", "a parquet row with a null `rejected`",
+         "exit 2 naming row and field, as in JSONL (a null cell is a missing field); `--skip_invalid` skips it",
+         lambda tmp: reward(tmp, table(tmp, "d.parquet", [GOOD, {**GOOD, "rejected": None}])),
+         ("d.parquet, row 2, field 'rejected': missing",)),
+    Case("finished-run-moved", "training", "a rerun into a finished run's folder after it was moved or copied",
+         "exit 0 with the finished result, its paths the folder's new place (found by the fuzzer; was: the old "
+         "paths, which may be gone)", moved_finished_run, ('"steps": 1',), code=0, check=reports_new_place),
+    Case("num-threads-not-a-number", "cli", "`RLP_NUM_THREADS=abc` in the environment",
+         "exit 2 naming the variable (found by the fuzzer; was: ValueError traceback)",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD])), ("RLP_NUM_THREADS must be a whole number",),
+         patch=lambda mp: mp.setenv("RLP_NUM_THREADS", "abc"), check=untouched("out")),
+    Case("integer-too-long", "data", "a JSONL value that is an integer of 5,000 digits",
+         "exit 2: a bad row naming the limit; `--skip_invalid` skips it (found by the fuzzer; was: ValueError "
+         "traceback from Python's 4,300-digit limit)", reward_rows(GOOD, '{"prompt": "a", "chosen": "b", '
+                                                                       '"rejected": ' + "9" * 5000 + "}"),
+         ("row 2", "Exceeds the limit (4300 digits)")),
+    Case("mixed-precision-env", "cli", "`ACCELERATE_MIXED_PRECISION=fp8` in the environment",
+         "exit 2 naming the variable (found by the fuzzer; was: a message about the `mixed_precision` option, "
+         "which the user had not set)", lambda tmp: reward(tmp, jsonl(tmp, [GOOD])),
+         ("ACCELERATE_MIXED_PRECISION='fp8'",), patch=lambda mp: mp.setenv("ACCELERATE_MIXED_PRECISION", "fp8")),
+    Case("finished-run-tokenizer-changed", "training",
+         "a rerun into a finished run whose input model's tokenizer.json was changed since",
+         "exit 2: the run fingerprint hashes the tokenizer files too (found by the fuzzer; was: exit 0 with the old "
+         "result, though the same command on a clean folder fails on the broken tokenizer)",
+         tokenizer_changed_after_finish, ("made with other settings", "model (content changed)"), check=unchanged),
+    Case("datasets-folder", "data", "a Hugging Face `datasets` folder (save_to_disk) as data",
+         "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
+         lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,
+         check=report("kept", 2)),
 ]
 
 

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from rlp_align.core.config import build_config, config_hash, load_config, parse_overrides
+from rlp_align.core.config import build_config, config_hash, load_config, parse_overrides, read_yaml
 from rlp_align.core.errors import UserError
 
 
@@ -51,6 +51,16 @@ def test_bad_yaml_and_hash_stability(tmp_path):
     with pytest.raises(UserError, match="unexpected argument"):
         parse_overrides(["positional"])
     assert config_hash(Outer()) == config_hash(Outer()) != config_hash(Outer(model="x"))
+
+
+def test_a_key_given_twice_in_yaml_is_an_error_at_any_depth(tmp_path):
+    """PyYAML keeps the last of two equal keys; the first section would be dropped without a word."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("ppo:\n  steps: 1\n  steps: 2\n")
+    with pytest.raises(UserError, match=r"the key 'steps' appears twice in one mapping \(lines 2 and 3\)"):
+        load_config(Outer, path)
+    path.write_text("ppo:\n  steps: 1\nlist: [{a: 1}, {a: 2}]\n")  # equal keys in different mappings are fine
+    assert read_yaml(path) == {"ppo": {"steps": 1}, "list": [{"a": 1}, {"a": 2}]}
 
 
 # --------------------------------------------------------------------------------------------------

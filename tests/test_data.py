@@ -26,7 +26,7 @@ SHARED_FILES = {
     "llmbar_natural.json": ("preferences", 100, 100),
     "llmbar_adversarial_gptout.json": ("preferences", 47, 47),
     "llmbar_adversarial_manual.json": ("preferences", 46, 46),
-    "llmbar_processed_llmeval2.json": ("preferences", 200, 199),
+    "llmbar_processed_llmeval2.json": ("preferences", 200, 199),  # and one pair with chosen == rejected
     "llmbar_processed_faireval.json": ("preferences", 66, 66),
     "hh_rlhf_harmless_base_test.jsonl.gz": ("preferences", 2312, 2303),
 }
@@ -38,7 +38,8 @@ def test_every_shared_file_reads_with_right_counts(shared_data, name):
     reader = {"instructions": read_instructions, "preferences": read_preferences, "samples": read_sample_sets}[kind]
     items, report = reader(shared_data / name, skip_invalid=True, with_report=True)
     assert report.rows == rows
-    assert len(items) + report.duplicates == valid
+    assert len(items) + report.duplicates + report.identical == valid
+    assert report.identical == (name == "llmbar_processed_llmeval2.json")  # skipped with a warning: no gradient
     assert len(report.invalid) == rows - valid
     if valid < rows:
         with pytest.raises(DataError, match=r"row \d+, field"):

@@ -22,10 +22,10 @@ from rlp_align.core.run_folder import (
     FINGERPRINT,
     LOCK,
     RunLock,
-    check_paths,
     config_inputs,
     differences,
     fingerprint,
+    guard_output,
     lock_holder,
 )
 from rlp_align.train.reward import RewardConfig
@@ -76,26 +76,34 @@ def _holder(folder: Path, *, stopped: bool = False) -> subprocess.Popen:
 # Path safety
 
 
-def test_check_paths_refuses_aliases_containment_and_unwritable_outputs(tmp_path):
+def test_guard_refuses_aliases_containment_nesting_and_unwritable_outputs(tmp_path):
     data = _jsonl(tmp_path / "d.jsonl", PAIRS[:1])
     (tmp_path / "link.jsonl").symlink_to(data)
     model = tmp_path / "run" / "model"
     model.mkdir(parents=True)
     inputs = {"train_file": data, "policy": model}
+
+    def guard(path, kind, inputs=inputs):
+        guard_output(path, kind, "sample" if kind == "file" else "reward", inputs)
+
     with pytest.raises(UserError, match="is the input train_file"):
-        check_paths(inputs, [(tmp_path / "link.jsonl", "file")])  # through a symlink
+        guard(tmp_path / "link.jsonl", "file")  # through a symlink
     with pytest.raises(UserError, match="contains the input policy"):
-        check_paths(inputs, [(tmp_path / "run", "folder")])
+        guard(tmp_path / "run", "folder")
     with pytest.raises(UserError, match="contains the input"):
-        check_paths(inputs, [(tmp_path, "folder")])
+        guard(tmp_path, "folder")
+    with pytest.raises(UserError, match="lies inside the input policy"):
+        guard(model / "inside", "folder")  # writing inside an input changes it
+    with pytest.raises(UserError, match="lies inside the input policy"):
+        guard(model / "model.safetensors", "file")
     with pytest.raises(UserError, match="is an existing folder"):
-        check_paths({}, [(model, "file")])
+        guard(model, "file", {})
     with pytest.raises(UserError, match="is an existing file"):
-        check_paths({}, [(data, "folder")])
+        guard(data, "folder", {})
     with pytest.raises(UserError, match="not writable"):
-        check_paths({}, [(data / "sub" / "out.jsonl", "file")])  # its folder would be under a file
-    check_paths(inputs, [(tmp_path / "out", "folder"), (tmp_path / "samples.jsonl", "file")])
-    check_paths(inputs, [(model / "inside", "folder")])  # writing inside an input folder destroys nothing
+        guard(data / "sub" / "out.jsonl", "file", {})  # its folder would be under a file
+    guard(tmp_path / "out", "folder")
+    guard(tmp_path / "samples.jsonl", "file")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +246,9 @@ def test_a_folder_written_by_another_command_is_refused(finished, tmp_path, caps
     ppo[ppo.index("--output_dir") + 1] = str(tmp_path / "ppo")
     write_json(tmp_path / "ppo" / FINGERPRINT, {"command": "ppo", "hash": "x", "settings": {}, "inputs": {}})
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo"), capsys)
-    assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite true" in text
+    assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite does not change that" in text
+    code, text = _cli(_reward_args(tmp, tmp_path / "ppo", "--overwrite", "true"), capsys)
+    assert code == 2 and "was written by `rlp ppo`" in text  # --overwrite replaces only what `rlp reward` wrote
     code, text = _cli(["run", "--config", "tiny", "--output_dir", str(rm)], capsys)
     assert code == 2 and "was written by `rlp reward`" in text
 
@@ -357,3 +367,140 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
     assert lock_holder(tmp_path) == os.getpid()
     outer.release()
     assert lock_holder(tmp_path) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The data-loss cases of issue 23: one guard for every output path
+
+
+def _sample_args(tmp: Path, output: Path) -> list[str]:
+    prompts = _jsonl(tmp / "prompts.jsonl", [{"instruction": "Name a fruit."}])
+    return ["sample", "--policy", "tiny", "--prompts_file", str(prompts), "--n", "2", "--max_new_tokens", "2",
+            "--output_file", str(output)]
+
+
+def test_sample_over_a_finished_rms_weights_is_refused_live_or_not(finished, tmp_path, capsys):
+    """`rlp sample --output_file victim/model/model.safetensors` replaced a finished RM's weights with JSONL."""
+    tmp, rm = finished
+    victim = tmp_path / "victim"
+    shutil.copytree(rm, victim)
+    before = {k: v for k, v in _tree(victim).items() if k != LOCK}  # the holder below writes its PID there
+    weights = victim / "model" / "model.safetensors"
+    code, text = _cli(_sample_args(tmp_path, weights), capsys)
+    assert code == 2 and "was not written by rlp" in text, text
+    holder = _holder(victim)  # and while a trainer holds the folder, the lock speaks first
+    try:
+        code, text = _cli(_sample_args(tmp_path, victim / "model" / "new.jsonl"), capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and f"in use by another rlp process (PID {holder.pid})" in text and "lies inside" in text
+    assert {k: v for k, v in _tree(victim).items() if k != LOCK} == before
+
+
+def test_a_finished_folder_whose_outputs_changed_is_not_reported_finished(finished, tmp_path, capsys):
+    tmp, rm = finished
+    victim = tmp_path / "victim"
+    shutil.copytree(rm, victim)
+    assert "outputs" in json.loads((victim / FINGERPRINT).read_text())  # recorded when the run ended
+    (victim / "model" / "model.safetensors").write_text('{"prompt": "not weights"}\n')
+    code, text = _cli(_reward_args(tmp, victim), capsys)
+    assert code == 2 and "model/model.safetensors" in text and "not reported finished" in text, text
+    code, text = _cli(_reward_args(tmp, victim, "--overwrite", "true"), capsys)  # retrains: a real model again
+    assert code == 0 and (victim / "model" / "model.safetensors").read_bytes()[:1] != b"{"
+
+
+def test_a_trainer_inside_or_around_a_live_run_is_refused(tmp_path, capsys):
+    """`rlp reward --output_dir X/model` beside a live run in X: both exited 0 and X's save deleted the second."""
+    run = tmp_path / "X"
+    holder = _holder(run)
+    inner = _holder(tmp_path / "Y" / "model")
+    try:
+        code, text = _cli(_reward_args(tmp_path, run / "model"), capsys)
+        assert code == 2 and f"{run} is in use by another rlp process (PID {holder.pid})" in text, text
+        assert "lies inside" in text and not (run / "model").exists()
+        code, text = _cli(_reward_args(tmp_path, tmp_path / "Y"), capsys)
+        assert code == 2 and f"(PID {inner.pid})" in text and "contains it" in text, text
+    finally:
+        for proc in (holder, inner):
+            proc.kill()
+            proc.wait()
+    assert not (run / "model").exists() and sorted(p.name for p in (tmp_path / "Y").iterdir()) == ["model"]
+
+
+def test_a_plain_folder_holding_the_users_model_is_refused_even_with_overwrite(finished, tmp_path, capsys):
+    tmp, rm = finished
+    mine = tmp_path / "D"
+    shutil.copytree(rm / "model", mine / "model")  # the user's own model, no rlp record around it
+    before = _tree(mine)
+    for extra in ([], ["--overwrite", "true"]):
+        code, text = _cli(_reward_args(tmp, mine, *extra), capsys)
+        assert code == 2 and "holds files rlp did not write (model)" in text, text
+    assert _tree(mine) == before
+
+
+def test_an_output_file_is_replaced_only_when_the_same_command_wrote_it_unchanged(tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    out.write_text("my notes\n")
+    code, text = _cli(_sample_args(tmp_path, out), capsys)
+    assert code == 2 and "was not written by rlp" in text and out.read_text() == "my notes\n"
+    out.unlink()
+    assert _cli(_sample_args(tmp_path, out), capsys)[0] == 0
+    assert _cli(_sample_args(tmp_path, out), capsys)[0] == 0  # its own earlier output: replaced
+    code, text = _cli(["generate", "--policy", "tiny", "--instructions_file", str(tmp_path / "prompts.jsonl"),
+                       "--max_new_tokens", "2", "--output_file", str(out)], capsys)
+    assert code == 2 and "was written by `rlp sample`" in text
+    edited = out.read_text() + "\n"
+    out.write_text(edited)
+    code, text = _cli(_sample_args(tmp_path, out), capsys)
+    assert code == 2 and "was changed after `rlp sample` wrote it" in text and out.read_text() == edited
+
+
+def test_a_judge_cache_must_be_a_cache_and_outside_the_inputs(tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    cache.write_text('{"key": "k", "verdict": "Output (a)", "model": "m"}\n')
+    guard_output(cache, "cache", "annotate", {})
+    data = _jsonl(tmp_path / "answers.jsonl", PAIRS[:1])
+    with pytest.raises(UserError, match="is not an rlp judge cache"):
+        guard_output(data, "cache", "annotate", {})
+    with pytest.raises(UserError, match="is the input input"):
+        guard_output(data, "cache", "annotate", {"input": data})
+
+
+def test_every_commands_outputs_go_through_the_one_guard():
+    """The guard is one function: the CLI claims every command's outputs through `claim_output`, which passes
+    each of `config_outputs` to `guard_output`; every output-like setting of every command is among them; and
+    nothing else in the package checks or locks an output path on its own."""
+    import importlib
+    import inspect
+    import re
+
+    from rlp_align.core import run_folder
+    from rlp_align.core.run_folder import config_outputs, flatten
+    from rlp_align.train import training
+
+    run_command = inspect.getsource(cli._run_command)
+    assert run_command.count("claim_output(name, cfg)") == 1 and "result = run(cfg)" in run_command
+    claim = inspect.getsource(run_folder.claim_output)
+    assert "for path, kind in outputs:\n            guard_output(path, kind, command" in claim
+    assert "guard_output(self.out_dir" in inspect.getsource(training.TrainingRun.__init__)
+    for name, (module, cls_name, *_) in cli.COMMANDS.items():
+        cfg = getattr(importlib.import_module(module), cls_name)()
+        settings = {k: v for k, v in flatten(cfg).items() if "." not in k or k.endswith("cache_path")}
+        for key in settings:
+            setattr_path = key.split(".")
+            target = cfg
+            for part in setattr_path[:-1]:
+                target = getattr(target, part)
+            if re.search(r"(^|_)(output|cache|report|out)(_|$)", setattr_path[-1]):
+                setattr(target, setattr_path[-1], f"/x/{key}")
+        guarded = {str(p) for p, _ in config_outputs(name, cfg)}
+        wanted = {f"/x/{k}" for k in settings if re.search(r"(^|_)(output|cache|report|out)(_|$)", k.split(".")[-1])}
+        assert wanted <= guarded, (name, wanted - guarded)
+    src = Path(run_folder.__file__).parents[1]  # the whole package
+    for path in src.rglob("*.py"):
+        if path.name in ("run_folder.py", "run_lock.py"):
+            continue
+        text = path.read_text()
+        assert not re.search(r"\bRunLock\(|\bother_holders\(|\b_not_an_input\(|\b_own_(folder|file|cache)\(", text
+                             .replace("RunLock(self.out_dir).acquire()", "")), f"{path} guards an output itself"

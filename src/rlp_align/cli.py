@@ -37,15 +37,21 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _describe_fields(cls: type, prefix: str = "") -> list[str]:
+def _describe_fields(cls: type, prefix: str = "", defaults: object = None) -> list[str]:
+    """One line per option with its default, read from the config's default instance (``defaults``), so a
+    section's own defaults show (`RewardConfig.optim` has learning rate 3e-6, `OptimConfig` alone 1e-5)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         if dataclasses.is_dataclass(hints[f.name]):
-            lines += _describe_fields(hints[f.name], f"{prefix}{f.name}.")
+            lines += _describe_fields(hints[f.name], f"{prefix}{f.name}.",
+                                      default if dataclasses.is_dataclass(default) else None)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
         lines.append(f"  --{prefix}{f.name} ({type_name}, default {default!r})")
     return lines
@@ -84,7 +90,7 @@ def _run_command(name: str, argv: list[str]) -> int:
     cfg = load_config(cls, config_file, parse_overrides(argv))
     from rlp_align.core.run_folder import claim_output
 
-    with claim_output(name, cfg):  # path safety, the run lock, the run fingerprint
+    with claim_output(name, cfg):  # the one output guard, the run lock, the run fingerprint
         result = run(cfg)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
@@ -99,6 +105,8 @@ def _data_command(argv: list[str]) -> int:
     inspect.add_argument("--head", type=int, default=3)
     inspect.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parser.parse_args(argv)
+    if args.head < 0:
+        raise UserError(f"--head {args.head}: the number of rows to show must be >= 0")
     from rlp_align.data import inspect_file
 
     report = inspect_file(args.file, head=args.head)
@@ -106,8 +114,8 @@ def _data_command(argv: list[str]) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     print(f"{report['path']}\n  format: {report['format']}\n  rows: {report['rows']} "
-          f"(valid {report['kept'] + report['duplicates']}, duplicates {report['duplicates']}, "
-          f"invalid {len(report['invalid'])})")
+          f"(valid {report['kept'] + report['duplicates'] + report['identical']}, duplicates "
+          f"{report['duplicates']}, chosen == rejected {report['identical']}, invalid {len(report['invalid'])})")
     for name, s in report["fields"].items():
         print(f"  {name}: mean {s['mean_chars']} chars, max {s['max_chars']}, empty {s['empty']}")
     for row in report["first_rows"]:

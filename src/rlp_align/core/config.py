@@ -76,12 +76,33 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping with the same key twice is an error: YAML says keys are
+    unique, and PyYAML would keep the last one silently (a second ``optim:`` section drops the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise UserError(f"config file {self.name}: the key {key!r} appears twice in one mapping (lines "
+                                f"{seen[key]} and {key_node.start_mark.line + 1}); YAML keeps only the last, "
+                                "which silently drops the first. Merge the two into one.")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlp_align.core import tables
 from rlp_align.core.errors import DataError, UserError
 
 
@@ -137,15 +138,23 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (row number starting at 1, parsed object) from a JSON list, JSONL, or their .gz.
+    """Yield (row number starting at 1, parsed object) from a JSON list, JSONL, their .gz, a parquet file or a
+    Hugging Face `datasets` folder (`rlp_align.tables`).
 
     Raises `DataError` naming the file and row for unreadable bytes or malformed JSON.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    if tables.is_dataset_folder(path):
+        yield from tables.dataset_rows(path)
+        return
     if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a JSON or JSONL file")
+        raise UserError(f"{path}: is a folder, expected a JSON, JSONL or parquet file or a `datasets` folder "
+                        "(save_to_disk)")
+    if tables.is_parquet(path):
+        yield from tables.parquet_rows(path)
+        return
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -168,6 +177,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             raise DataError(path, None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except RecursionError:
             raise DataError(path, None, None, _TOO_DEEP) from None
+        except ValueError as e:  # an integer of more than 4300 digits (Python's int conversion limit)
+            raise DataError(path, None, None, _unreadable(e)) from None
         for i, row in enumerate(rows, 1):
             yield i, _checked(row) if check_unicode else row
         return
@@ -180,7 +191,13 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             row = _Malformed(f"malformed JSON line: {e.msg} (column {e.colno})")
         except RecursionError:
             row = _Malformed(_TOO_DEEP)
+        except ValueError as e:
+            row = _Malformed(_unreadable(e))
         yield i, _checked(row) if check_unicode else row
+
+
+def _unreadable(e: ValueError) -> str:
+    return f"a value Python cannot read ({str(e).split(';')[0]}); this is not a data row"
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

@@ -125,14 +125,15 @@ RANGES: dict[str, Range] = {
     "noise": Range(0, 0.5, why="a label-flip probability"),
     "label_noise": Range(0, 0.5, why="a label-flip probability"),
     "pairs_per_prompt": AT_LEAST_1,
-    "n_boot": AT_LEAST_1,
+    "n_boot": Range(100, why="bootstrap resamples: fewer make a 95 % percentile interval from its 2 or 3 most "
+                    "extreme draws, which can exclude the mean itself"),
     "max_workers": AT_LEAST_1,
     "timeout_s": POSITIVE,
     "max_retries": NON_NEGATIVE,
     # the pipeline
     "rounds": AT_LEAST_1,
     "n_sft": Range(0, why="0: no SFT stage"),
-    "n_preference": AT_LEAST_1,
+    "n_preference": Range(2, why="pairs of D; one is held out for RM accuracy, so at least 2"),
     "n_unlabelled": AT_LEAST_1,
     "n_eval": AT_LEAST_1,
     "heldout_fraction": FRACTION,
@@ -142,6 +143,9 @@ RANGES: dict[str, Range] = {
     "RefineConfig.lam": Range(0, why="the weight of L_M in Eq. 1"),
     "PPOConfig.temperature": Range(0, lo_open=True, why="PPO needs sampling log-probabilities"),
 }
+
+
+INT_MAX = 2**31 - 1  # no count, size or seed is larger; a bigger int overflows numpy and torch indices
 
 
 def range_for(cls: type, name: str) -> Range | None:
@@ -170,8 +174,10 @@ def check_ranges(cfg: Any, where: str = "") -> None:
         for v in values:
             if rng is None or v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
+            key = f"{where}.{f.name}" if where else f.name
+            if isinstance(v, int) and abs(v) > INT_MAX:
+                raise UserError(f"{key} = {v} is too large: {key} must be at most {INT_MAX} in size")
             if not rng.contains(v):
-                key = f"{where}.{f.name}" if where else f.name
                 problem = "is not a finite number" if math.isnan(v) or math.isinf(v) else "is out of range"
                 why = f" ({rng.why})" if rng.why else ""
                 raise UserError(f"{key} = {v!r} {problem}: {key} must be {rng.describe()}{why}")

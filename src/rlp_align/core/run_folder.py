@@ -1,18 +1,19 @@
-"""Who may write an output, and what an output folder holds: path safety, run fingerprints, the run lock.
+"""Who may write an output: the one guard every output path of every command passes before any work starts.
 
-Every ``rlp`` command passes through `claim_output` before it does any work:
+Every ``rlp`` command passes through `claim_output`, which sends each of its outputs (`config_outputs`:
+``--output_dir``, ``--output_file``, SPG's stats file, a judge's ``cache_path``) through `guard_output`:
 
-1. **Path safety** (`check_paths`): no output is one of the command's inputs or contains one (symlinks
-   resolved), so neither the run nor ``--overwrite`` can destroy an input; every output is checked for
-   writability (a file output must not be an existing folder, and its folder must be writable).
-2. **The run lock** (`RunLock`): a command writing a folder holds an exclusive ``flock`` on ``<folder>/.lock``,
-   which also names its PID. A second process on the same folder stops with exit 2 naming that PID. The kernel
-   drops the lock when its holder dies, so a lock left by a crash is taken over (with a message).
-3. **The run fingerprint** (`fingerprint`, in ``<folder>/fingerprint.json``): the command, its settings
-   (minus the knobs that change how a run goes, not what it computes) and a digest of each input's content.
-   A trainer's rerun into a folder that holds a finished run or a checkpoint goes on only when the
-   fingerprint matches (the finished result is returned, or the checkpoint resumed); otherwise it stops and
-   names the differing keys. A folder written by another command is refused.
+1. **Path safety**: no output is, contains or lies inside one of the command's inputs (symlinks resolved),
+   so neither the run nor ``--overwrite`` can destroy or change an input; every output must be writable.
+2. **The run lock** (`rlp_align.core.run_lock`): the output folder is locked for the run; an output at, inside or
+   containing a folder another live rlp process holds is refused.
+3. **Ownership**: an existing output must be this command's own earlier output. A folder holding files rlp
+   did not write, or written by another command, is refused (``--overwrite`` replaces only what the same
+   command wrote); a file output must carry rlp's record of it (``.<name>.rlp.json``: command and digest)
+   and be unchanged since.
+4. **The run fingerprint** (`rlp_align.core.fingerprint`): a trainer's rerun goes on only when its settings and
+   inputs match (finished result returned, checkpoint resumed); a finished folder whose outputs changed after
+   it finished is not reported finished.
 
 Resuming with changed settings is refused like a finished run with changed settings: a resumed run must end
 exactly where the uninterrupted run would have (see `rlp_align.train.training`), which changed settings break.
@@ -21,10 +22,6 @@ exactly where the uninterrupted run would have (see `rlp_align.train.training`),
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import sys
@@ -33,53 +30,29 @@ from pathlib import Path
 from typing import Any
 
 from rlp_align.core.errors import UserError
+from rlp_align.core.fingerprint import (  # noqa: F401  (re-exported: the names callers know run_folder by)
+    FINGERPRINT,
+    HOW_NOT_WHAT,
+    config_inputs,
+    differences,
+    file_digest,
+    fingerprint,
+    flatten,
+    input_digest,
+    read_fingerprint,
+)
 from rlp_align.core.io import check_writable, write_json
+from rlp_align.core.run_lock import LOCK, RunLock, lock_holder, other_holders  # noqa: F401
 
-FINGERPRINT = "fingerprint.json"
-LOCK = ".lock"
-TRAINERS = ("sft", "reward", "refine", "ppo")  # commands whose folder holds a resumable, finishable run
-# Knobs that change how a run goes, not what it computes (resume is exact): left out of the fingerprint, so a
-# rerun may keep checkpoints, save or log more often.
-HOW_NOT_WHAT = frozenset({"output_dir", "output_file", "overwrite", "save_every", "keep_checkpoint",
-                          "logging_every", "eval_every", "eval_batch_size", "gradient_checkpointing"})
-# String settings that never name an input path (an API model name, an env-var name, a cache we write).
-NOT_INPUTS = frozenset({"annotator.kind", "annotator.model", "annotator.base_url", "annotator.api_key_env",
-                        "annotator.cache_path"})
-WHOLE_FILE_LIMIT = 64 * 2**20  # files up to this size are hashed whole; bigger ones by size, head and tail
-EDGE = 2**20
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs, outputs and their digests
-
-
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """A config (dataclass or dict) as ``{"dotted.key": value}``."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_inputs(cfg: Any) -> dict[str, Path]:
-    """The settings that name an existing file or folder: the command's inputs (``key`` or ``key[i]``)."""
-    found = {}
-    for key, value in flatten(cfg).items():
-        if key.split(".")[-1] in HOW_NOT_WHAT or key in NOT_INPUTS:
-            continue
-        values = value if isinstance(value, list) else [value]
-        for i, item in enumerate(values):
-            if isinstance(item, str) and item.strip() and os.path.exists(item):
-                found[key if not isinstance(value, list) else f"{key}[{i}]"] = Path(item)
-    return found
+TRAINERS = ("sft", "reward", "refine", "ppo", "rloo")  # commands whose folder holds a resumable, finishable run
+BOOKKEEPING = (LOCK, FINGERPRINT)  # what claim_output itself writes into a folder
+NOT_OUTPUTS = ("checkpoint", ".checkpoint.old", ".checkpoint.tmp")  # resumable state, not a result
 
 
 def config_outputs(command: str, cfg: Any) -> list[tuple[Path, str]]:
-    """``(path, "folder" | "file")`` of every output the command writes."""
+    """``(path, "folder" | "file" | "cache")`` of every path the command writes: its ``output_dir``, its
+    ``output_file`` (and SPG's stats file beside it), and any ``*.cache_path`` (the LLM judge's verdicts).
+    A nested section's ``output_dir`` (``rlp run --sft.output_dir``) is set by the pipeline inside its run."""
     outputs = []
     if getattr(cfg, "output_dir", None):
         outputs.append((Path(cfg.output_dir), "folder"))
@@ -87,227 +60,188 @@ def config_outputs(command: str, cfg: Any) -> list[tuple[Path, str]]:
         outputs.append((Path(cfg.output_file), "file"))
         if command == "spg":
             outputs.append((Path(f"{cfg.output_file}.stats.json"), "file"))
+    for key, value in flatten(cfg).items():
+        if key.split(".")[-1] == "cache_path" and isinstance(value, str) and value.strip():
+            outputs.append((Path(value), "cache"))
     return outputs
 
 
-_DIGESTS: dict[tuple, str] = {}  # (real path, size, mtime) -> digest: the pipeline asks once per stage key
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the content; for a file over 64 MiB, of its size, first and last MiB (cheap, and unchanged
-    by a copy, unlike a modification time)."""
-    stat = path.stat()
-    memo = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-    if memo not in _DIGESTS:
-        _DIGESTS[memo] = _content_digest(path, stat.st_size)
-    return _DIGESTS[memo]
-
-
-def _content_digest(path: Path, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= WHOLE_FILE_LIMIT:
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
-        else:
-            h.update(f"size {size}".encode())
-            h.update(f.read(EDGE))
-            f.seek(size - EDGE)
-            h.update(f.read(EDGE))
-    return h.hexdigest()[:16]
-
-
-def input_digest(path: Path) -> str:
-    """A file's `file_digest`; a folder's from its files' names and digests (a model folder: its config,
-    weight index and weight files; the tokenizer and the rest of a model folder do not change what it is)."""
-    if path.is_file():
-        return file_digest(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if (path / "config.json").exists():
-        files = [p for p in files if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
-                 or p.name.endswith(".index.json")]
-    h = hashlib.sha256()
-    for p in files[:10_000]:
-        h.update(f"{p.relative_to(path)}\0{file_digest(p)}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def fingerprint(command: str, cfg: Any, inputs: dict[str, Path] | None = None) -> dict[str, Any]:
-    """What produced a folder: the command, its settings, and its inputs by content (not by path, so moving
-    a data file is no change but editing it is)."""
-    inputs = config_inputs(cfg) if inputs is None else inputs
-    settings = {k: v for k, v in flatten(cfg).items()
-                if k.split(".")[-1] not in HOW_NOT_WHAT and k not in inputs and f"{k}[0]" not in inputs}
-    digests = {k: input_digest(p) for k, p in inputs.items()}
-    body = json.dumps({"settings": settings, "inputs": digests}, sort_keys=True, default=str)
-    return {"command": command, "hash": hashlib.sha256(body.encode()).hexdigest()[:16], "settings": settings,
-            "inputs": digests}
-
-
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The keys whose values differ between two fingerprints, as ``key (old -> new)`` or ``key (content)``."""
-    out = []
-    for part, label in (("settings", None), ("inputs", "content changed")):
-        a, b = old.get(part, {}), new.get(part, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                out.append(f"{key} ({label})" if label and key in a and key in b
-                           else f"{key} ({a.get(key, 'unset')!r} -> {b.get(key, 'unset')!r})")
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
-# Path safety
+# The output guard: every output path of every command passes `guard_output` before any work starts
 
 
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def check_paths(inputs: dict[str, Path], outputs: list[tuple[Path, str]]) -> None:
-    """Refuse an output that is an input or contains one; check every output can be written."""
-    for out, kind in outputs:
-        real_out = _real(out)
-        for key, path in inputs.items():
-            real_in = _real(path)
-            if real_in == real_out or (kind == "folder" and real_out in real_in.parents):
-                what = "is" if real_in == real_out else "contains"
-                raise UserError(f"the output {out} {what} the input {key} ({path}): writing there (or --overwrite) "
-                                "would destroy that input. Choose an output path outside every input.")
-    for out, kind in outputs:
-        if kind == "file":
-            if out.is_dir():
-                raise UserError(f"output file {out} is an existing folder: give a file path")
-            check_writable(out.parent if str(out.parent) else Path("."))
-        else:
-            if out.exists() and not out.is_dir():
-                raise UserError(f"output folder {out} is an existing file: give a folder path")
-            check_writable(out)
+def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, Path], *,
+                 locks: bool = True) -> None:
+    """Refuse (`UserError`, exit 2) to write ``path`` (a "folder", "file" or "cache") when it
 
+    1. is, contains or lies inside one of the command's ``inputs`` (symlinks resolved);
+    2. cannot be written (a file output that is a folder, a folder output that is a file, no permission);
+    3. lies inside, contains or is a folder whose run lock another live process holds (``locks``);
+    4. exists and is not this command's own earlier output: a folder holding files rlp did not write or that
+       another command wrote, a file rlp did not write (or that was changed since), a cache that is not one.
 
-# --------------------------------------------------------------------------------------------------
-# The run lock
-
-
-def _pid_in(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-_HELD: dict[str, list[int]] = {}  # lock file (real path) -> [fd, holders]: the run locks this process holds
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<folder>/.lock``, whose text names the holder's PID.
-
-    The kernel releases a flock when its process dies, so a crash never leaves the folder locked; the PID
-    only lets the message name the holder. The file stays (emptied) on release: deleting it would let two
-    processes lock two different files of the same name. Within one process the lock is re-entrant (the CLI
-    claims a trainer's folder, then the trainer's `TrainingRun` locks it again).
+    ``command`` None (a trainer called from Python, a stage of `rlp run`) accepts any trainer's folder.
     """
-
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / LOCK
-        self.key: str | None = None
-
-    def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        key = os.path.realpath(self.path)
-        if key in _HELD:
-            _HELD[key][1] += 1
-            self.key = key
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            pid = _pid_in(self.path)
-            raise UserError(f"{self.path.parent} is in use by another rlp process (PID {pid or 'unknown'}): wait "
-                            "for it to finish, stop it, or choose another output folder") from None
-        previous = _pid_in(self.path)
-        if previous and previous != os.getpid():
-            state = "no longer running" if not _alive(previous) else "which no longer holds it"
-            print(f"taking over a stale lock left by PID {previous} ({state}) in {self.path.parent}",
-                  file=sys.stderr)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        os.fsync(fd)
-        _HELD[key] = [fd, 1]
-        self.key = key
-        return self
-
-    def release(self) -> None:
-        if self.key is None:
-            return
-        entry = _HELD[self.key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del _HELD[self.key]
-            os.ftruncate(entry[0], 0)
-            fcntl.flock(entry[0], fcntl.LOCK_UN)
-            os.close(entry[0])
-        self.key = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    _not_an_input(path, kind, inputs)
+    _writable(path, kind)
+    if locks:
+        for folder, pid in other_holders(path):
+            where = "" if folder == _real(path) else \
+                f": the output {path} {'lies inside' if folder in _real(path).parents else 'contains'} it"
+            raise UserError(f"{folder} is in use by another rlp process (PID {pid}){where}, and either run would "
+                            "delete or mix with the other's files. Wait for it to finish, stop it, or choose an "
+                            "output outside that folder.")
+    if kind == "folder":
+        _own_folder(path, command)
+    elif kind == "file":
+        _own_file(path, command)
+    else:
+        _own_cache(path)
 
 
-def lock_holder(folder: str | Path) -> int | None:
-    """The PID of the live process holding ``folder``'s run lock, or None when nobody holds it."""
-    path = Path(folder) / LOCK
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return _pid_in(path) or -1
-    finally:
-        os.close(fd)  # also drops the shared lock taken to test it
-    return None
+def _not_an_input(out: Path, kind: str, inputs: dict[str, Path]) -> None:
+    real_out = _real(out)
+    for key, path in inputs.items():
+        real_in = _real(path)
+        if real_in == real_out or (kind == "folder" and real_out in real_in.parents):
+            what = "is" if real_in == real_out else "contains"
+        elif real_in in real_out.parents:
+            what = "lies inside"
+        else:
+            continue
+        raise UserError(f"the output {out} {what} the input {key} ({path}): writing there (or --overwrite) "
+                        "would destroy or change that input. Choose an output path outside every input.")
 
 
-# --------------------------------------------------------------------------------------------------
-# Claiming an output
+def _writable(out: Path, kind: str) -> None:
+    if kind != "folder":
+        if out.is_dir():
+            raise UserError(f"output file {out} is an existing folder: give a file path")
+        check_writable(out.parent if str(out.parent) else Path("."))
+    else:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"output folder {out} is an existing file: give a folder path")
+        check_writable(out)
 
 
-def read_fingerprint(folder: Path) -> dict[str, Any] | None:
-    path = folder / FINGERPRINT
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, json.JSONDecodeError):
-        return None
+FOREIGN = "foreign"  # `folder_kind` of a folder holding files no rlp command wrote
+UNRECORDED = "the output folder of a training command"  # a trainer's files without a fingerprint
+
+
+def _contents(folder: Path) -> list[str]:
+    """What a folder holds besides bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the lock)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not p.name.startswith("."))
 
 
 def folder_kind(folder: Path) -> str | None:
-    """Which command wrote ``folder``: its fingerprint's, else what its contents say, else None."""
-    recorded = read_fingerprint(folder)
+    """Who wrote ``folder``: its fingerprint's command; ``run`` or a stage of it (manifests); `UNRECORDED`
+    (a trainer's files from Python or from before fingerprints); None when absent or empty; else `FOREIGN`."""
+    recorded = read_fingerprint(folder) if folder.is_dir() else None
     if recorded:
         return recorded.get("command")
+    if not folder.is_dir() or not _contents(folder):
+        return None
     if any(folder.glob("*/manifest.json")):
         return "run"
     if (folder / "manifest.json").exists():
         return "a stage of `rlp run`"
-    return None
+    if _has_run(folder) or (folder / "metrics.jsonl").exists():
+        return UNRECORDED
+    return FOREIGN
+
+
+def _own_folder(folder: Path, command: str | None) -> None:
+    kind = folder_kind(folder)
+    if kind is None or kind == command:
+        return
+    if kind == FOREIGN:
+        names = ", ".join(_contents(folder)[:5])
+        raise UserError(f"{folder} holds files rlp did not write ({names}); rlp will not write into it, and "
+                        "--overwrite does not change that: it replaces only what the same command wrote. Choose "
+                        "another (new or empty) output folder, or move those files away.")
+    if command is None and kind in (*TRAINERS, UNRECORDED, "a stage of `rlp run`"):
+        return  # a trainer from Python or a pipeline stage: the command boundary checked the rest
+    if kind == UNRECORDED and command in TRAINERS:
+        return  # the legacy note in `claim_output`
+    origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was written by `rlp {kind}`"
+    raise UserError(f"{folder} {origin}; `rlp {command or 'this trainer'}` will not write into it, and "
+                    "--overwrite does not change that: it replaces only what the same command wrote. Choose "
+                    "another output folder.")
+
+
+def _sidecar(path: Path) -> Path:
+    """Where a file output's record lives: ``.<name>.rlp.json`` beside it (the command and the digest)."""
+    return path.parent / f".{path.name}.rlp.json"
+
+
+def _own_file(path: Path, command: str | None) -> None:
+    if not path.exists():
+        return
+    try:
+        record = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} exists and was not written by rlp; `rlp {command}` will not replace it. Choose "
+                        "another output file, or move it away.")
+    if record.get("command") != command:
+        raise UserError(f"{path} was written by `rlp {record.get('command')}`; `rlp {command}` replaces only "
+                        "what the same command wrote. Choose another output file.")
+    if record.get("digest") != file_digest(path):
+        raise UserError(f"{path} was changed after `rlp {command}` wrote it; rlp will not replace the changed "
+                        "file. Choose another output file, or move it away.")
+
+
+def _own_cache(path: Path) -> None:
+    """An LLM judge's cache is shared by every command: any existing one must hold only cache rows."""
+    if not path.exists():
+        return
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError):
+        rows = [None]
+    if not all(isinstance(r, dict) and {"key", "verdict"} <= r.keys() for r in rows):
+        raise UserError(f"the cache {path} exists and is not an rlp judge cache (rows of key and verdict); rlp "
+                        "will not append to it. Choose another cache_path.")
+
+
+def output_digests(folder: Path) -> dict[str, str]:
+    """Each result file under ``folder`` by content: what a finished folder held when its command ended
+    (bookkeeping, hidden files and checkpoints left out)."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in NOT_OUTPUTS and not d.startswith("."))
+        for name in sorted(files):
+            if name not in BOOKKEEPING and not name.startswith("."):
+                path = Path(root) / name
+                found[str(path.relative_to(folder))] = file_digest(path)
+    return found
+
+
+def changed_outputs(folder: Path, recorded: dict[str, str], *, edits_only: bool = False) -> list[str]:
+    """The recorded outputs of ``folder`` that differ now, and (unless ``edits_only``) those gone and any
+    result file added since: a finished run is only what it recorded; a rerun of any other command loses
+    only what it would overwrite."""
+    now = output_digests(folder)
+    names = set(recorded) & set(now) if edits_only else set(recorded) | set(now)
+    return sorted(k for k in names if recorded.get(k) != now.get(k))
+
+
+def record_outputs(command: str, outputs: list[tuple[Path, str]]) -> None:
+    """After a command succeeded: its folder's outputs into its fingerprint, each file's digest beside it."""
+    for path, kind in outputs:
+        if kind == "folder" and read_fingerprint(path):
+            write_json(path / FINGERPRINT, {**read_fingerprint(path), "outputs": output_digests(path)})
+        elif kind == "file" and path.is_file():
+            write_json(_sidecar(path), {"command": command, "digest": file_digest(path)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Claiming the outputs
 
 
 def _is_main_rank() -> bool:
@@ -323,23 +257,13 @@ def _has_run(folder: Path) -> str | None:
 
 
 def check_folder(command: str, folder: Path, new: dict[str, Any], overwrite: bool) -> None:
-    """Refuse ``folder`` when another command wrote it, or when it holds a run of this one with other settings."""
-    kind = folder_kind(folder) if folder.is_dir() else None
-    if kind is None and command == "run" and folder.is_dir() and _has_run(folder):
-        kind = "the output folder of a training command"
-    if kind is not None and kind != command:
-        can_overwrite = command in TRAINERS and kind in TRAINERS
-        if not (overwrite and can_overwrite):
-            origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was written by `rlp {kind}`"
-            raise UserError(f"{folder} {origin}; `rlp {command}` will not write into it. Choose another output "
-                            "folder" + (" (or pass --overwrite true to replace its outputs)." if can_overwrite
-                                        else "."))
+    """Refuse ``folder`` when it holds a run of this command with other settings, or outputs changed since
+    the command that wrote them ended (who may write it at all is `guard_output`'s question)."""
+    old = read_fingerprint(folder) if folder.is_dir() else None
+    if old is None or old.get("command") != command or overwrite:
         return
-    if command not in TRAINERS or overwrite or not folder.is_dir():
-        return
-    held = _has_run(folder)
-    old = read_fingerprint(folder)
-    if held and old and old.get("hash") != new["hash"]:
+    held = _has_run(folder) if command in TRAINERS else None
+    if held and old.get("hash") != new["hash"]:
         changed = ", ".join(differences(old, new) or ["the fingerprint"])
         if held == "a finished run":
             raise UserError(f"{folder} holds a finished `rlp {command}` run made with other settings: {changed}. "
@@ -348,30 +272,45 @@ def check_folder(command: str, folder: Path, new: dict[str, Any], overwrite: boo
         raise UserError(f"{folder} holds a checkpoint of an `rlp {command}` run made with other settings: {changed}. "
                         "Resuming it would mix the two: rerun with the original settings to resume, choose another "
                         "output folder, or pass --overwrite true to start afresh there.")
+    # A finished trainer run must be exactly what it recorded to be reported finished; a trainer's folder with
+    # only a checkpoint resumes (rewriting its outputs); any other command's rerun would overwrite edited files
+    # (a removed output, such as a stage folder deleted to rerun it, is simply made again).
+    finished = held == "a finished run"
+    verify = "outputs" in old and (finished or command not in TRAINERS)
+    changed = changed_outputs(folder, old["outputs"], edits_only=not finished) if verify else []
+    if changed:
+        what = "a finished run whose" if finished else "outputs of an earlier run; its"
+        retry = "pass --overwrite true to train afresh there" if command in TRAINERS else "move them away"
+        raise UserError(f"{folder} holds {what} outputs were changed after `rlp {command}` wrote them "
+                        f"({', '.join(changed[:5])}), so it is not reported finished and is not replaced: "
+                        f"choose another output folder, or {retry}.")
 
 
 @contextlib.contextmanager
 def claim_output(command: str, cfg: Any) -> Iterator[dict[str, Any] | None]:
-    """Check paths, lock the output folder, check and record its fingerprint; yield the fingerprint.
+    """Guard every output (`guard_output`), lock the output folder, check and record its fingerprint; yield
+    the fingerprint; when the command succeeds, record its outputs by content (`record_outputs`).
 
     Only the main rank locks and writes (every rank of a multi-process run reads the same folder state).
     """
     inputs = config_inputs(cfg)
     outputs = config_outputs(command, cfg)
     folders = [path for path, kind in outputs if kind == "folder"]
-    created = bool(folders) and not folders[0].exists()  # before check_paths, which creates it to test it
+    created = bool(folders) and not folders[0].exists()  # before guard_output, which creates it to test it
+    main = _is_main_rank()
+    overwrite = bool(getattr(cfg, "overwrite", False))
     try:
-        check_paths(inputs, outputs)
-        if not folders:
-            yield None
-            return
-        folder = folders[0]
-        overwrite = bool(getattr(cfg, "overwrite", False))
-        new = fingerprint(command, cfg, inputs)
-        check_folder(command, folder, new, overwrite)  # before locking: a refused folder is left as it was
-        with RunLock(folder) if _is_main_rank() else contextlib.nullcontext():
-            check_folder(command, folder, new, overwrite)  # again under the lock, which makes it final
-            if _is_main_rank():
+        for path, kind in outputs:
+            guard_output(path, kind, command, inputs, locks=main)
+        new = fingerprint(command, cfg, inputs) if folders else None
+        if folders:
+            check_folder(command, folders[0], new, overwrite)  # before locking: a refused folder is left as it was
+        with RunLock(folders[0]) if folders and main else contextlib.nullcontext():
+            if folders:  # again under the lock, which makes them final
+                guard_output(folders[0], "folder", command, inputs, locks=main)
+                check_folder(command, folders[0], new, overwrite)
+            if folders and main:
+                folder = folders[0]
                 legacy_finished = (folder / "summary.json").exists() and read_fingerprint(folder) is None
                 if overwrite and command in TRAINERS:
                     (folder / "summary.json").unlink(missing_ok=True)  # before the new fingerprint: never a mix
@@ -379,10 +318,15 @@ def claim_output(command: str, cfg: Any) -> Iterator[dict[str, Any] | None]:
                     print(f"note: {folder} holds a finished run from before run fingerprints; its settings cannot "
                           "be compared (use --overwrite true to retrain)", file=sys.stderr)
                 if not legacy_finished or overwrite:
-                    write_json(folder / FINGERPRINT, new)
+                    old = read_fingerprint(folder) or {}
+                    kept = {"outputs": old["outputs"]} if not overwrite and command in TRAINERS and \
+                        old.get("hash") == new["hash"] and "outputs" in old else {}  # the finished result stands
+                    write_json(folder / FINGERPRINT, {**new, **kept})
             yield new
+            if main:
+                record_outputs(command, outputs)
     except BaseException:
-        if created and _is_main_rank():
+        if created and main:
             remove_if_only_bookkeeping(folders[0])  # a command refused before any work leaves no folder behind
         raise
 
@@ -393,7 +337,7 @@ def remove_if_only_bookkeeping(folder: Path) -> None:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return
-    if names <= {LOCK, FINGERPRINT}:
+    if names <= set(BOOKKEEPING):
         for name in names:
             (folder / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):

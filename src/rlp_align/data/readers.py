@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ class ReadReport:
     rows: int = 0
     kept: int = 0
     duplicates: int = 0
+    identical: int = 0  # preference pairs whose chosen equals rejected: skipped, they carry no gradient
     invalid: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{self.path}: {self.format}, {self.kept}/{self.rows} rows kept"
         if self.duplicates:
             text += f", {self.duplicates} duplicates dropped"
+        if self.identical:
+            text += f", {self.identical} with chosen == rejected dropped"
         if self.invalid:
             text += f", {len(self.invalid)} invalid skipped"
         return text
@@ -280,14 +284,23 @@ def _read(path: str | Path, kind: str, skip_invalid: bool, expected: tuple[str, 
             report.duplicates += 1
             continue
         seen.add(key)
+        if isinstance(item, Preference) and item.chosen == item.rejected:
+            report.identical += 1
+            continue
         items.append(item)
     if not report.rows:
         raise DataError(path, None, None, "no rows")
     report.kept = len(items)
-    if report.invalid or report.duplicates:
+    if report.invalid or report.duplicates or report.identical:
         log.warning(report.summary())
+    if report.identical:  # loud: these rows would train on zero gradient, and a file of them on nothing
+        warnings.warn(f"{path}: {report.identical} of {report.rows} preference pairs have chosen identical to "
+                      "rejected and are skipped (the loss of such a pair has zero gradient: it teaches nothing)",
+                      RuntimeWarning, stacklevel=3)
     if not items:
-        raise DataError(path, None, None, f"no valid rows ({len(report.invalid)} invalid)")
+        why = f", {report.identical} with chosen identical to rejected: nothing to learn from" \
+            if report.identical else ""
+        raise DataError(path, None, None, f"no valid rows ({len(report.invalid)} invalid{why})")
     return items, report
 
 
@@ -358,4 +371,4 @@ def inspect_file(path: str | Path, head: int = 3) -> dict[str, Any]:
         for name, values in fields.items()
     }
     return {"path": str(path), "format": report.format, "rows": report.rows, "kept": report.kept,
-            "duplicates": report.duplicates, "fields": stats, "first_rows": rows, "invalid": report.invalid[:20]}
+            "duplicates": report.duplicates, "identical": report.identical, "fields": stats, "first_rows": rows, "invalid": report.invalid[:20]}

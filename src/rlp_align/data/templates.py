@@ -8,6 +8,7 @@ tokens a reward model scores are the tokens the policy sampled.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,28 @@ def _last_user(prompt: Messages) -> int:
     return max((i for i, m in enumerate(prompt) if m.get("role") == "user"), default=len(prompt) - 1)
 
 
+_LONGEST_TOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def char_budget(tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> int:
+    """Characters that surely hold more than ``max_tokens`` tokens: no token covers more characters than the
+    longest vocabulary entry (byte-level entries count bytes, which is more), doubled for normalisers that
+    drop characters. Text is cut to this many characters before tokenising, so a 50 MB field with
+    ``max_length`` 64 costs what a short one does (issue 23 §3) and yields the same tokens."""
+    if tokenizer not in _LONGEST_TOKEN:
+        _LONGEST_TOKEN[tokenizer] = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    return 2 * (max_tokens + 16) * max(1, _LONGEST_TOKEN[tokenizer])
+
+
+def _cut_user_text(prompt: Messages, chars: int) -> Messages:
+    """The prompt with its last user text cut to its last ``chars`` characters: `fit_prompt` keeps only an end of
+    that text, and at most ``max_length`` tokens of it, which ``chars`` (`char_budget`) surely holds."""
+    user = _last_user(prompt)
+    if not prompt or len(prompt[user]["content"]) <= chars:
+        return prompt
+    return _with_user_text(prompt, user, prompt[user]["content"][-chars:])
+
+
 def template_length(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> int:
     """Tokens the prompt takes without its last user text: the part `fit_prompt` never cuts."""
     return len(_ids(tokenizer, _with_user_text(prompt, _last_user(prompt), "")))
@@ -72,6 +95,8 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages, max_length:
     Every path that encodes a prompt (sampling, PPO's rollout, the reward model's text path) goes through here,
     so with the same ``max_length`` they read the same tokens.
     """
+    if max_length is not None:
+        prompt = _cut_user_text(prompt, char_budget(tokenizer, max_length))  # by characters first: char_budget
     ids = _ids(tokenizer, prompt)
     if max_length is None or len(ids) <= max_length:
         return ids, False
@@ -130,6 +155,8 @@ def encode_pair(
     the template); a response longer than the budget keeps its beginning and loses the EOS. ``truncated``
     reports any cut.
     """
+    budget = char_budget(tokenizer, max_length)  # cut by characters first: neither field keeps more than this
+    prompt, response = _cut_user_text(prompt, budget), response[:budget]
     response_ids = _response_ids(tokenizer, response)  # the one reward path: EOS always (rlp_align.data.reward_path)
     prompt_ids, prompt_cut = fit_prompt(tokenizer, prompt, max_prompt_length)
     truncated = prompt_cut

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from rlp_align.core.io import is_malformed, read_rows, write_json
 from rlp_align.data.readers import read_sample_sets
 from rlp_align.data.records import Instruction, Preference, user_prompt
 from rlp_align.data.writers import write_preferences
-from rlp_align.judge.annotators import Annotator, AnnotatorConfig, bradley_terry, make_annotator
+from rlp_align.judge.annotators import (
+    Annotator,
+    AnnotatorConfig,
+    bradley_terry,
+    make_annotator,
+    without_verdict,
+)
 
 
 @dataclass
@@ -65,12 +72,18 @@ def label_pairs(
         details = [{"score_a": x, "score_b": y} for x, y in zip(scores[:n], scores[n:])]
     else:
         probs, details = annotator.compare_with_details(instructions, responses_a, responses_b)
+    missing = set(without_verdict(details))
+    if missing:
+        warnings.warn(f"the judge gave no valid verdict for {len(missing)} of {len(details)} pairs; they are left "
+                      "out of the preferences (not labelled by a coin flip)", RuntimeWarning, stacklevel=2)
     rng = random.Random(seed)
     about = annotator.describe()
     prefs = []
     for i, (inst, a, b, p, extra) in enumerate(zip(instructions, responses_a, responses_b, probs, details)):
         a_wins = rng.random() < p
         flipped = rng.random() < noise
+        if i in missing:  # after the draws, so the other pairs' labels do not depend on it
+            continue
         a_wins ^= flipped
         meta = {**about, **extra, "p_a": p, "chosen": "a" if a_wins else "b", "flipped": flipped,
                 "noise": noise, "label_temperature": temperature, "seed": seed}
@@ -172,6 +185,7 @@ def run_annotate(cfg: AnnotateConfig) -> dict:
         "n_prompts": len(candidates),
         "n_prompts_skipped": skipped,
         "n_pairs": n,
+        "n_pairs_without_verdict": len(instructions) - n,  # the judge named neither output: left out
         "flip_rate": sum(p.meta["flipped"] for p in prefs) / n,
         "tie_rate": sum(p.meta["p_a"] == 0.5 for p in prefs) / n,
         "noise": cfg.noise,

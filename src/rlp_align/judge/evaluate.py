@@ -10,6 +10,7 @@ the tie rate is reported beside it.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from rlp_align.core.errors import DataError, UserError
 from rlp_align.core.io import is_malformed, read_rows, write_json, write_jsonl
 from rlp_align.data.records import Instruction, Preference
 from rlp_align.judge.annotate import _prompt
-from rlp_align.judge.annotators import AnnotatorConfig, make_annotator
+from rlp_align.judge.annotators import AnnotatorConfig, make_annotator, without_verdict
 
 
 def win_rate(prefs: list[float], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -90,6 +91,14 @@ def run_winrate(cfg: WinrateConfig) -> dict:
     annotator = make_annotator(cfg.annotator)
     responses = [r["response"] for r in rows]
     prefs, details = annotator.compare_with_details(instructions, responses, baseline)
+    missing = set(without_verdict(details))
+    if missing:  # not a tie: the judge did not judge them
+        warnings.warn(f"the judge gave no valid verdict for {len(missing)} of {len(rows)} answers; they are left "
+                      "out of the win-rate (not counted as ties)", RuntimeWarning, stacklevel=2)
+        keep = [i for i in range(len(rows)) if i not in missing]
+        rows, prefs, details = [rows[i] for i in keep], [prefs[i] for i in keep], [details[i] for i in keep]
+        instructions, responses = [instructions[i] for i in keep], [responses[i] for i in keep]
+        baseline = [baseline[i] for i in keep]
     subsets: dict[str, list[float]] = defaultdict(list)
     for row, p in zip(rows, prefs):
         subsets[row["subset"]].append(p)
@@ -98,6 +107,7 @@ def run_winrate(cfg: WinrateConfig) -> dict:
         "answers": cfg.answers,
         "baseline": cfg.baseline,
         "annotator": annotator.describe(),
+        "n_without_verdict": len(missing),
         "win_rate": win_rate(prefs, cfg.n_boot, cfg.seed),
         "by_subset": {name: win_rate(ps, cfg.n_boot, cfg.seed) for name, ps in sorted(subsets.items())},
         "mean_chars": {"answers": float(np.mean([len(r) for r in responses])),

@@ -21,7 +21,7 @@ from transformers import (
 
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import atomic_path
-from rlp_align.models.model_kind import check_reward_model_folder, check_trained_head
+from rlp_align.models.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
 from rlp_align.models.registry import resolve_model
 from rlp_align.models.scoring import reward_head, unwrap_model
 
@@ -66,6 +66,32 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def _mismatch(e: RuntimeError, folder, what: str) -> Exception:
+    """transformers reports weights whose shapes differ from config.json as a RuntimeError pointing at a
+    logged table; name the embedding's shape and the config's sizes instead (``e`` itself if it is another
+    RuntimeError)."""
+    text = str(e)
+    if "mismatch" not in text and "loading state_dict" not in text and "conversion" not in text:
+        return e
+    from safetensors import safe_open
+
+    detail = ""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as weights:
+                name = next((k for k in weights.keys() if "embed_tokens" in k or "wte" in k), None)
+                if name is not None:
+                    detail = (f": {name} is {list(weights.get_slice(name).get_shape())} in {file.name}, but "
+                              f"config.json says vocab_size={config.get('vocab_size')}, "
+                              f"hidden_size={config.get('hidden_size')}")
+                    break
+    except (OSError, ValueError, SafetensorError):
+        pass
+    return UserError(f"cannot load {what} from {folder}: the shapes of its weights differ from its config.json"
+                     f"{detail}. Fix config.json (or use the folder the weights were saved with).")
+
+
 def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
     return {"dtype": torch.float32, "use_safetensors": None if allow_pickle else True,
             "trust_remote_code": trust_remote_code}
@@ -74,12 +100,15 @@ def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
 def load_policy(
     name_or_path: str | os.PathLike, *, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """A causal LM in fp32 (the policy, the reference policy)."""
+    """A causal LM in fp32 (the policy, the reference policy); a reward model is refused (`model_kind`)."""
     folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
+    check_policy_folder(folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
+    except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
+        raise _mismatch(e, folder, "a causal language model") from None
     return model
 
 
@@ -110,6 +139,8 @@ def load_reward_model(
         )
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a reward model from {folder}: {e}") from None
+    except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
+        raise _mismatch(e, folder, "a reward model") from None
     if not new_head:
         head = {n for n, p in model.named_parameters() if any(p is q for q in reward_head(model).parameters())}
         check_trained_head(folder, sorted(head & set(info["missing_keys"])))

@@ -34,6 +34,20 @@ def check_reward_model_folder(folder: str | Path) -> None:
                         + _make_one(folder))
 
 
+def check_policy_folder(folder: str | Path) -> None:
+    """Refuse a reward model (a sequence classifier) where a policy is expected: loaded as a causal LM its score
+    head is dropped and a language-model head it never trained is used instead, so it samples noise."""
+    folder = Path(folder)
+    try:
+        architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # the loader names what is wrong with the folder
+    if any("ForSequenceClassification" in a for a in architectures):
+        raise UserError(f"{folder} is a reward model ({', '.join(architectures)}), not a policy: loaded as a "
+                        "language model its score head would be dropped and its samples would come from a head "
+                        "it never trained. Pass a policy (a causal LM: the SFT or PPO model/ folder) instead.")
+
+
 def check_trained_head(folder: str | Path, missing_head_keys: list[str]) -> None:
     """Refuse a classifier folder whose weights lack the head (transformers would initialise it at random)."""
     if missing_head_keys:

@@ -236,8 +236,8 @@ def train_ppo(
     encode_prompts(tokenizer, prompts, cfg.max_prompt_length, "ppo")
     out_dir = Path(cfg.output_dir)
     run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
-    if run.finished is not None:
-        return run.finished
+    if run.finished is not None:  # the same run (its fingerprint matched): this command's config, its numbers
+        return {**run.finished, "config": asdict(cfg)}
     device = accelerator.device
 
     trust = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}

@@ -231,8 +231,8 @@ def train_reward_model(
     acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
     run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
-    if run.finished is not None:
-        return run.finished
+    if run.finished is not None:  # the same run (its fingerprint matched): this command's config, its numbers
+        return {**run.finished, "config": asdict(cfg)}
     if not train_prefs:
         raise UserError("no training preference pairs: the reward model needs at least one (chosen, rejected) pair")
     if (cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps

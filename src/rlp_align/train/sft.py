@@ -121,8 +121,8 @@ def train_sft(cfg: SFTConfig, records: list[Instruction], eval_records: list[Ins
     acc = make_accelerator(cfg.seed, mixed_precision=cfg.optim.mixed_precision)
     out = Path(cfg.output_dir)
     run = TrainingRun(out, acc, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
-    if run.finished is not None:
-        return run.finished
+    if run.finished is not None:  # the same run (its fingerprint matched): this command's config, its numbers
+        return {**run.finished, "config": asdict(cfg)}
     if cfg.optim.learning_rate <= 0 or cfg.optim.batch_size < acc.num_processes * cfg.optim.gradient_accumulation_steps:
         raise UserError(f"need learning_rate > 0 and batch_size ({cfg.optim.batch_size}) >= processes "
                         f"({acc.num_processes}) x gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps})")

@@ -25,9 +25,9 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
-from rlp_align.core.errors import NonFiniteError
+from rlp_align.core.errors import NonFiniteError, UserError
 from rlp_align.core.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
-from rlp_align.core.run_folder import RunLock, check_paths
+from rlp_align.core.run_folder import RunLock, guard_output
 from rlp_align.models import merge_lora, save_model
 
 
@@ -79,10 +79,21 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_prec
 
     from rlp_align.core.device import autocast, requested_device
 
-    if mixed_precision == "no":
-        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
-    torch.set_num_threads(max(1, int(os.environ.get("RLP_NUM_THREADS", torch.get_num_threads()))))
+    from_env = mixed_precision == "no" and "ACCELERATE_MIXED_PRECISION" in os.environ
+    if from_env:
+        mixed_precision = os.environ["ACCELERATE_MIXED_PRECISION"] or "no"
+    try:
+        autocast(mixed_precision, requested_device())  # validates the value (fp16 needs a GPU)
+    except UserError as e:
+        if not from_env:
+            raise
+        raise UserError(f"the environment variable ACCELERATE_MIXED_PRECISION={mixed_precision!r} sets the "
+                        f"precision: {e}; unset it or set it to no, bf16 or fp16") from None
+    threads = os.environ.get("RLP_NUM_THREADS", "").strip()
+    if threads and not threads.isdigit():
+        raise UserError(f"RLP_NUM_THREADS must be a whole number of CPU threads, got {threads!r}: set it to a number "
+                        "such as 4, or unset it to use every core")
+    torch.set_num_threads(max(1, int(threads)) if threads else torch.get_num_threads())
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
@@ -137,8 +148,8 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line.strip()
-                    and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(row) for row in read_metrics(out_dir)
+                    if isinstance(row.get("step", 0), (int, float)) and row.get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -164,10 +175,33 @@ class MetricsLogger:
 
 
 def read_metrics(out_dir: str | Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A last line without its newline that does not parse is the one a crash
+    cut short (`append_jsonl`) and is dropped; any other row that is not a JSON object is a `UserError`
+    naming the file and line: the file is ours, so something else wrote it and it is not overwritten."""
     path = Path(out_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the metrics log ({e}); move it away or rerun with --overwrite true") \
+            from None
+    lines = text.splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+            if i == len(lines) and not text.endswith("\n"):
+                continue  # the line being written when a run was killed
+        if not isinstance(row, dict):
+            raise UserError(f"{path}, line {i}: not a metrics row (a JSON object); this file is written by rlp "
+                            "and was changed by something else: move it away, or rerun with --overwrite true")
+        rows.append(row)
+    return rows
 
 
 class Checkpointer:
@@ -223,11 +257,26 @@ def check_finite(name: str, value: torch.Tensor | float, step: int, out_dir: str
     """Stop with a diagnostic on NaN/Inf; the last checkpoint on disk is the last good one."""
     v = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
     if not torch.isfinite(v).all():
+        saved = _checkpoint_step(Path(out_dir))
+        kept = (f"the last good checkpoint (step {saved}) is kept in {Path(out_dir) / 'checkpoint'} (rerun the same "
+                "command to resume from it)" if saved is not None else "no checkpoint had been saved yet, so there "
+                "is nothing to resume from: change the settings and rerun with --overwrite true")
         raise NonFiniteError(
-            f"{name} became {v.flatten()[0].item()} at step {step}. Training stopped; the last good checkpoint "
-            f"is kept in {Path(out_dir) / 'checkpoint'} (rerun the same command to resume from it). "
+            f"{name} became {v.flatten()[0].item()} at step {step}. Training stopped; {kept}. "
             "Usual causes: a learning rate too high, fp16/bf16 overflow, or an empty/degenerate batch."
         )
+
+
+def _checkpoint_step(out_dir: Path) -> int | None:
+    """The step of the checkpoint on disk (the one `Checkpointer.load` would resume from), or None."""
+    for folder in (out_dir / "checkpoint", out_dir / ".checkpoint.old"):
+        try:
+            step = json.loads((folder / "trainer_state.json").read_text()).get("step")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
 
 
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
@@ -259,6 +308,23 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * (n - constant_groups) + [lambda _: 1.0] * constant_groups)
 
 
+def _relocated(summary: Any, out: Path) -> Any:
+    """A finished run's summary with its output paths under ``out``: a folder that was moved or copied since
+    must not report the old place (which may be gone, or hold another run)."""
+    old = summary.get("output_dir") if isinstance(summary, dict) else None
+    if not isinstance(old, str) or Path(old) == out:
+        return summary
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old.rstrip("/") + "/")):
+            return str(out) + value[len(old.rstrip("/")):]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return [move(v) for v in value] if isinstance(value, list) else value
+
+    return move(summary)
+
+
 def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelerator) -> dict[str, Any] | None:
     """The summary of a finished run in ``out_dir`` (so a rerun is a no-op), else None.
 
@@ -268,7 +334,11 @@ def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelera
     out = Path(out_dir)
     summary = out / "summary.json"
     if summary.exists() and not overwrite:
-        return json.loads(summary.read_text())
+        try:
+            return _relocated(json.loads(summary.read_text(encoding="utf-8")), out)
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{summary} is damaged (not JSON), so this finished run's result cannot be returned; "
+                            "rerun with --overwrite true to train again") from None
     if overwrite and accelerator.is_main_process:
         for name in ("checkpoint", ".checkpoint.tmp", "model", "tensorboard"):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -331,10 +401,11 @@ class TrainingRun:
                  inputs: dict[str, Path] | None = None):
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         self.save_every, self.keep_checkpoint = optim.save_every, optim.keep_checkpoint
-        # The output folder may not hold an input (``inputs``: `run_folder.config_inputs`), so ``overwrite``
-        # below never deletes one; one process per folder, a second stops here naming the first (the lock is
-        # re-entrant under the CLI's `run_folder.claim_output`, which also checks the run fingerprint).
-        check_paths(inputs or {}, [(self.out_dir, "folder")])
+        # The one output guard (`run_folder.guard_output`): the folder holds no input (``inputs``:
+        # `run_folder.config_inputs`) and no files rlp did not write, so ``overwrite`` below deletes neither;
+        # no other process writes at, above or below it; then the run lock, re-entrant under the CLI's
+        # `run_folder.claim_output`, which also checks the run fingerprint.
+        guard_output(self.out_dir, "folder", None, inputs or {}, locks=accelerator.is_main_process)
         self.lock = RunLock(self.out_dir).acquire() if accelerator.is_main_process else None
         self.finished = finished_summary(self.out_dir, overwrite, accelerator)
         if self.finished is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from rlp_align.core.errors import UserError
-from rlp_align.judge.annotators.base import Annotator, AnnotatorConfig, bradley_terry
+from rlp_align.judge.annotators.base import Annotator, AnnotatorConfig, bradley_terry, without_verdict
 
-__all__ = ["Annotator", "AnnotatorConfig", "annotator_options", "bradley_terry", "make_annotator"]
+__all__ = ["Annotator", "AnnotatorConfig", "annotator_options", "bradley_terry", "make_annotator", "without_verdict"]
 
 
 def annotator_options(cfg: AnnotatorConfig) -> dict[str, Any]:

@@ -66,6 +66,12 @@ class Annotator:
         return self.compare_with_details(instructions, a, b)[0]
 
 
+def without_verdict(details: list[dict[str, Any]]) -> list[int]:
+    """Indices of the pairs a judge gave no verdict for (the `llm` judge after every retry: a refusal or another
+    format). Callers leave them out with a counted warning instead of labelling them by a coin flip."""
+    return [i for i, d in enumerate(details) if "verdict" in d and d["verdict"] is None]
+
+
 def _check_lengths(instructions: list, a: list, b: list) -> None:
     if not (len(instructions) == len(a) == len(b)):
         raise UserError(

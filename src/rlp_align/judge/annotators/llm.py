@@ -2,7 +2,9 @@
 
 For each pair the two outputs are shown in a seeded random order (recorded as ``swapped``), the judge
 answers "Output (a)" or "Output (b)", and the verdict is mapped back to the caller's order. Malformed
-verdicts are retried ``max_retries`` times and then counted as ties (0.5) with a warning. Requests run in a
+verdicts (a refusal, another format) are retried ``max_retries`` times; a pair still without a verdict gets
+p = 0.5 and ``verdict`` None, which `rlp annotate` and `rlp eval winrate` leave out with a counted warning
+(`without_verdict`), and a judge that gives no valid verdict at all is an error. Requests run in a
 thread pool; HTTP 429/5xx and timeouts back off (honouring Retry-After) up to ``max_http_retries`` times.
 Verdicts are cached in a JSONL file keyed by sha256(model + rendered prompt), so a re-run only asks what
 is missing. The API key is read from the environment variable *named* by ``api_key_env`` and is never
@@ -106,6 +108,7 @@ class LLMJudge(Annotator):
         self._lock = threading.Lock()
         self._sleep = time.sleep  # tests replace it to observe backoff without waiting
         self.stats = {"requests": 0, "cached": 0, "retries_malformed": 0, "ties_malformed": 0, "http_retries": 0}
+        self.bad_reply = ""  # the first reply that named no output, for the message when none did
 
     def __repr__(self) -> str:  # never show the key
         return f"LLMJudge(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -171,11 +174,13 @@ class LLMJudge(Annotator):
         if verdict is None:
             cached = False
             for attempts in range(1, self.max_retries + 2):  # noqa: B007 (attempts is reported)
-                verdict = parse_verdict(self._post(messages))
+                reply = self._post(messages)
+                verdict = parse_verdict(reply)
                 if verdict is not None:
                     break
                 with self._lock:
                     self.stats["retries_malformed"] += 1
+                    self.bad_reply = self.bad_reply or self._redact(reply.strip())[:200]
             if verdict is not None and self.cache_path is not None:
                 with self._lock:
                     self._cache[key] = verdict
@@ -187,7 +192,7 @@ class LLMJudge(Annotator):
         if verdict is None:
             with self._lock:
                 self.stats["ties_malformed"] += 1
-            log.warning("judge gave no valid verdict after %d attempts; counting the pair as a tie", attempts)
+            log.warning("judge gave no valid verdict after %d attempts; the pair has no label", attempts)
             p_a = 0.5
         else:
             shown_first_won = verdict == "a"
@@ -204,4 +209,9 @@ class LLMJudge(Annotator):
             details = list(
                 pool.map(lambda i: self._judge_one(instructions[i].text, a[i], b[i], swaps[i]), range(len(a)))
             )
+        if details and all(d["verdict"] is None for d in details):
+            raise UserError(f"the judge {self.model} at {self.url} gave no valid verdict for any of the "
+                            f"{len(details)} pairs: it must answer 'Output (a)' or 'Output (b)', and it answered "
+                            f"{self.bad_reply!r} (a refusal or another format). Check the judge model and its "
+                            "prompt; nothing was labelled or written.")
         return [d.pop("p_a") for d in details], details
