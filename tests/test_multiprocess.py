@@ -96,7 +96,7 @@ def test_uml_two_ranks_gather_the_view_batch_and_equal_one_process(tmp_path):
     launch("uml", tmp_path / "one", nproc=1)
     for name in ("model/model.safetensors", "uml_head.safetensors"):
         two, one = load_file(str(tmp_path / "two/run" / name)), load_file(str(tmp_path / "one/run" / name))
-        assert max_abs_diff(one, two) < 1e-4, name
+        assert max_abs_diff(one, two) < 1e-3, name  # batch-standardised views (issue 22) amplify summation-order noise
     rows = {k: [json.loads(line) for line in (tmp_path / k / "run/metrics.jsonl").read_text().splitlines()]
             for k in ("one", "two")}
     losses = {k: [r["uml/loss"] for r in v if "uml/loss" in r] for k, v in rows.items()}
