@@ -30,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, ROOT, git_commit, machine_info, now, write_json  # noqa: E402
-from quality_aggregate import PPO_STAGES, aggregate, plot  # noqa: E402
+from quality_aggregate import PPO_STAGES, aggregate  # noqa: E402
+from quality_plots import plot  # noqa: E402
 
 REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
 # micro: every method, 3-member ensembles. smollm2: the real-model world, sized as issue 21 measured it (RLOO with
