@@ -38,7 +38,9 @@ REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
 # LoRA, 40 steps of 32 samples, 256 preference prompts, 128 eval prompts, 256 oracle labels, the oracle only):
 # controls a, c and d, about 1.5 hours a seed on the 2-core machine.
 WORLDS = {
-    "micro": {"preset": "configs/micro.yaml", "refine": REFINE, "ensemble_k": 3, "bon_prompts": 128, "config": {}},
+    "micro": {"preset": "configs/micro.yaml", "refine": REFINE, "ensemble_k": 3, "bon_prompts": 128, "config": {},
+              # control (b): PPO1 again, longer and with a weaker KL anchor, where over-optimisation can show
+              "long_ppo1": {"steps": 80, "kl_coef": 0.01, "eval_every": 5}},
     "smollm2": {"preset": "configs/default.yaml", "refine": ["oracle"], "ensemble_k": 0, "bon_prompts": 16,
                 "config": {"data": {"n_preference": 256, "n_unlabelled": 64, "n_eval": 128}, "oracle_labels": 256,
                            "policy_optimizer": "rloo", "ppo": {"lora": {"enabled": True}, "steps": 40,
@@ -98,6 +100,24 @@ def eval_points(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
         if points:
             out[label] = points
     return out
+
+
+def long_ppo1(cfg: Any, run_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Control (b): PPO1 from the same SFT policy against the same RM0, run longer with a weaker KL anchor,
+    through the pipeline's own stage function; its evaluation points (finished runs are read back)."""
+    from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import world_config
+    from rlp_align.pipeline.run import ppo_section
+
+    folder = run_dir / "quality" / "ppo1_long"
+    if not (folder / "summary.json").exists():
+        sft = (manifest(run_dir, "01_sft") or {}).get("outputs", {}).get("model") or cfg.model
+        stages_impl.train_ppo(dataclasses.replace(ppo_section(cfg), **settings), cfg.annotator, world_config(cfg),
+                              sft, [str(run_dir / "03_rm0" / "model")], manifest(run_dir, "00_instructions")["outputs"],
+                              cfg.seed, folder)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{"step": r["step"], "kl": r["eval/kl"], "per_prompt": r["eval/per_prompt"]}
+            for r in rows if "eval/per_prompt" in r]
 
 
 def final_i_jsd(run_dir: Path) -> dict[str, float | None]:
@@ -222,7 +242,8 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str) -> dict[str, Any]:
+def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     """Run (or resume) one seed's pipeline and measurements; the seed's record (cached under its config key)."""
     from rlp_align.pipeline.run import run_pipeline
 
@@ -233,14 +254,17 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str) -> dict[str, A
     else:
         started = time.time()
         extras = {**sft_samples_extras(cfg, run_dir, bon_prompts), "table5": label_accuracy(cfg, run_dir)}
+        if long_settings:
+            extras["long_ppo1_points"] = long_ppo1(cfg, run_dir, long_settings)
         extras["seconds"] = time.time() - started
         write_json(cached, extras)
     stage_seconds = sum(m.get("seconds") or 0.0 for p in run_dir.glob("*/manifest.json")
                         if (m := json.loads(p.read_text())).get("status") == "done")
     spg = manifest(run_dir, next((p.name for p in sorted(run_dir.glob("06_spg_*"))), "06_spg"))
+    long_points = extras.pop("long_ppo1_points", None)
     return {"seed": cfg.seed, "config_key": key,
             "evaluation": json.loads((run_dir / "14_evaluate" / "evaluation.json").read_text()),
-            "eval_points": eval_points(run_dir), "uml_i_jsd": final_i_jsd(run_dir),
+            "eval_points": {**eval_points(run_dir), **({"PPO-long": long_points} if long_points else {})}, "uml_i_jsd": final_i_jsd(run_dir),
             "spg_pairs": (spg or {}).get("outputs", {}).get("pairs"),
             "seconds": stage_seconds + extras.pop("seconds"), **extras}
 
@@ -271,6 +295,9 @@ def main() -> None:
                                   BENCH / "work" / f"quality-{world}"))
     out = Path(args.out or BENCH / "results" / f"quality-{world}{'_smoke' if smoke else ''}.json")
     bon_prompts = args.bon_prompts or (4 if smoke else WORLDS[world]["bon_prompts"])
+    long = WORLDS[world].get("long_ppo1")
+    if long and smoke:
+        long = {**long, "steps": 2, "eval_every": 1}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["RLP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -282,7 +309,7 @@ def main() -> None:
     for seed in seeds:
         run_dir = work / f"seed{seed}"
         cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k)
-        key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts})[:12]
+        key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long})[:12]
         path = run_dir / "quality_seed.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is None or record.get("config_key") != key:
@@ -290,7 +317,7 @@ def main() -> None:
                 print(f"seed {seed}: not finished; left for a later call (--max_seeds_per_call)")
                 continue
             print(f"seed {seed}: running in {run_dir}", flush=True)
-            record = run_seed(cfg, run_dir, bon_prompts, key)
+            record = run_seed(cfg, run_dir, bon_prompts, key, long)
             write_json(path, record)
             ran += 1
         records.append(record)

@@ -116,14 +116,16 @@ def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
     its peak beyond the CI while the proxy still rises; plus best-of-n's gold and proxy against its analytic KL."""
     per_seed, curves = [], []
     for r in records:
-        points = (r.get("eval_points") or {}).get("PPO") or []
+        points = (r.get("eval_points") or {}).get("PPO-long") or (r.get("eval_points") or {}).get("PPO") or []
         if len(points) < 2 or "gold" not in points[0]["per_prompt"]:
             continue
         curves.append((r["seed"], points))
         per_seed.append({"seed": r["seed"], "points": [
             {"step": p["step"], "kl": p["kl"], "sqrt_kl": math.sqrt(max(p["kl"], 0.0)),
              "gold": mean_ci(p["per_prompt"]["gold"]), "proxy": mean_ci(p["per_prompt"]["proxy"])} for p in points]})
-    out: dict[str, Any] = {"per_seed": per_seed, "pooled": None, "best_of_n": best_of_n_curve(records)}
+    out: dict[str, Any] = {"per_seed": per_seed, "pooled": None, "best_of_n": best_of_n_curve(records),
+                           "run": "the long PPO1 (quality.py: long_ppo1)" if any("PPO-long" in (r.get("eval_points") or {})
+                                                                                for r in records) else "PPO1"}
     if not curves:
         return out
     n_points = min(len(p) for _, p in curves)
