@@ -1,4 +1,12 @@
-"""Data records, readers and writers for preference and instruction files."""
+"""Data: records, readers and writers of preference, instruction and sample files, and how text is laid out.
+
+- `records` (Preference, Instruction, SampleSet), `readers` (JSON/JSONL/CSV/parquet/`datasets`, format detection,
+  row errors), `writers`;
+- `templates`: chat templates, prompt cutting (`fit_prompt`) and collation; `reward_path`: the one way an RM reads
+  prompt + response + EOS; `constraints`: machine-checkable text constraints (the instruction world's checks).
+
+May import: core only. Everything above may import it.
+"""
 
 from rlp_align.data.readers import (
     ReadReport,

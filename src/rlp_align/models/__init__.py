@@ -1,4 +1,7 @@
-"""Models: which folder a name means (`registry`), loading and saving (`load`), reading an RM (`scoring`).
+"""Models: which folder a name means (`registry`), loading and saving (`load`), reading an RM (`scoring`),
+the sampler (`generation`), log-probs and temperature (`logprobs`), sentence embeddings (`embeddings`).
+
+May import: core and data. Everything from train/judge up may import it.
 
 Layering inside the package: ``registry`` (names, cache, built-in and tiny models) and ``scoring`` (reward
 head, r(x, y) at the last real token) import nothing else from it; ``load`` (tokenizers, pad policy,
