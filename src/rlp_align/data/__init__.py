@@ -1,6 +1,6 @@
 """Data: records, readers and writers of preference, instruction and sample files, and how text is laid out.
 
-- `records` (Preference, Instruction, SampleSet), `readers` (JSON/JSONL/CSV/parquet/`datasets`, format detection,
+- `records` (Preference, Instruction, SampleSet), `readers` (JSON/JSONL/parquet/`datasets`, format detection,
   row errors), `writers`;
 - `templates`: chat templates, prompt cutting (`fit_prompt`) and collation; `reward_path`: the one way an RM reads
   prompt + response + EOS; `constraints`: machine-checkable text constraints (the instruction world's checks).
