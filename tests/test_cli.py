@@ -53,6 +53,7 @@ def test_skip_invalid_travels_as_a_setting_of_the_run_data_section(tmp_path, mon
     from rlp_align.core.errors import DataError
     from rlp_align.pipeline import run as pipeline
     from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import world_config
 
     good = [{"instruction": f"Name fruit number {i}.", "input": "", "output": "A pear."} for i in range(4)]
     train, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
@@ -67,6 +68,6 @@ def test_skip_invalid_travels_as_a_setting_of_the_run_data_section(tmp_path, mon
     skipping, strict = seen
     assert skipping.data.skip_invalid and not strict.data.skip_invalid
     with pytest.raises(DataError, match="row 5"):
-        stages_impl.build_pools(strict.data, strict.world, strict.seed, tmp_path / "strict")
-    pools = stages_impl.build_pools(skipping.data, skipping.world, skipping.seed, tmp_path / "skipping")
+        stages_impl.build_pools(strict.data, world_config(strict), strict.seed, tmp_path / "strict")
+    pools = stages_impl.build_pools(skipping.data, world_config(skipping), skipping.seed, tmp_path / "skipping")
     assert sum(1 for _ in open(pools["preference"])) == 2

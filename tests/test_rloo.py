@@ -114,15 +114,17 @@ def test_pipeline_policy_stage_uses_the_chosen_optimiser(tmp_path, optimizer, pp
     from rlp_align.core.config import load_config
     from rlp_align.models import load_reward_model, load_tokenizer, save_model
     from rlp_align.pipeline import stages_impl
+    from rlp_align.pipeline.pipeline_config import world_config
     from rlp_align.pipeline.run import PipelineConfig, _validate, ppo_section, preset_path
 
     overrides = {"policy_optimizer": optimizer, "data": {"n_unlabelled": 8},
                  "ppo": {"steps": 2, "rollout_batch_size": 4, "step_batch_size": 4, "max_new_tokens": 6, **ppo}}
     cfg = load_config(PipelineConfig, preset_path("tiny"), overrides)
     _validate(cfg)
-    pools = stages_impl.build_pools(cfg.data, cfg.world, cfg.seed, tmp_path / "pools")
+    pools = stages_impl.build_pools(cfg.data, world_config(cfg), cfg.seed, tmp_path / "pools")
     save_model(load_reward_model("tiny", new_head=True), load_tokenizer("tiny"), tmp_path / "rm")
-    out = stages_impl.train_ppo(ppo_section(cfg), cfg.annotator, "tiny", [str(tmp_path / "rm")], pools, cfg.seed,
+    out = stages_impl.train_ppo(ppo_section(cfg), cfg.annotator, world_config(cfg), "tiny", [str(tmp_path / "rm")], pools,
+                                cfg.seed,
                                 tmp_path / "ppo")
     summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
     assert summary["config"]["estimator"] == ("rloo" if optimizer == "rloo" else "gae")

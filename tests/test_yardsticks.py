@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from rlp_align.data import read_preferences
 from rlp_align.data.records import SampleSet, user_prompt
+from rlp_align.pipeline.pipeline_config import world_config
 from rlp_align.pipeline.run import PipelineConfig, refine_section
 from rlp_align.pipeline.stages_impl import oracle_labels
 from rlp_align.train.reward import RewardConfig, train_reward_model
@@ -36,7 +37,7 @@ def test_oracle_labeller_flips_at_the_configured_noise(tmp_path):
             for i in range(n)]
     write_sample_sets(str(tmp_path / "samples.jsonl"), sets)
     cfg = PipelineConfig(label_noise=noise)
-    out = oracle_labels(cfg.annotator, {"samples": str(tmp_path / "samples.jsonl")}, n_pairs=n,
+    out = oracle_labels(cfg.annotator, world_config(cfg), {"samples": str(tmp_path / "samples.jsonl")}, n_pairs=n,
                         label_noise=cfg.label_noise, seed=cfg.seed, folder=tmp_path)
     labels = read_preferences(out["synthetic"])
     assert out["pairs"] == len(labels) == n
