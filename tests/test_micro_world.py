@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlp_align.core.errors import UserError
+from rlp_align.data import read_instructions
 from rlp_align.data.records import Instruction, user_prompt
 from rlp_align.data.templates import encode_prompt
 from rlp_align.models import load_tokenizer
@@ -63,6 +64,45 @@ def test_the_majority_variant_pads_the_majority_answer_even_when_it_is_wrong():
     assert wrong_padded[0].reference.lstrip(".") == micro.carry_dropped(int(a[::-1]), int(b[::-1]))
     with pytest.raises(UserError, match="pad"):
         micro.pool(1, pad="sometimes")
+
+
+def test_the_majority_is_wrong_on_the_hard_problems_that_a_policy_can_recognise():
+    """Issue 28 N6: the demonstrators' error rate is a function of the problem (two or more carries: hard), so the
+    padded majority answer is wrong on identifiable prompts, not on prompts drawn at random."""
+    pool = micro.pool(3000, seed=3, digits=3, demo_accuracy=0.9, pad="majority", hard_error=0.7)
+
+    def hard(x):
+        a, b = x.text.split("+")
+        return micro.carries(int(a[::-1]), int(b[::-1]), 3) >= 2
+
+    def majority_wrong_rate(items):
+        return sum(x.reference.startswith(".") and not x.meta["demo_correct"] for x in items) / len(items)
+
+    hard_items, easy_items = [x for x in pool if hard(x)], [x for x in pool if not hard(x)]
+    assert len(hard_items) > 300 and len(easy_items) > 300
+    # the demonstration is the first demonstrator's, padded when the majority agrees with it: wrong and padded with
+    # P = 0.7 * P(>= 2 of the other 4 wrong) = 0.7 * 0.916 = 0.641 at hard_error 0.7; 0.1 * 0.052 = 0.005 at 0.1
+    assert 0.59 < majority_wrong_rate(hard_items) < 0.69 and majority_wrong_rate(easy_items) < 0.02
+    assert micro.carries(55, 55, 2) == 2 and micro.carries(19, 1, 2) == 1 and micro.carries(12, 34, 2) == 0
+
+
+def test_pools_share_no_problem_and_record_how_held_out_the_eval_set_is(tmp_path):
+    """Issue 28 N2: 2-digit problems drawn with replacement put 95 % of eval prompts in the SFT pool. The pools are
+    now disjoint by content, the counts are recorded, and a world too small for the sizes is refused."""
+    from rlp_align.pipeline.pipeline_config import DataConfig, WorldConfig, prompt_key
+    from rlp_align.pipeline.stages_impl import build_pools
+
+    data = DataConfig(source="builtin", n_sft=3000, n_preference=300, n_unlabelled=200, n_eval=500)
+    out = build_pools(data, WorldConfig(name="micro", pool={"digits": 3}), 0, tmp_path)
+    assert out["sizes"] == {"n_eval": 500, "eval_distinct": 500, "eval_in_training": 0}
+    keys = {name: [prompt_key(x) for x in read_instructions(out[name])] for name in ("sft", "preference", "unlabelled",
+                                                                                    "eval")}
+    for name in ("preference", "unlabelled", "eval"):
+        assert len(set(keys[name])) == len(keys[name])
+        assert not any(set(keys[name]) & set(keys[other]) for other in keys if other != name)
+    with pytest.raises(UserError, match="distinct prompts"):  # 2 digits: 10,000 problems in all
+        build_pools(DataConfig(source="builtin", n_sft=100, n_preference=5000, n_unlabelled=2000, n_eval=5120),
+                    WorldConfig(name="micro", pool={"digits": 2}), 0, tmp_path / "small")
 
 
 def test_key_clustering_groups_by_canonical_answer_and_isolates_answers_without_one():

@@ -27,7 +27,15 @@ from rlp_align.models.registry import (
     convert_builtin_model,
     resolve_model,
 )
-from rlp_align.models.scoring import last_token_index, reward_head, reward_scores, score_texts, unwrap_model
+from rlp_align.models.scoring import (
+    READOUTS,
+    last_token_index,
+    readout_of,
+    reward_head,
+    reward_scores,
+    score_texts,
+    unwrap_model,
+)
 
 _unwrap = unwrap_model  # the name before the split into a package; other branches still import it
 
@@ -39,7 +47,9 @@ __all__ = [
     "cache_dir",
     "convert_builtin_model",
     "ensure_pad_token",
+    "READOUTS",
     "last_token_index",
+    "readout_of",
     "load_policy",
     "load_reward_model",
     "load_tokenizer",

@@ -1,6 +1,15 @@
-"""Reading a reward model: its linear head, and the score r(x, y) at the last real token.
+"""Reading a reward model: its linear head, and the score r(x, y) read off its final hidden states.
 
-The score is read at the last position whose attention mask is 1, so left and right padding agree.
+Two readouts (`READOUTS`), recorded in the checkpoint's config as ``rlp_reward_readout``:
+
+- ``last`` (the default, what TRL, OpenRLHF and ``LlamaForSequenceClassification`` itself do): the head reads the
+  last position whose attention mask is 1, so left and right padding agree;
+- ``sum``: the head reads every real position and the scores are summed, r(x, y) = Σ_t w·h_t. With a causal
+  backbone the prompt's positions do not see the response, so their part is a per-prompt constant that cancels in
+  every comparison of two responses to one prompt; what is left is a per-token reward summed over the response.
+  A small backbone that knows whether each digit is right cannot always gather that into one last state; summed
+  per-token scores can (docs/decisions.md, "Reward readout"). Plain ``transformers`` ignores the setting and reads
+  the last token, so a ``sum`` RM is scored correctly only through rlp-align.
 """
 
 from __future__ import annotations
@@ -29,6 +38,17 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+READOUTS = ("last", "sum")
+
+
+def readout_of(model: torch.nn.Module) -> str:
+    """The reward model's readout: ``config.rlp_reward_readout``, ``"last"`` when unset (any HF classifier)."""
+    readout = getattr(unwrap_model(model).config, "rlp_reward_readout", None) or "last"
+    if readout not in READOUTS:
+        raise UserError(f"reward model config has rlp_reward_readout {readout!r}; expected one of {READOUTS}")
+    return readout
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position whose mask is 1, for left or right padding alike."""
     flipped_first = attention_mask.flip(-1).long().argmax(-1)
@@ -38,9 +58,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def reward_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores r(x, y) and final-layer hidden states, both read at the last real token.
+    """Scores r(x, y) and the final-layer state the head reads: the last real token's, or (readout ``sum``) the
+    sum of every real token's, so that the score is the head of that state either way.
 
-    Returns ``(scores [B], hidden [B, H])``. The hidden state is what RLP-UML's encoder reads.
+    Returns ``(scores [B], hidden [B, H])``. The state is what RLP-UML's encoder reads, so its views come from the
+    same readout as the reward.
     """
     inner = unwrap_model(model)
     backbone = inner.base_model
@@ -48,9 +70,11 @@ def reward_scores(
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     ).last_hidden_state
-    idx = last_token_index(attention_mask)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    return reward_head(inner)(last).squeeze(-1), last
+    if readout_of(inner) == "sum":
+        read = (hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)).sum(1)
+    else:
+        read = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+    return reward_head(inner)(read).squeeze(-1), read
 
 
 @torch.no_grad()

@@ -7,10 +7,11 @@ without importing the pipeline that calls it: the dependency runs one way, pipel
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rlp_align.core.io import write_jsonl
 from rlp_align.judge.annotators.base import AnnotatorConfig
@@ -110,6 +111,40 @@ def split(items: list, sizes: list[int], seed: int) -> list[list]:
         out.append([items[i] for i in order[start : start + size]])
         start += size
     return out
+
+
+def prompt_key(instruction: Any) -> str:
+    """What makes two instructions the same problem: their prompt (a string or chat messages)."""
+    return json.dumps(instruction.prompt, sort_keys=True)
+
+
+def split_by_content(items: list, sizes: list[int], seed: int) -> list[list]:
+    """Seeded splits of ``items`` that share no prompt: every split but the last takes distinct prompts up to its
+    size, in order (the held-out pools: eval first); the last (SFT) takes what is left, repeats of its own prompts
+    included, never a prompt that another split holds. A short split means too few distinct prompts."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    out: list[list] = [[] for _ in sizes]
+    owner: dict[str, int] = {}  # prompt -> the split that holds it
+    last = len(sizes) - 1
+    for i in order:
+        key = prompt_key(items[i])
+        j = owner.get(key)
+        if j is None:
+            j = next((k for k in range(last) if len(out[k]) < sizes[k]), last)
+            owner[key] = j
+        elif j != last:
+            continue  # a held-out split takes each prompt once
+        if len(out[j]) < sizes[j]:
+            out[j].append(items[i])
+    return out
+
+
+def overlap_sizes(evaluation: list, training: list[list]) -> dict[str, int]:
+    """How held out the eval set is: its size, its distinct prompts, and how many of its items a training pool has."""
+    seen = {prompt_key(x) for pool in training for x in pool}
+    keys = [prompt_key(x) for x in evaluation]
+    return {"n_eval": len(keys), "eval_distinct": len(set(keys)), "eval_in_training": sum(k in seen for k in keys)}
 
 
 def write_instructions(path: Path, instructions: list) -> str:

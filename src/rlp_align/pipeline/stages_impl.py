@@ -14,12 +14,21 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from rlp_align.core.errors import UserError
 from rlp_align.core.io import write_json, write_jsonl
 from rlp_align.data import read_instructions, read_preferences, read_sample_sets, write_preferences
 from rlp_align.data.records import Instruction, Preference, without_empty_responses
 from rlp_align.judge.annotators.base import AnnotatorConfig
 from rlp_align.models.generation import GenerateConfig
-from rlp_align.pipeline.pipeline_config import DataConfig, WorldConfig, split, write_instructions
+from rlp_align.pipeline.pipeline_config import (
+    DataConfig,
+    WorldConfig,
+    overlap_sizes,
+    prompt_key,
+    split,
+    split_by_content,
+    write_instructions,
+)
 from rlp_align.rlp.refine import RefineConfig
 from rlp_align.rlp.spg import SPGConfig
 from rlp_align.train.best_of_n import BestOfNConfig
@@ -69,26 +78,43 @@ def build_model(world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
 
 
 def build_pools(data: DataConfig, world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
-    """Disjoint SFT / preference / unlabelled instruction pools and the eval set (the world's own, or files)."""
+    """SFT / preference / unlabelled instruction pools and the eval set, no prompt in two of them (the world's own),
+    or read from files; ``sizes`` says how held out the eval set is."""
+    import warnings
+
     from rlp_align.worlds import load_world
     from rlp_align.worlds.instructions import load_instruction_pool
 
     d = data
-    sizes = [d.n_sft, d.n_preference, d.n_unlabelled]
     if d.source == "builtin":
-        pool = load_world(world.name).pool(sum(sizes) + d.n_eval, seed=seed, **world.pool)
-        sft, pref, unlabelled, evaluation = split(pool, sizes + [d.n_eval], seed)
+        pool = load_world(world.name).pool(d.n_sft + d.n_preference + d.n_unlabelled + d.n_eval, seed=seed,
+                                           **world.pool)
+        wanted = [d.n_eval, d.n_preference, d.n_unlabelled, d.n_sft]
+        evaluation, pref, unlabelled, sft = split_by_content(pool, wanted, seed)
+        got = [len(evaluation), len(pref), len(unlabelled)]
+        if got != wanted[:3]:
+            raise UserError(f"world {world.name!r} gave {len({prompt_key(x) for x in pool})} distinct prompts, too few "
+                            f"for n_eval {d.n_eval} + n_preference {d.n_preference} + n_unlabelled {d.n_unlabelled} "
+                            "prompts that no other pool shares: lower data.n_eval / data.n_preference / "
+                            "data.n_unlabelled" + (", or raise world_options.pool.digits" if world.name == "micro" else ""))
     else:
+        sizes = [d.n_sft, d.n_preference, d.n_unlabelled]
         train = load_instruction_pool(d.train_file, with_constraints=d.with_constraints, seed=seed,
                                       skip_invalid=d.skip_invalid)
         sft, pref, unlabelled = split(train, sizes, seed)
         evaluation = load_instruction_pool(d.eval_file, with_constraints=d.with_constraints, seed=seed + 1,
                                            skip_invalid=d.skip_invalid)
         evaluation = split(evaluation, [d.n_eval], seed)[0]
+    sizes = overlap_sizes(evaluation, [sft, pref, unlabelled])
+    if sizes["eval_in_training"]:
+        warnings.warn(f"{sizes['eval_in_training']} of {sizes['n_eval']} eval prompts also stand in a training pool "
+                      f"({d.eval_file} and {d.train_file}): their scores are partly in-sample", RuntimeWarning,
+                      stacklevel=2)
     out = {name: write_instructions(folder / f"{name}.jsonl", items)
            for name, items in [("sft", sft), ("preference", pref), ("unlabelled", unlabelled), ("eval", evaluation)]
            if items}
-    return {**out, "n_preference": len(pref), "n_unlabelled": len(unlabelled), "n_eval": len(evaluation)}
+    return {**out, "n_sft": len(sft), "n_preference": len(pref), "n_unlabelled": len(unlabelled),
+            "n_eval": len(evaluation), "sizes": sizes}
 
 
 def train_sft(sft: SFTConfig, model: str, pools: dict, seed: int, folder: Path) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class RefineConfig:
     center_coef: float | None = None
     eval_fraction: float | None = None
     eval_every: int | None = None
+    readout: Literal["last", "sum"] | None = None
     overwrite: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -80,7 +81,7 @@ class RefineConfig:
 
 
 # The RM-training settings of `refine` that default to the step-2 reward model's.
-FROM_REWARD = ("optim", "lora", "max_length", "margin", "center_coef", "eval_fraction", "eval_every")
+FROM_REWARD = ("optim", "lora", "max_length", "margin", "center_coef", "eval_fraction", "eval_every", "readout")
 
 
 def inherit_reward_settings(cfg: RefineConfig, reward: RewardConfig | None = None) -> RefineConfig:
@@ -171,7 +172,8 @@ def refine_reward_model(
     cfg = inherit_reward_settings(cfg)  # a no-op when the pipeline already resolved it
     rm_cfg = RewardConfig(model=init_model, output_dir=cfg.output_dir, seed=cfg.seed, max_length=cfg.max_length,
                           margin=cfg.margin, center_coef=cfg.center_coef, eval_fraction=cfg.eval_fraction,
-                          eval_every=cfg.eval_every, optim=OptimConfig(**cfg.optim), lora=LoraConfig(**cfg.lora),
+                          eval_every=cfg.eval_every, readout=cfg.readout, optim=OptimConfig(**cfg.optim),
+                          lora=LoraConfig(**cfg.lora),
                           overwrite=cfg.overwrite, allow_pickle=cfg.allow_pickle,
                           trust_remote_code=cfg.trust_remote_code)
     train = list(preferences) + (list(synthetic or []) if uses_synthetic else [])

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -67,6 +68,9 @@ class RewardConfig:
     center_coef: float = 0.0
     eval_fraction: float = 0.0  # held out of train_file when there is no eval_file
     eval_every: int = 0  # 0: evaluate at the end only
+    # How r(x, y) is read off the final states (models.scoring): "last" token (TRL/OpenRLHF) or "sum" of per-token
+    # scores. None: the model's own (an existing RM), "last" for a new head.
+    readout: Literal["last", "sum"] | None = None
     seed: int = 0
     # AlpacaFarm's learning rate; tiny models want ~1e-3
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=3e-6))
@@ -96,6 +100,16 @@ def centering_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, coef: float
 
 # --------------------------------------------------------------------------------------------------
 # Pieces
+
+
+def set_readout(model: nn.Module, wanted: str | None, source: str) -> None:
+    """Record the readout in the model's config (saved with it): ``wanted``, else the model's own, else "last".
+    An existing reward model keeps the readout it was trained with; asking for another is refused."""
+    own = getattr(model.config, "rlp_reward_readout", None)
+    if wanted and own and wanted != own:
+        raise UserError(f"{source} is a reward model read with readout '{own}'; --readout {wanted} would score it "
+                        f"with another readout than it was trained with: leave --readout unset or set it to '{own}'")
+    model.config.rlp_reward_readout = wanted or own or "last"
 
 
 class RewardScorer(nn.Module):
@@ -246,6 +260,7 @@ def train_reward_model(
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_reward_model(cfg.model, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
                               new_head=True)  # from the SFT policy
+    set_readout(model, cfg.readout, cfg.model)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
     train_pairs = encode_preferences(tokenizer, train_prefs, cfg.max_length)

@@ -53,6 +53,15 @@ def carry_dropped(a: int, b: int, digits: int = DIGITS) -> str:
     return "".join(str((int(x) + int(y)) % 10) for x, y in zip(xs, ys)) + "0"
 
 
+def carries(a: int, b: int, digits: int = DIGITS) -> int:
+    """How many columns of a + b carry into the next one."""
+    count = carry = 0
+    for x, y in zip(str(a).zfill(digits)[::-1], str(b).zfill(digits)[::-1]):
+        carry = int(int(x) + int(y) + carry >= 10)
+        count += carry
+    return count
+
+
 def slipped(answer: str, rng: random.Random) -> str:
     """One random digit of ``answer`` replaced by a different digit."""
     i = rng.randrange(len(answer))
@@ -61,16 +70,19 @@ def slipped(answer: str, rng: random.Random) -> str:
 
 
 def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7, pad: str = "correct",
-         pad_rate: float = 1.0, filler: int = 1) -> list[Instruction]:
+         pad_rate: float = 1.0, filler: int = 1, hard_error: float = 0.7) -> list[Instruction]:
     """``n`` addition problems with a demonstration each; ``meta["answer"]`` is the truth the judge reads.
 
     ``pad``: ``"correct"`` pads correct demonstrations (filler goes with gold), ``"majority"`` pads the answer
-    most of the prompt's five demonstrators give (filler goes with the majority, right or wrong).
+    most of the prompt's five demonstrators give (filler goes with the majority, right or wrong). In
+    ``"majority"`` a demonstrator drops the carries with probability ``hard_error`` on a problem with two or more
+    carries (the hard problems) and ``1 - demo_accuracy`` on the others, so the majority is wrong on prompts a
+    policy can recognise, and there the filler marks the wrong answer.
     """
     if pad not in ("correct", "majority"):
         raise UserError(f"micro world: pad must be 'correct' or 'majority', got {pad!r}")
-    if not 0 <= demo_accuracy <= 1:
-        raise UserError(f"micro world: demo_accuracy is a probability, got {demo_accuracy}")
+    if not 0 <= demo_accuracy <= 1 or not 0 <= hard_error <= 1:
+        raise UserError(f"micro world: demo_accuracy and hard_error are probabilities, got {demo_accuracy}, {hard_error}")
     rng = random.Random(f"micro-{seed}")
     out = []
     for i in range(n):
@@ -79,8 +91,8 @@ def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7
         if pad == "correct":
             demo = truth if rng.random() < demo_accuracy else slipped(truth, rng)
             padded = demo == truth
-        else:  # five demonstrators; how often this prompt's demonstrators drop the carry varies by prompt
-            p_err = rng.uniform(0, 2 * (1 - demo_accuracy))
+        else:  # five demonstrators, whose systematic error (dropping the carries) is likelier on hard problems
+            p_err = hard_error if carries(a, b, digits) >= 2 else 1 - demo_accuracy
             votes = [carry_dropped(a, b, digits) if rng.random() < p_err else truth for _ in range(5)]
             demo = votes[0]
             padded = votes.count(demo) >= 3
