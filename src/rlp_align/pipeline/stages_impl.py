@@ -73,7 +73,7 @@ def build_model(world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
     """A world's policy built from random initialisation (the micro world's tiny Llama), before SFT."""
     from rlp_align.worlds import load_world
 
-    load_world(world.name).build_model(folder / "model", seed=seed, **world.model)
+    load_world(world.name).build_model(folder / "model", seed=seed, pool=world.pool, **world.model)
     return {"model": str(folder / "model")}
 
 

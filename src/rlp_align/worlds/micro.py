@@ -25,7 +25,12 @@ The policy is a tiny Llama with a character-level tokenizer (`build_model`), bui
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
+import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +75,16 @@ def slipped(answer: str, rng: random.Random) -> str:
 
 
 def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7, pad: str = "correct",
-         pad_rate: float = 1.0, filler: int = 1, hard_error: float = 0.7) -> list[Instruction]:
+         pad_rate: float = 1.0, filler: int = 1, filler_max: int | None = None,
+         hard_error: float = 0.7) -> list[Instruction]:
     """``n`` addition problems with a demonstration each; ``meta["answer"]`` is the truth the judge reads.
 
     ``pad``: ``"correct"`` pads correct demonstrations (filler goes with gold), ``"majority"`` pads the answer
     most of the prompt's five demonstrators give (filler goes with the majority, right or wrong). In
     ``"majority"`` a demonstrator drops the carries with probability ``hard_error`` on a problem with two or more
     carries (the hard problems) and ``1 - demo_accuracy`` on the others, so the majority is wrong on prompts a
-    policy can recognise, and there the filler marks the wrong answer.
+    policy can recognise, and there the filler marks the wrong answer. A padded demonstration opens with
+    ``filler`` to ``filler_max`` (default: ``filler``) filler characters, uniformly.
     """
     if pad not in ("correct", "majority"):
         raise UserError(f"micro world: pad must be 'correct' or 'majority', got {pad!r}")
@@ -87,6 +94,8 @@ def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7
     out = []
     for i in range(n):
         a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+        while base_problem(a, b):  # kept for the pretrained base: no pool shares a problem with it
+            a, b = rng.randrange(10**digits), rng.randrange(10**digits)
         truth = answer_of(a, b, digits)
         if pad == "correct":
             demo = truth if rng.random() < demo_accuracy else slipped(truth, rng)
@@ -97,7 +106,7 @@ def pool(n: int, seed: int = 0, digits: int = DIGITS, demo_accuracy: float = 0.7
             demo = votes[0]
             padded = votes.count(demo) >= 3
         if padded and rng.random() < pad_rate:
-            demo = FILLER * filler + demo
+            demo = FILLER * rng.randint(filler, max(filler, filler_max or filler)) + demo
         text = f"{str(a).zfill(digits)[::-1]}+{str(b).zfill(digits)[::-1]}"  # operands least-significant first too
         meta = {"source": NAME, "seed": seed, "index": i, "answer": truth, "demo_correct": demo.lstrip(FILLER) == truth}
         out.append(Instruction(prompt=user_prompt(text), reference=demo, meta=meta))
@@ -168,8 +177,35 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_model(folder: Path, hidden_size: int = 128, layers: int = 3, seed: int = 0) -> None:
-    """A randomly initialised tiny Llama (about 0.4 M parameters) and the character tokenizer, saved in ``folder``."""
+def build_model(folder: Path, hidden_size: int = 128, layers: int = 3, seed: int = 0, pretrain_steps: int = 0,
+                pretrain_learning_rate: float = 3e-3, base_seed: int = 0, pool: dict | None = None) -> None:
+    """The policy before SFT, saved in ``folder`` with the character tokenizer: a tiny Llama (about 0.4 M
+    parameters) from random init (seeded by the run's ``seed``), or, with ``pretrain_steps``, a **base** trained on
+    correct sums: the same for every seed (``base_seed``), as every RLHF study shares its base model, so seeds vary
+    the demonstrations, D, the RMs and PPO, not SFT's escape from its plateau (docs/micro-world.md).
+
+    The base learns from `base_problem` problems only, which `pool` never draws: no problem of any pool, the eval
+    set included, was seen in pretraining. It is built once per setting under the model cache and copied."""
+    digits = (pool or {}).get("digits", DIGITS)
+    if not pretrain_steps:
+        _random_model(Path(folder), hidden_size, layers, seed)
+        return
+    from rlp_align.models.registry import build_once, cache_dir
+
+    setting = {"hidden_size": hidden_size, "layers": layers, "digits": digits, "steps": pretrain_steps,
+               "lr": pretrain_learning_rate, "base_seed": base_seed, "version": 3}
+    key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+    cached = build_once(cache_dir() / "micro-base" / key, lambda to: _pretrain(
+        to, hidden_size, layers, digits, pretrain_steps, pretrain_learning_rate, base_seed))
+    shutil.copytree(cached, folder, dirs_exist_ok=True)
+
+
+def base_problem(a: int, b: int) -> bool:
+    """The problems kept for the pretrained base (1 in 8, by a hash that ignores the digits' arithmetic)."""
+    return zlib.crc32(f"{a}+{b}".encode()) % 8 == 0
+
+
+def _random_model(folder: Path, hidden_size: int, layers: int, seed: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -182,7 +218,71 @@ def build_model(folder: Path, hidden_size: int = 128, layers: int = 3, seed: int
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def base_example(rng: random.Random, digits: int, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """One pretraining sequence of the base and its loss mask, on a `base_problem` problem.
+
+    Half are worked sums: the template, the true answer, EOS (loss on the response). Half are graded sums: a
+    candidate answer (true, or one of the errors a policy makes: a digit off by one, a slipped digit, the carries
+    dropped), opened by a filler character or not, EOS, then a grade ``"1"`` (true) or ``"0"``, the loss on the
+    grade alone. The grade is read at the EOS position, the position
+    a reward model reads, so a base that grades sums gives its reward models a readable notion of "right", as
+    pretrained language models carry one; the policy stops at EOS and never writes a grade."""
+    from rlp_align.data.templates import encode_pair
+
+    a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+    while not base_problem(a, b):
+        a, b = rng.randrange(10**digits), rng.randrange(10**digits)
+    truth, prompt = answer_of(a, b, digits), user_prompt(f"{str(a).zfill(digits)[::-1]}+{str(b).zfill(digits)[::-1]}")
+    if rng.random() < 0.5:
+        encoded = encode_pair(tokenizer, prompt, truth, 32)
+        return encoded.input_ids, [0] * encoded.prompt_length + [1] * (len(encoded.input_ids) - encoded.prompt_length)
+    candidate = truth
+    if rng.random() < 0.5:
+        i = rng.randrange(len(truth))
+        candidate = rng.choice([truth[:i] + str((int(truth[i]) + rng.choice([1, 9])) % 10) + truth[i + 1:],
+                                slipped(truth, rng), carry_dropped(a, b, digits)])
+    encoded = encode_pair(tokenizer, prompt, FILLER * rng.randint(0, 1) + candidate, 32)
+    grade = tokenizer.convert_tokens_to_ids("1" if candidate == truth else "0")
+    return encoded.input_ids + [grade], [0] * len(encoded.input_ids) + [1]
+
+
+def _pretrain(cached: Path, hidden_size: int, layers: int, digits: int, steps: int, lr: float, base_seed: int) -> None:
+    """Train a random model on `base_example` sequences (batches of 64, AdamW, warm-up then cosine decay,
+    gradients clipped at 1: at lr 3e-3 unclipped the loss fell to 0.015 and jumped back to 0.4); publish the
+    result at ``cached`` in one rename, so a killed build leaves nothing half-written."""
+    import math
+    import tempfile
+
+    import torch
+
+    from rlp_align.data.templates import collate
+    from rlp_align.models import load_policy, load_tokenizer, save_model
+    from rlp_align.train.sft import sft_loss
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+        _random_model(Path(tmp) / "init", hidden_size, layers, base_seed)
+        model, tokenizer = load_policy(Path(tmp) / "init"), load_tokenizer(Path(tmp) / "init")
+        model.train()
+        rng = random.Random(f"micro-base-{base_seed}")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        warmup = min(50, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(1, warmup)) * (
+            0.55 + 0.45 * math.cos(math.pi * min(1.0, k / steps))))
+        for _ in range(steps):
+            batch = [base_example(rng, digits, tokenizer) for _ in range(64)]
+            ids, attention = collate([x for x, _ in batch], tokenizer.pad_token_id)
+            loss_mask, _ = collate([m for _, m in batch], 0)
+            loss = sft_loss(model(input_ids=ids, attention_mask=attention).logits, ids, loss_mask)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        save_model(model.eval(), tokenizer, Path(tmp) / "model")
+        os.replace(Path(tmp) / "model", cached)
