@@ -8,7 +8,7 @@
 Each seed runs `rlp run` (`rlp_align.pipeline.run_pipeline`) in <work_dir>/seed<k>, so a killed or partial seed
 resumes from its stage cache, with refine methods uml, spg, uml+spg, west_of_n and oracle, a 3-member RM
 ensemble (mean, WCO, UWO) and best-of-n. Then, per seed and cached beside the run: the evaluation points along
-every PPO run (matched KL, over-optimisation), best-of-n from SFT for n = 1 ... 64 against its analytic KL,
+every PPO run (matched KL, over-optimisation), best-of-n from SFT for n = 1 ... 64 against its plug-in KL,
 P(majority of 8 SFT samples correct) against P(one sample correct), the Table-5 label accuracy of each
 synthetic-pair selection on PPO1's samples, and RLP-UML's final I_JSD. `quality_aggregate.py` pools the seeds
 (per-seed bootstrap CIs: "these runs differ"; pooled t-intervals over seeds: the method) and draws the plots.
@@ -143,6 +143,25 @@ def expected_best_of(proxy: list[float], gold: list[float], k: int) -> tuple[flo
     return (sum(w * proxy[j] for w, j in zip(weights, order)), sum(w * gold[j] for w, j in zip(weights, order)))
 
 
+def best_of_k_kl(proxy: list[float], responses: list[str], k: int) -> float:
+    """KL(best-of-k || base) on one prompt's n samples, exact for their empirical distribution (issue 28, N4).
+
+    The base is the distribution of distinct responses among the n samples; best-of-k puts on a response the
+    summed weight C(i, k - 1) / C(n, k) of the ranks i its samples hold in proxy order (`expected_best_of`).
+    log k - (k - 1) / k is only an upper bound (Beirami et al. 2024, arXiv 2401.01879), loose when a few answers
+    hold most of the mass: n = 64 gives 3.17 where an answer distribution [0.55, 0.15, ...] with the likeliest
+    answer best gives log(1 / 0.55) = 0.60."""
+    n = len(proxy)
+    order = sorted(range(n), key=proxy.__getitem__)
+    total = math.comb(n, k)
+    base: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for i, j in enumerate(order):
+        base[responses[j]] = base.get(responses[j], 0.0) + 1 / n
+        best[responses[j]] = best.get(responses[j], 0.0) + math.comb(i, k - 1) / total
+    return max(sum(q * math.log(q / base[y]) for y, q in best.items() if q > 0), 0.0)  # 0, not -1e-17, at k = 1
+
+
 def world_name(cfg: Any) -> str:
     """The config's world: ``world: name`` or a ``world:`` section with a ``name``."""
     return cfg.world if isinstance(cfg.world, str) else cfg.world.name
@@ -195,8 +214,10 @@ def sft_samples_extras(cfg: Any, run_dir: Path, n_prompts: int) -> dict[str, Any
     judge = gold_judge(cfg)
     gold = [judge.score([x] * BON_MAX, r.responses) for x, r in zip(instructions, results)]
     curve = [[expected_best_of(r.scores, g, k) for r, g in zip(results, gold)] for k in range(1, BON_MAX + 1)]
+    kl = [[best_of_k_kl(r.scores, r.responses, k) for r in results] for k in range(1, BON_MAX + 1)]
     out: dict[str, Any] = {"bon_curve": {
-        "prompts": len(instructions), "kl_analytic": [math.log(k) - (k - 1) / k for k in range(1, BON_MAX + 1)],
+        "prompts": len(instructions), "kl": [float(sum(row) / len(row)) for row in kl],  # plug-in, prompt mean
+        "kl_analytic": [math.log(k) - (k - 1) / k for k in range(1, BON_MAX + 1)],  # the upper bound, for reference
         "per_prompt_proxy": [[p for p, _ in row] for row in curve],
         "per_prompt_gold": [[g for _, g in row] for row in curve]}}
     module = world_of(cfg)
@@ -309,7 +330,8 @@ def main() -> None:
     for seed in seeds:
         run_dir = work / f"seed{seed}"
         cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k)
-        key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long})[:12]
+        key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long,
+                           "bon_kl": "plug-in"})[:12]  # records before issue 28 N4 have the analytic bound only
         path = run_dir / "quality_seed.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is None or record.get("config_key") != key:
@@ -330,8 +352,9 @@ def main() -> None:
               "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": args.threads,
                            "best_of_n_curve": {"n_max": BON_MAX, "prompts": bon_prompts, "policy": "SFT"},
                            "majority_samples": MAJORITY_N,
-                           "matched_kl": "PPO1's final evaluation-point KL; each run's per-prompt gold interpolated "
-                                         "between its evaluation points around it (best-of-n: analytic KL)",
+                           "matched_kl": "min(the method's final KL, PPO1's final KL); both runs' per-prompt gold "
+                                         "interpolated between their evaluation points around it (best-of-n: "
+                                         "plug-in KL on the empirical sample distribution)",
                            "intervals": "per_seed: 95 % bootstrap over prompts/pairs (these runs differ); pooled: "
                                         "95 % t-interval over the per-seed means (S - 1 dof)"},
               **aggregate(records), "seconds_this_call": time.time() - started}

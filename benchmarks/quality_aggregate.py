@@ -36,35 +36,38 @@ def summary(by_seed: dict[int, Any]) -> dict[str, Any] | None:
 # Matched KL
 
 
-def at_kl(points: list[dict[str, Any]], target: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-prompt gold at mean KL ``target``, linearly interpolated between the two evaluation points around it.
-
-    A run that never reaches ``target`` gives its last point (``reached`` False)."""
-    kls = [p["kl"] for p in points]
-    gold = [np.asarray(p["per_prompt"]["gold"], dtype=np.float64) for p in points]
-    for j in range(1, len(points)):
+def crossing(kls: list[float], target: float) -> tuple[int, float]:
+    """``(j, w)``: KL ``target`` lies ``w`` of the way from point j - 1 to point j, the first point that reaches it
+    (a target below the first point's KL gives that point; callers keep the target within the run's final KL)."""
+    for j in range(1, len(kls)):
         if kls[j] >= target:
             w = 0.0 if kls[j] == kls[j - 1] else (target - kls[j - 1]) / (kls[j] - kls[j - 1])
-            w = min(max(w, 0.0), 1.0)
-            return (1 - w) * gold[j - 1] + w * gold[j], {"reached": True, "between_steps": [points[j - 1]["step"],
-                                                                                            points[j]["step"]]}
-    return gold[-1], {"reached": target <= kls[-1], "between_steps": [points[-1]["step"]] * 2}
+            return j, min(max(w, 0.0), 1.0)
+    return len(kls) - 1, 1.0
+
+
+def at_kl(points: list[dict[str, Any]], target: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-prompt gold at mean KL ``target``, linearly interpolated between the two evaluation points around it."""
+    j, w = crossing([p["kl"] for p in points], target)
+    gold = [np.asarray(points[i]["per_prompt"]["gold"], dtype=np.float64) for i in (j - 1, j)]
+    return (1 - w) * gold[0] + w * gold[1], {"between_steps": [points[j - 1]["step"], points[j]["step"]]}
 
 
 def bon_at_kl(curve: dict[str, Any], target: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """Best-of-n's per-prompt expected gold at analytic KL ``target`` (interpolated between neighbouring n)."""
-    kls, gold = curve["kl_analytic"], np.asarray(curve["per_prompt_gold"], dtype=np.float64)  # (n_max, prompts)
-    for j in range(1, len(kls)):
-        if kls[j] >= target:
-            w = (target - kls[j - 1]) / (kls[j] - kls[j - 1])
-            return (1 - w) * gold[j - 1] + w * gold[j], {"reached": True, "n": j + w + 0.0}
-    return gold[-1], {"reached": False, "n": len(kls)}
+    """Best-of-n's per-prompt expected gold at plug-in KL ``target`` (`quality.best_of_k_kl`), interpolated
+    between neighbouring n."""
+    j, w = crossing(curve["kl"], target)
+    gold = np.asarray(curve["per_prompt_gold"], dtype=np.float64)  # (n_max, prompts)
+    return (1 - w) * gold[j - 1] + w * gold[j], {"n": j + w}  # index j holds n = j + 1
 
 
 def vs_ppo(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each method minus PPO1 in gold, per prompt: at the end (the evaluation stage's answers) and at PPO1's final
-    KL (evaluation points along each PPO run; best-of-n along its analytic-KL curve), with the recovered share
-    (method - PPO) / (oracle - PPO) only where the oracle's pooled gain is significant."""
+    """Each method minus PPO1 in gold, per prompt: at the end (the evaluation stage's answers) and at matched KL,
+    with the recovered share (method - PPO) / (oracle - PPO) only where the oracle's pooled gain is significant.
+
+    Matched KL (issue 28, N1): both runs at min(the method's final KL, PPO1's final KL), each interpolated along its
+    own evaluation points (best-of-n along its plug-in KL curve), so neither is read past where it went. Per seed
+    the KL used and whether the method reached PPO1's final KL; ``reached`` says in how many seeds it did."""
     end = {m: {r["seed"]: ((r["evaluation"].get("paired") or {}).get("PPO", {}).get(m) or {}).get("per_prompt_diff")
                for r in records} for m in VS_PPO}
     matched: dict[str, dict[int, Any]] = {m: {} for m in VS_PPO}
@@ -73,22 +76,26 @@ def vs_ppo(records: list[dict[str, Any]]) -> dict[str, Any]:
         points = r.get("eval_points", {})
         if not points.get("PPO"):
             continue
-        ppo_final = points["PPO"][-1]
-        target, base = ppo_final["kl"], np.asarray(ppo_final["per_prompt"]["gold"], dtype=np.float64)
+        ppo_final = points["PPO"][-1]["kl"]
         for m in VS_PPO:
             if points.get(m):
-                gold, info = at_kl(points[m], target)
-            elif m == "Best-of-n" and r.get("bon_curve"):
-                gold, info = bon_at_kl(r["bon_curve"], target)
+                final = points[m][-1]["kl"]
+                gold, info = at_kl(points[m], kl := min(final, ppo_final))
+            elif m == "Best-of-n" and (r.get("bon_curve") or {}).get("kl"):  # records before N4 have the bound only
+                final = r["bon_curve"]["kl"][-1]
+                gold, info = bon_at_kl(r["bon_curve"], kl := min(final, ppo_final))
             else:
                 continue
+            base, base_info = at_kl(points["PPO"], kl)
             matched[m][r["seed"]] = (gold - base[: gold.size]).tolist()
-            where[m][r["seed"]] = {**info, "ppo1_final_kl": target}
+            where[m][r["seed"]] = {"kl": kl, "reached": final >= ppo_final, "method_final_kl": final,
+                                   "ppo1_final_kl": ppo_final, **info, "ppo1_between_steps": base_info["between_steps"]}
     out: dict[str, Any] = {}
     for m in VS_PPO:
         entry = {"end": summary(end[m]), "matched_kl": summary(matched[m])}
         if entry["matched_kl"]:
-            entry["matched_kl"]["where"] = where[m]
+            reached = sum(w["reached"] for w in where[m].values())
+            entry["matched_kl"].update(where=where[m], reached_seeds=reached, reached=f"{reached}/{len(where[m])}")
         if not entry["end"] and not entry["matched_kl"]:
             continue
         if m != "Oracle":
@@ -113,7 +120,12 @@ def share(method: dict[int, Any], oracle: dict[int, Any]) -> dict[str, Any] | No
 
 def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Gold and proxy against sqrt(KL) along PPO1 (each point with its CI), and whether gold's final value is below
-    its peak beyond the CI while the proxy still rises; plus best-of-n's gold and proxy against its analytic KL."""
+    its peak beyond the CI while the proxy rises after the peak; plus best-of-n's gold and proxy against its KL.
+
+    The peak is chosen on one half of the eval prompts and the drop tested on the other (issue 28, N3): picked and
+    tested on the same prompts, a flat curve "drops" in 13 % of 5-seed studies, not the nominal 2.5 %. The split
+    removes the prompts' sampling noise from the choice; a run's own wander between points, shared by both
+    halves, it cannot remove."""
     per_seed, curves = [], []
     for r in records:
         points = (r.get("eval_points") or {}).get("PPO-long") or (r.get("eval_points") or {}).get("PPO") or []
@@ -134,11 +146,16 @@ def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
                       "gold": pooled_t([np.mean(p[j]["per_prompt"]["gold"]) for _, p in curves]),
                       "proxy": pooled_t([np.mean(p[j]["per_prompt"]["proxy"]) for _, p in curves])}
                      for j in range(n_points)]
-    peak = int(np.argmax([p["gold"]["diff"] for p in pooled_points]))  # the pooled curve's peak: one choice
+
+    def half(seed_points: list[dict[str, Any]], j: int, key: str, parity: int) -> np.ndarray:
+        return np.asarray(seed_points[j]["per_prompt"][key], dtype=np.float64)[parity::2]
+
+    # the peak of the pooled curve on the even-indexed prompts; the change after it on the odd-indexed ones
+    peak = int(np.argmax([np.mean([half(p, j, "gold", 0).mean() for _, p in curves]) for j in range(n_points)]))
     last = n_points - 1
 
-    def change(key: str, seed_points: list[dict[str, Any]]) -> np.ndarray:  # final minus peak, per prompt
-        return np.asarray(seed_points[last]["per_prompt"][key]) - np.asarray(seed_points[peak]["per_prompt"][key])
+    def change(key: str, seed_points: list[dict[str, Any]]) -> np.ndarray:  # final minus at peak, test half
+        return half(seed_points, last, key, 1) - half(seed_points, peak, key, 1)
 
     gold_drop = seed_summary({s: change("gold", p) for s, p in curves})
     proxy_rise = seed_summary({s: change("proxy", p) for s, p in curves})
@@ -146,6 +163,8 @@ def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
         e.update(gold_final_minus_peak=g, proxy_final_minus_at_peak=x,
                  shown=g["ci_high"] < 0 and x["ci_low"] > 0)
     pooled = {"points": pooled_points, "peak_step": pooled_points[peak]["step"],
+              "selection": "peak chosen on the even-indexed eval prompts, its drop and the proxy's rise after it "
+                           "measured on the odd-indexed ones",
               "gold_final_minus_peak": gold_drop["pooled"], "proxy_final_minus_at_peak": proxy_rise["pooled"]}
     g, x = gold_drop["pooled"], proxy_rise["pooled"]
     pooled["shown"] = g["ci_high"] is not None and g["ci_high"] < 0 and x["ci_low"] > 0  # both None with 1 seed
@@ -154,19 +173,24 @@ def overoptimisation(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def best_of_n_curve(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best-of-n's pooled gold and proxy for n = 1 ... n_max against its plug-in KL (`quality.best_of_k_kl`, the
+    mean over seeds; None for records made before it) and the analytic upper bound log n - (n - 1) / n."""
     curves = [(r["seed"], r["bon_curve"]) for r in records if r.get("bon_curve")]
     if not curves:
         return None
     n_max = min(len(c["kl_analytic"]) for _, c in curves)
+    exact = all(c.get("kl") for _, c in curves)
     rows = []
     for j in range(n_max):
-        rows.append({"n": j + 1, "kl_analytic": curves[0][1]["kl_analytic"][j],
+        rows.append({"n": j + 1, "kl": float(np.mean([c["kl"][j] for _, c in curves])) if exact else None,
+                     "kl_analytic": curves[0][1]["kl_analytic"][j],
                      "gold": pooled_t([np.mean(c["per_prompt_gold"][j]) for _, c in curves]),
                      "proxy": pooled_t([np.mean(c["per_prompt_proxy"][j]) for _, c in curves])})
     return {"per_seed": [{"seed": s, "gold": [float(np.mean(g)) for g in c["per_prompt_gold"]],
-                          "proxy": [float(np.mean(x)) for x in c["per_prompt_proxy"]], "prompts": c["prompts"]}
-                         for s, c in curves], "pooled": rows,
-            "kl": "analytic: log n - (n - 1) / n (Stiennon et al. 2020)"}
+                          "proxy": [float(np.mean(x)) for x in c["per_prompt_proxy"]], "kl": c.get("kl"),
+                          "prompts": c["prompts"]} for s, c in curves], "pooled": rows,
+            "kl": "plug-in KL(best-of-n || SFT) on each prompt's empirical sample distribution, mean over prompts "
+                  "(quality.best_of_k_kl); kl_analytic: the upper bound log n - (n - 1) / n (Beirami et al. 2024)"}
 
 
 def uml_mi(records: list[dict[str, Any]]) -> dict[str, Any]:

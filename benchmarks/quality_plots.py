@@ -9,7 +9,7 @@ from typing import Any
 
 def plot(path: Path, result: dict[str, Any]) -> list[str]:
     """Two figures: ``<path>`` (every method minus PPO1, pooled, at the end and at matched KL) and
-    ``<stem>-overopt.png`` (gold and proxy against sqrt KL along PPO1, and best-of-n against its analytic KL)."""
+    ``<stem>-overopt.png`` (gold and proxy against sqrt KL along PPO1, and best-of-n against its plug-in KL, or the analytic bound for records made before it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +44,7 @@ def plot(path: Path, result: dict[str, Any]) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
         for ax, rows, x_of, title in (
                 (axes[0], (over["pooled"] or {}).get("points") or [], lambda r: r["sqrt_kl"], "PPO₁ against RM₀"),
-                (axes[1], (over["best_of_n"] or {}).get("pooled") or [], lambda r: math.sqrt(r["kl_analytic"]),
+                (axes[1], (over["best_of_n"] or {}).get("pooled") or [], lambda r: math.sqrt(r["kl_analytic"] if r.get("kl") is None else r["kl"]),
                  "best-of-n against RM₀ (n = 1 … 64)")):
             for axis, key, color in ((ax, "gold", "#55A868"), (ax.twinx(), "proxy", "#C44E52")):  # own scales
                 xs = [x_of(r) for r in rows]

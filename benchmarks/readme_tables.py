@@ -131,18 +131,20 @@ def render_quality(d: dict[str, Any]) -> str:
              f"{[round(x / 60, 1) for x in d['seconds_per_seed']]}.",
              "\nEvery comparison is paired on the same prompts (pairs). A seed's 95 % CI is a bootstrap over its "
              "prompts: it says whether *these runs* differ. The pooled 95 % CI is a t-interval over the per-seed "
-             "means (S − 1 degrees of freedom): that one speaks to the method.\n",
+             "means (S − 1 degrees of freedom): that one speaks to the method. Matched KL: both runs at the smaller "
+             "of their two final KLs (a method that stops short of PPO₁'s is compared where it stopped).\n",
              "| check (issue 21) | measured | target | result |", "|---|---|---|---|"]
     lines += [f"| {key} | {c['measured']} | {c['target']} | {verdict(c)} |" for key, c in d["checks"].items()]
-    lines += ["", "| method − PPO₁ (gold) | at the end, pooled | seeds with CI > 0 | at PPO₁'s final KL, pooled "
-              "| recovered share (end) |", "|---|---|---|---|---|"]
+    lines += ["", "| method − PPO₁ (gold) | at the end, pooled | seeds with CI > 0 | at matched KL, pooled "
+              "| seeds reaching PPO₁'s final KL | recovered share (end) |", "|---|---|---|---|---|---|"]
     for label, e in d["vs_ppo"].items():
         rec = (e.get("recovered_share") or {}).get("end")
         share = "–" if label == "Oracle" else "not given: the oracle's gain is not significant" \
             if not rec or rec["share"] is None else ci({"diff": rec["share"], "ci_low": rec["ci_low"],
                                                         "ci_high": rec["ci_high"]}, digits=2)
         lines.append(f"| {label} | {ci((e.get('end') or {}).get('pooled'))} | {seeds_above(e.get('end'))} "
-                     f"| {ci((e.get('matched_kl') or {}).get('pooled'))} | {share} |")
+                     f"| {ci((e.get('matched_kl') or {}).get('pooled'))} "
+                     f"| {(e.get('matched_kl') or {}).get('reached', '–')} | {share} |")
     lines += ["", "| pair selection (Table 5) | agreement with gold %, pooled | pairs per seed |", "|---|---|---|"]
     for r in d["label_accuracy"].values():
         pooled = r["pooled"]
@@ -160,8 +162,12 @@ def render_quality(d: dict[str, Any]) -> str:
     bon = d["controls"]["overoptimisation"].get("best_of_n")
     if bon:
         picks = [r for r in bon["pooled"] if r["n"] in (1, 4, 16, 64)]
-        lines.append("\nBest-of-n from SFT against RM₀ (gold at analytic KL log n − (n − 1)/n): " + ", ".join(
-            f"n = {r['n']} (KL {r['kl_analytic']:.2f}) {ci(r['gold'])}" for r in picks) + ".")
+        exact = all(r.get("kl") is not None for r in picks)
+        lines.append("\nBest-of-n from SFT against RM₀ (gold at " + (
+            "plug-in KL on the empirical sample distribution; the analytic bound log n − (n − 1)/n in brackets): "
+            if exact else "the analytic KL bound log n − (n − 1)/n): ") + ", ".join(
+            f"n = {r['n']} (KL {r['kl']:.2f} [{r['kl_analytic']:.2f}]) {ci(r['gold'])}" if exact else
+            f"n = {r['n']} (KL ≤ {r['kl_analytic']:.2f}) {ci(r['gold'])}" for r in picks) + ".")
     lines += [f"\n![{Path(png).stem}](benchmarks/results/{Path(png).name})" for png in d.get("png", [])
               if (RESULTS / Path(png).name).exists() and not d.get("smoke")]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -139,11 +140,14 @@ def test_quality_micro_smoke_writes_every_key(tmp_path):
     over = d["controls"]["overoptimisation"]
     assert over["per_seed"][0]["points"] and over["pooled"]["points"] and "shown" in over["pooled"]
     assert [r["n"] for r in over["best_of_n"]["pooled"]] == list(range(1, 65))
+    kls = [r["kl"] for r in over["best_of_n"]["pooled"]]  # plug-in KL: 0 for best-of-1, recorded for every n
+    assert kls[0] == 0.0 and all(k >= 0 for k in kls) and over["best_of_n"]["pooled"][-1]["kl_analytic"] > 3
     assert set(d["controls"]["refined_fit_d"]) == {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle"}
     assert isinstance(d["controls"]["uml_mi_above_floor"]["passed"], bool)
     assert set(d["vs_ppo"]) == VS_PPO
     for label, e in d["vs_ppo"].items():
         assert e["end"]["per_seed"] and e["end"]["pooled"] and e["matched_kl"]["per_seed"], label
+        assert e["matched_kl"]["reached"] in ("0/1", "1/1") and set(e["matched_kl"]["where"]) == {"0"}, label
     assert set(d["label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
     assert d["majority_vs_single"]["per_seed"][0]["n_samples"] == 8  # the micro world has a canonical answer
     assert {"n_eval", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
@@ -208,12 +212,89 @@ def test_quality_aggregate_on_hand_made_seeds():
     # matched KL: RLP-SPG's gold at KL 2.0 is half-way between base and base + 0.4; PPO1's final is base + 0.1
     spg = d["vs_ppo"]["RLP-SPG"]
     assert spg["matched_kl"]["pooled"]["diff"] == pytest.approx(0.1, abs=0.01)
-    assert spg["matched_kl"]["where"][0] == {"reached": True, "between_steps": [10, 20], "ppo1_final_kl": 2.0}
+    assert spg["matched_kl"]["where"][0] == {"kl": 2.0, "reached": True, "method_final_kl": 3.0,
+                                             "ppo1_final_kl": 2.0, "between_steps": [10, 20],
+                                             "ppo1_between_steps": [10, 20]}
+    assert spg["matched_kl"]["reached"] == "3/3" and spg["matched_kl"]["reached_seeds"] == 3
     assert spg["recovered_share"]["end"]["share"] == pytest.approx(0.5, abs=0.05)
     assert d["checks"]["sizes"]["passed"] is False and d["checks"]["budget"]["passed"] is True
     # no significant oracle gain: no share, a reason instead
     flat = agg.aggregate(_records(oracle_gain=0.0))["vs_ppo"]["RLP-SPG"]["recovered_share"]["end"]
     assert flat["share"] is None and "not significant" in flat["reason"]
+
+
+def test_matched_kl_stops_where_the_shorter_run_stops():
+    """Issue 28 N1: a method that never reaches PPO1's final KL is compared with PPO1 at the method's final KL,
+    not its last point against PPO1's last; best-of-n along its plug-in KL. Per seed: the KL and whether reached."""
+    agg = _module("quality_aggregate")
+    base = [0.0, 0.5, 1.0, 0.25]
+    up = lambda d: [b + d for b in base]  # noqa: E731
+    ppo = _points([0.0, 1.0, 2.0], [up(0.0), up(0.2), up(0.4)], [base] * 3)  # gold + 0.2 per unit of KL
+    short = _points([0.0, 1.0], [up(0.0), up(0.3)], [base] * 2)  # stops at KL 1: + 0.3 there, PPO1 + 0.2
+    long = _points([0.0, 4.0], [up(0.0), up(0.8)], [base] * 2)  # at KL 2 (its half-way): + 0.4, as PPO1
+    bon = {"prompts": 4, "kl": [0.0, 0.5, 1.5], "kl_analytic": [0.0, 0.19, 0.43],
+           "per_prompt_gold": [up(0.0), up(0.1), up(0.5)], "per_prompt_proxy": [base] * 3}  # ends at KL 1.5
+    records = [{"seed": s, "evaluation": {}, "eval_points": {"PPO": ppo, "RLP-SPG": short if s == 0 else long},
+                "bon_curve": bon} for s in range(2)]
+    out = agg.vs_ppo(records)
+    spg = out["RLP-SPG"]["matched_kl"]
+    assert [e["diff"] for e in spg["per_seed"]] == pytest.approx([0.3 - 0.2, 0.0])
+    assert spg["where"][0]["kl"] == 1.0 and spg["where"][0]["reached"] is False
+    assert spg["where"][1]["kl"] == 2.0 and spg["where"][1]["reached"] is True and spg["reached"] == "1/2"
+    bon_kl = out["Best-of-n"]["matched_kl"]  # at KL 1.5 (n = 3): + 0.5 against PPO1's + 0.3 there
+    assert bon_kl["pooled"]["diff"] == pytest.approx(0.2) and bon_kl["reached"] == "0/2"
+    assert bon_kl["where"][0]["n"] == pytest.approx(3.0) and bon_kl["where"][0]["kl"] == 1.5
+
+
+def _flat_or_peaked_study(rng, gold_shape: list[float], seeds: int = 5, prompts: int = 16) -> list[dict]:
+    """PPO1 evaluation points of ``seeds`` runs whose true gold follows ``gold_shape`` (per point) and whose proxy
+    rises; each point's per-prompt values carry fresh sampling noise (sd 0.3)."""
+    records = []
+    for seed in range(seeds):
+        base = rng.uniform(0, 1, prompts)
+        points = [{"step": 10 * j, "kl": 0.5 * j, "per_prompt": {
+            "gold": (base + level + rng.normal(0, 0.3, prompts)).tolist(),
+            "proxy": (base + 0.5 * j + rng.normal(0, 0.3, prompts)).tolist()}} for j, level in enumerate(gold_shape)]
+        records.append({"seed": seed, "eval_points": {"PPO": points}})
+    return records
+
+
+def test_overoptimisation_is_not_found_in_a_flat_curve_and_is_in_a_real_one(monkeypatch):
+    """Issue 28 N3: the peak is picked on half of the prompts and the drop tested on the other half, so a flat
+    true gold curve (noise only, 5 seeds, 11 points) shows a drop in about the nominal 2.5 % of studies (7 of 400
+    here); picked and tested on the same prompts it did in 42 of 400 (13 % in the issue's simulation)."""
+    import numpy as np
+
+    from rlp_align.judge import stats
+
+    agg = _module("quality_aggregate")
+    # per-point and per-seed bootstrap CIs do not enter the pooled call: left out or cut to 20 resamples, 400
+    # studies stay cheap
+    monkeypatch.setattr(agg, "mean_ci", lambda values, *a, **k: {"diff": float(np.mean(values))})
+    monkeypatch.setattr(agg, "seed_summary", lambda values, *a, **k: stats.seed_summary(values, n_boot=20))
+    rng = np.random.default_rng(0)
+    studies = 400
+    false = sum(agg.overoptimisation(_flat_or_peaked_study(rng, [0.0] * 11))["pooled"]["shown"]
+                for _ in range(studies))
+    assert false / studies <= 0.05, false / studies
+    peaked = [0.0, 0.2, 0.4, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0, -0.1, -0.2]  # rises, peaks at step 30, falls
+    found = [agg.overoptimisation(_flat_or_peaked_study(rng, peaked))["pooled"] for _ in range(20)]
+    assert sum(p["shown"] for p in found) >= 19 and {p["peak_step"] for p in found} <= {20, 30, 40}
+
+
+def test_best_of_k_kl_exact_against_the_bound():
+    """Issue 28 N4: KL(best-of-k || base) on the empirical sample distribution, by hand."""
+    quality = _module("quality")
+    assert quality.best_of_k_kl([1.0, 1.0, 0.0], ["a", "a", "b"], 1) == 0.0  # best-of-1 is the base
+    # k = 2 of 3: the pair {a, a} or {a, b} always holds an "a", the best: q(a) = 1 against p(a) = 2/3
+    assert quality.best_of_k_kl([1.0, 1.0, 0.0], ["a", "a", "b"], 2) == pytest.approx(math.log(3 / 2))
+    # answers with probabilities [0.55, 0.15, 0.10, 0.08, 0.07, 0.05], the likeliest the proxy's best: 64 of 100
+    # samples always hold one of its 55, so best-of-64 is that answer: KL log(1 / 0.55) = 0.60, the bound 3.17
+    counts, rank = [55, 15, 10, 8, 7, 5], [6.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    responses = [f"answer {i}" for i, c in enumerate(counts) for _ in range(c)]
+    proxy = [rank[i] for i, c in enumerate(counts) for _ in range(c)]
+    assert quality.best_of_k_kl(proxy, responses, 64) == pytest.approx(math.log(1 / 0.55))
+    assert math.log(64) - 63 / 64 == pytest.approx(3.17, abs=0.01)
 
 
 def test_expected_best_of_k_by_hand():
@@ -263,9 +344,17 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "### Quality, micro world (`benchmarks/results/quality-micro.json`)" in text
     assert "| ppo_vs_sft_gold | CI above 0 in 3 of 3 seeds; pooled +0.0998 [" in text and "**pass**" in text
     spg_row = next(line for line in text.splitlines() if line.startswith("| RLP-SPG |"))
-    assert "| 3 of 3 |" in spg_row and spg_row.endswith("| +0.50 [+0.48, +0.51] |")  # the recovered share
+    assert "| 3 of 3 |" in spg_row and spg_row.endswith("| 3/3 | +0.50 [+0.48, +0.51] |")  # reached, share
     assert "| sizes | n_eval 64, on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
     assert "P(majority answer correct) +0.750" in text
+    # best-of-n: the plug-in KL, the analytic bound in brackets
+    with_bon = _records(0.1)
+    for r in with_bon:
+        r["bon_curve"] = {"prompts": 2, "kl": [0.01 * (n - 1) for n in range(1, 65)],
+                          "kl_analytic": [math.log(n) - (n - 1) / n for n in range(1, 65)],
+                          "per_prompt_gold": [[0.5, 0.5]] * 64, "per_prompt_proxy": [[0.0, 0.0]] * 64}
+    text = tables.render(None, {**quality, **agg.aggregate(with_bon)})
+    assert "n = 4 (KL 0.03 [0.64]) +0.500" in text and "n = 64 (KL 0.63 [3.17]) +0.500" in text
     unshared = {**quality, **agg.aggregate(_records(0.0))}
     assert "not given: the oracle's gain is not significant" in tables.render(None, unshared)
 

@@ -18,6 +18,7 @@ from rlp_align.models.generation import (
     run_generate,
     sample_next_token,
     sample_tokens,
+    special_ids_but_eos,
 )
 
 pytestmark = pytest.mark.device  # also runs on RLP_TEST_DEVICE (benchmarks/gpu_check.sh)
@@ -46,6 +47,35 @@ def test_left_padding_does_not_change_greedy_tokens(tiny):
         assert batched.response_ids[i] == alone.response_ids[0]
         assert batched.prompt_ids[i] == encode_prompt(tokenizer, prompt)
     assert len(set(batched.response_ids[0])) > 3  # a varied continuation, so the comparison means something
+
+
+def favouring_pad_and_bos(tokenizer):
+    """The tiny model with +8 on the logits of PAD and BOS: left free, it says them ~99.9 % of the time."""
+    model = load_policy("tiny")
+    bias = torch.zeros(model.config.vocab_size)
+    bias[[tokenizer.pad_token_id, tokenizer.bos_token_id]] = 8.0
+    model.lm_head.register_forward_hook(lambda module, inputs, logits: logits + bias)
+    return model
+
+
+def test_no_sampler_emits_a_special_token_but_eos():
+    """Issue 28 N7: decoding hides PAD/BOS from gold while the RM scores them, so no sampler may draw them."""
+    tokenizer = load_tokenizer("tiny")
+    banned = special_ids_but_eos(tokenizer)
+    assert set(banned) == {tokenizer.pad_token_id, tokenizer.bos_token_id} and tokenizer.eos_token_id not in banned
+    model = favouring_pad_and_bos(tokenizer)
+    for temperature, top_p in ((1.0, 1.0), (1.0, 0.9), (0, 1.0)):  # sampling, nucleus, greedy
+        gens = generate(model, tokenizer, PROMPTS * 4, n=2, temperature=temperature, top_p=top_p,
+                        max_new_tokens=8, batch_size=8, progress=False)
+        drawn = {t for ids in gens.response_ids for t in ids}
+        assert drawn and not drawn & set(banned), (temperature, top_p, drawn & set(banned))
+    # the PPO/RLOO path (`ppo_rollout.make_rollout` passes the same ids): log-probs stay the policy's own
+    ids, mask = collate([encode_prompt(tokenizer, p) for p in PROMPTS], tokenizer.pad_token_id, side="left")
+    response, rmask, logprobs, _ = sample_tokens(
+        model, ids, mask, max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(0), with_logprobs=True, banned_token_ids=banned)
+    assert not set(response[rmask.bool()].tolist()) & set(banned)
+    assert (logprobs[rmask.bool()] < -7).all()  # drawn from outside the ~99.9 % the policy puts on PAD/BOS
 
 
 def test_kv_cache_matches_a_full_forward(tiny):

@@ -195,6 +195,21 @@ def test_logprobs_and_values_do_not_depend_on_padding(tiny):
     assert (both["logprobs"][1] < 0).all()
 
 
+def test_rollout_never_samples_pad_or_bos(tiny):
+    """Issue 28 N7: PPO/RLOO rollouts mask every special token but EOS (gold never sees them, the RM does)."""
+    tokenizer, _, ref, rm = tiny
+    policy = load_policy("tiny")
+    bias = torch.zeros(policy.config.vocab_size)
+    bias[[tokenizer.pad_token_id, tokenizer.bos_token_id]] = 8.0  # left free: PAD/BOS ~99.9 % of the time
+    policy.lm_head.register_forward_hook(lambda module, inputs, logits: logits + bias)
+    prompts = [user_prompt("hi"), user_prompt("a much longer prompt about the water cycle")] * 4
+    rollout, _ = make_rollout(ActorCritic(policy, rm), ref, tokenizer, RewardModelFn(rm, tokenizer), prompts,
+                              PPOConfig(max_new_tokens=8, rollout_chunk_size=8), torch.Generator().manual_seed(0),
+                              True, {})
+    drawn = set(rollout.response[rollout.mask.bool()].tolist())
+    assert drawn and not drawn & {tokenizer.pad_token_id, tokenizer.bos_token_id}
+
+
 def test_rollout_scores_the_last_real_token_and_penalises_truncation(tiny):
     tokenizer, policy, ref, rm = tiny
     ac = ActorCritic(policy, rm)

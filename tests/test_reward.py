@@ -20,6 +20,7 @@ from rlp_align.train.reward import (
     encode_preferences,
     evaluate_preferences,
     micro_batches,
+    pair_accuracy,
     train_reward_model,
 )
 from rlp_align.train.training import LoraConfig, OptimConfig, make_accelerator, read_metrics
@@ -51,6 +52,20 @@ def test_centering_loss_hand_computed():
     r_w, r_l = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
     assert centering_loss(r_w, r_l, 0.5).item() == pytest.approx(0.5 * (4.0 + 1.0) / 2)
     assert centering_loss(r_w, r_l, 0.0).item() == 0.0
+
+
+def test_a_tied_pair_counts_half_in_training_and_held_out_accuracy():
+    """Issue 28 N8: a tie is chance, not a miss (as `judge.evaluate.rm_accuracy` counts it)."""
+    r_w, r_l = torch.tensor([3.0, 2.0, 1.0, 5.0]), torch.tensor([1.0, 2.0, 4.0, 5.0])  # right, tie, wrong, tie
+    assert pair_accuracy(r_w, r_l) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+
+    class FirstToken(torch.nn.Module):  # scores a sequence by its first token id
+        def forward(self, ids, mask):
+            return ids[:, 0].float(), torch.zeros(len(ids), 1)
+
+    pairs = [([3], [1]), ([2], [2]), ([1], [4]), ([5], [5])]
+    held_out = evaluate_preferences(FirstToken(), pairs, 0, 2, make_accelerator(0))
+    assert held_out["accuracy"] == pytest.approx(0.5) and held_out["pairs"] == 4
 
 
 def test_micro_batches_cover_rows_and_views():

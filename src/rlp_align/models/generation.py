@@ -12,6 +12,7 @@ deterministic given its arguments and does not disturb (or depend on) the global
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,24 @@ def sample_next_token(logits: torch.Tensor, top_p: float, generator: torch.Gener
     """
     probs = nucleus(torch.softmax(logits.float(), dim=-1), top_p)
     return inverse_cdf_sample(probs, generator)
+
+
+def special_ids_but_eos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens a response may not contain: every special token (PAD, BOS, UNK, chat markers...) but EOS.
+
+    Decoding skips special tokens, so gold and every text path never see one, while the reward model scores
+    the token ids: left samplable, a PAD or BOS mid-response is a channel the policy can exploit and gold cannot
+    see (issue 28, N7). EOS stays: it ends the response."""
+    return sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id})
+
+
+def without_tokens(probs: torch.Tensor, banned: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Sampling weights [B, V] with the ``banned`` token ids at 0; renormalised when top-p follows (it reads
+    absolute mass), else left for `inverse_cdf`, which scales by each row's total."""
+    if banned.numel() == 0:
+        return probs
+    kept = probs.index_fill(-1, banned, 0.0)
+    return kept / kept.sum(-1, keepdim=True) if top_p < 1.0 else kept
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -160,6 +179,7 @@ def sample_tokens(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     with_logprobs: bool = False,
+    banned_token_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, ...]:
     """Continue left-padded prompts [B, P] with a KV cache.
 
@@ -168,6 +188,8 @@ def sample_tokens(
     has produced EOS. ``with_logprobs`` adds ``(logprobs [B, T], entropy [B, T])`` of the tempered
     softmax(logits / temperature) the tokens were drawn from (0 after EOS), from the logits sampling
     already computed: PPO then needs no separate forward pass of the policy to score its rollout.
+    ``banned_token_ids`` (callers pass `special_ids_but_eos`) are never drawn; like top-p, this changes the draw
+    only: log-probs and entropy stay those of the policy's tempered softmax, which PPO's update recomputes.
 
     Speed: the KV cache and the attention mask are allocated once for prompt + max_new_tokens (a
     ``StaticCache``: no per-token concatenation of every layer's keys and values); prompts are prefilled in
@@ -194,16 +216,17 @@ def sample_tokens(
     next_position = positions[:, -1:] + 1
     rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
     live = torch.ones(batch, dtype=torch.bool, device=device)  # False: said EOS, waiting to be dropped
+    banned = torch.tensor(sorted(banned_token_ids), dtype=torch.long, device=device)
     steps = 0
     for t in range(max_new_tokens):
         steps = t + 1
         if temperature <= 0:
-            token = logits.argmax(-1)
+            token = logits.index_fill(-1, banned, float("-inf")).argmax(-1)
         else:
             u = torch.rand(batch, 1, generator=generator, dtype=torch.float64, device=device)[rows]
             logp = torch.log_softmax(tempered(logits, temperature), dim=-1)  # the sampled distribution
             probs = logp.exp()
-            token = inverse_cdf(nucleus(probs, top_p), u)
+            token = inverse_cdf(nucleus(without_tokens(probs, banned, top_p), top_p), u)
         out_rows = rows[live]
         tokens[out_rows, t] = token[live]
         alive[out_rows, t] = 1
@@ -277,6 +300,7 @@ def generate(
             model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, temperature=temperature,
             top_p=top_p, generator=seeded_generator(seed, batch_number, device=device),
+            banned_token_ids=special_ids_but_eos(tokenizer),
         )
         lengths = response_mask.sum(-1).tolist()
         for row, length in zip(response.tolist(), lengths):

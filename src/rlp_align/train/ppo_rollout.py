@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.data.records import Messages
 from rlp_align.data.reward_path import append_eos, apply_missing_eos_penalty
 from rlp_align.data.templates import collate, encode_prompt
-from rlp_align.models.generation import sample_tokens
+from rlp_align.models.generation import sample_tokens, special_ids_but_eos
 from rlp_align.models.logprobs import entropy_from_logits, response_logits, tempered, token_logprobs
 from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.train.ensemble import RewardFn
@@ -265,7 +265,8 @@ def make_rollout(
         pieces.append(sample_tokens(
             actor_critic.policy, query[rows], query_mask[rows], max_new_tokens=cfg.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            temperature=cfg.temperature, generator=generator, with_logprobs=True))
+            temperature=cfg.temperature, generator=generator, with_logprobs=True,
+            banned_token_ids=special_ids_but_eos(tokenizer)))
     width = max(p[0].shape[1] for p in pieces)
 
     def stack(i: int, fill: float) -> torch.Tensor:  # field i of every chunk, right-padded to ``width``

@@ -160,11 +160,17 @@ def score_sequences(scorer: nn.Module, sequences: list[list[int]], pad_id: int, 
     return scorer(ids.to(device), mask.to(device))
 
 
+def pair_accuracy(r_w: torch.Tensor, r_l: torch.Tensor) -> float:
+    """Fraction of pairs ranked right, a tie (equal scores) counting 1/2, as `judge.evaluate.rm_accuracy` counts
+    it: a scorer that cannot tell two answers apart is at chance on that pair, not wrong (issue 28, N8)."""
+    return ((r_w > r_l).double() + 0.5 * (r_w == r_l).double()).mean().item()
+
+
 @torch.no_grad()
 def evaluate_preferences(
     scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, batch_size: int, accelerator: Accelerator
 ) -> dict[str, float]:
-    """Held-out accuracy P(r_w > r_l), mean margin, BT loss and reward mean/std (ranks share the pairs)."""
+    """Held-out accuracy P(r_w > r_l) (a tie counts 1/2), mean margin, BT loss and reward mean/std (ranks share the pairs)."""
     was_training = scorer.training
     scorer.eval()
     rows = shard(list(range(len(pairs))), accelerator)
@@ -177,7 +183,7 @@ def evaluate_preferences(
     both = torch.tensor(gather_object(local), dtype=torch.float64).reshape(-1, 2)
     r_w, r_l = both[:, 0], both[:, 1]
     return {
-        "accuracy": (r_w > r_l).double().mean().item(),
+        "accuracy": pair_accuracy(r_w, r_l),
         "margin": (r_w - r_l).mean().item(),
         "loss": bradley_terry_loss(r_w, r_l).item(),
         "reward_mean": both.mean().item(),
@@ -330,7 +336,7 @@ def train_reward_model(
                     acc.backward(scaled)
                 with torch.no_grad():
                     r = torch.cat([r_w, r_l]).double()
-                    sums += torch.tensor([loss.item(), bt.item(), (r_w > r_l).double().mean().item(),
+                    sums += torch.tensor([loss.item(), bt.item(), pair_accuracy(r_w.detach(), r_l.detach()),
                                           (r_w - r_l).mean().item(), r.mean().item(),
                                           r.std().item() if r.numel() > 1 else 0.0], dtype=torch.float64)
             grad_norm = acc.clip_grad_norm_(params, clip)

@@ -16,7 +16,7 @@ from rlp_align.core.device import autocast, default_device
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import write_jsonl
 from rlp_align.data.records import Messages, SampleSet
-from rlp_align.models.generation import generate
+from rlp_align.models.generation import generate, special_ids_but_eos
 
 
 @dataclass
@@ -99,7 +99,9 @@ def sample_with_vllm(
     _check_sample_count(n)
     encoded = encode_prompts(tokenizer, prompts, max_prompt_length, "sampling")
     llm = LLM(model=str(policy_path), seed=seed, trust_remote_code=False)
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    # every special token but EOS is banned, as in our own sampler (`generation.special_ids_but_eos`)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                            logit_bias={i: -100.0 for i in special_ids_but_eos(tokenizer)})
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)  # vLLM's TokensPrompt
     base = {"temperature": temperature, "seed": seed, "n": n, "engine": "vllm",
             "max_prompt_length": max_prompt_length, **(meta or {})}
