@@ -119,10 +119,10 @@ def test_speed_smoke(tmp_path):
     assert d["targets"]["update_mfu"]["passed"] or "profile" in d["targets"]["update_mfu"]["why"]
 
 
-QUALITY_KEYS = {"controls", "vs_ppo", "label_accuracy", "majority_vs_single", "sizes", "seconds_per_seed",
+QUALITY_KEYS = {"controls", "vs_ppo", "onpolicy_accuracy", "label_accuracy", "majority_vs_single", "sizes", "seconds_per_seed",
                 "commit", "date", "checks"}
 CONTROLS = {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "overoptimisation",
-            "refined_fit_d", "uml_mi_above_floor"}
+            "refined_fit_d", "uml_mi_above_baseline", "gold_ppo_vs_ppo_gold", "rm_capacity_onpolicy_accuracy"}
 VS_PPO = {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "Best-of-n", "Ensemble-MEAN", "Ensemble-WCO",
           "Ensemble-UWO"}
 
@@ -140,13 +140,23 @@ def test_quality_micro_smoke_writes_every_key(tmp_path):
     assert over["per_seed"][0]["points"] and over["pooled"]["points"] and "shown" in over["pooled"]
     assert [r["n"] for r in over["best_of_n"]["pooled"]] == list(range(1, 65))
     assert set(d["controls"]["refined_fit_d"]) == {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle"}
-    assert isinstance(d["controls"]["uml_mi_above_floor"]["passed"], bool)
-    assert set(d["vs_ppo"]) == VS_PPO
+    assert isinstance(d["controls"]["uml_mi_above_baseline"]["passed"], bool)
+    assert d["controls"]["uml_mi_above_baseline"]["per_seed"][0]["baseline_i_jsd"] is not None
+    assert d["controls"]["gold_ppo_vs_ppo_gold"]["per_seed"][0]["seed"] == 0
+    capacity = d["controls"]["rm_capacity_onpolicy_accuracy"]["per_seed"][0]
+    assert capacity["train_pairs"] > 0 and 0 <= capacity["accuracy"] <= 1
+    assert set(d["vs_ppo"]) == VS_PPO | {"Gold-PPO"}
     for label, e in d["vs_ppo"].items():
         assert e["end"]["per_seed"] and e["end"]["pooled"] and e["matched_kl"]["per_seed"], label
+        assert label == "Gold-PPO" or "recovered_share_gold_ppo" in e
+    # every RM on the same on-policy pairs as RM0: refined, capacity, ensemble members and aggregates
+    assert {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "RM capacity", "Ensemble RM0",
+            "Ensemble RM1", "Ensemble-MEAN RM", "Ensemble-WCO RM", "Ensemble-UWO RM"} <= set(d["onpolicy_accuracy"])
+    assert all(e["vs_rm0"]["per_seed"] for label, e in d["onpolicy_accuracy"].items() if label != "RM0")
+    assert {"gold_ppo_vs_ppo_gold", "rm_capacity_onpolicy_accuracy", "uml_mi_above_baseline"} <= set(d["checks"])
     assert set(d["label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
     assert d["majority_vs_single"]["per_seed"][0]["n_samples"] == 8  # the micro world has a canonical answer
-    assert {"n_eval", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
+    assert {"n_eval", "eval_distinct", "eval_in_training", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
     assert len(d["seconds_per_seed"]) == 1 and d["seconds_per_seed"][0] > 0
     assert all(Path(p).stat().st_size > 1000 for p in d["png"])
 
@@ -177,9 +187,14 @@ def _records(oracle_gain: float) -> list[dict]:
         x = [list(base + d + rng.normal(0, 0.01, 64)) for d in (0.0, 0.5, 1.0)]  # proxy still rising
         # RLP-SPG passes PPO1's final KL (2.0) half-way between its points at KL 1 and 3
         spg = _points([0.0, 1.0, 3.0], [list(base)] * 2 + [list(base + 0.4)], [list(base)] * 3)
+        # gold PPO gains 0.3 over PPO1 on every prompt; the RM capacity is right on 60 of 64 pairs
+        gold_ppo = {"per_prompt_gold": list(gold["PPO"] + 0.3), "ppo_per_prompt_gold": list(gold["PPO"])}
+        onpolicy = {"RM0": [1.0] * 40 + [0.0] * 24, "RM capacity": [1.0] * 60 + [0.0] * 4}
         records.append({"seed": seed, "evaluation": ev, "spg_pairs": 130, "seconds": 500.0 + seed,
                         "eval_points": {"PPO": _points([0.0, 1.0, 2.0], g, x), "RLP-SPG": spg},
-                        "uml_i_jsd": {"RLP-UML": -1.0}, "table5": {"spg": {"label": "SPG", "pairs": 10,
+                        "gold_ppo": gold_ppo, "onpolicy_correct": onpolicy, "rm_capacity": {"pairs": 10000},
+                        "sizes": {"n_eval": 64, "eval_distinct": 64, "eval_in_training": 0},
+                        "uml_i_jsd": {"RLP-UML": -1.0}, "uml_baseline_i_jsd": -1.25 + 0.05 * seed, "table5": {"spg": {"label": "SPG", "pairs": 10,
                                                                             "instructions": 12, "accuracy": 0.7}},
                         "majority": {"n": 8, "majority_correct": [1.0, 1.0, 0.0, 1.0],
                                      "single_correct": [0.75, 0.5, 0.25, 0.5]}})
@@ -203,7 +218,19 @@ def test_quality_aggregate_on_hand_made_seeds():
     over = c["overoptimisation"]["pooled"]
     assert over["peak_step"] == 10 and over["shown"] and d["checks"]["overoptimisation"]["passed"]
     assert over["gold_final_minus_peak"]["diff"] == pytest.approx(-0.2, abs=0.01)
-    assert c["uml_mi_above_floor"]["passed"] and d["majority_vs_single"]["pooled"]["majority_minus_single"][
+    # RLP-UML's I_JSD above its frozen-RM0 baseline by 0.25, 0.2, 0.15: at least 0.1 in every seed
+    assert c["uml_mi_above_baseline"]["pooled"]["diff"] == pytest.approx(0.2) and c["uml_mi_above_baseline"]["passed"]
+    assert c["gold_ppo_vs_ppo_gold"]["pooled"]["diff"] == pytest.approx(0.3)
+    assert d["checks"]["gold_ppo_vs_ppo_gold"]["passed"] is True
+    assert [e["accuracy"] for e in c["rm_capacity_onpolicy_accuracy"]["per_seed"]] == [60 / 64] * 3
+    assert d["checks"]["rm_capacity_onpolicy_accuracy"]["passed"] is True
+    assert d["onpolicy_accuracy"]["RM capacity"]["vs_rm0"]["pooled"]["diff"] == pytest.approx(20 / 64)
+    assert d["onpolicy_accuracy"]["Oracle"]["vs_rm0"]["pooled"]["diff"] == pytest.approx(16 / 64)
+    # RLP-SPG gains half the oracle's 0.1 over PPO1: a sixth of gold PPO's 0.3
+    assert d["vs_ppo"]["Gold-PPO"]["end"]["pooled"]["diff"] == pytest.approx(0.3)
+    assert spg_share_gold(d) == pytest.approx(0.05 / 0.3, abs=0.02)
+    assert d["sizes"]["eval_distinct"] == 64 and d["sizes"]["eval_in_training"] == 0
+    assert d["majority_vs_single"]["pooled"]["majority_minus_single"][
         "diff"] == pytest.approx(0.25)
     # matched KL: RLP-SPG's gold at KL 2.0 is half-way between base and base + 0.4; PPO1's final is base + 0.1
     spg = d["vs_ppo"]["RLP-SPG"]
@@ -214,6 +241,20 @@ def test_quality_aggregate_on_hand_made_seeds():
     # no significant oracle gain: no share, a reason instead
     flat = agg.aggregate(_records(oracle_gain=0.0))["vs_ppo"]["RLP-SPG"]["recovered_share"]["end"]
     assert flat["share"] is None and "not significant" in flat["reason"]
+
+
+def spg_share_gold(d: dict) -> float:
+    return d["vs_ppo"]["RLP-SPG"]["recovered_share_gold_ppo"]["end"]["share"]
+
+
+def test_uml_control_fails_for_an_rm_no_better_than_its_baseline():
+    """Issue 28: an RLP-UML whose I_JSD is the frozen baseline's (a frozen random-init RM) fails the control,
+    though it is far above the floor -2 ln 2 that the control used to judge by."""
+    agg = _module("quality_aggregate")
+    records = [{"seed": s, "uml_i_jsd": {"RLP-UML": -0.5 + 0.01 * s}, "uml_baseline_i_jsd": -0.48} for s in range(3)]
+    mi = agg.uml_mi(records)
+    assert all(e["above_floor"] > 0.8 for e in mi["per_seed"]) and mi["passed"] is False
+    assert agg.uml_mi([{"seed": 0, "uml_i_jsd": {"RLP-UML": -0.5}}])["passed"] is False  # no baseline: not passed
 
 
 def test_expected_best_of_k_by_hand():
@@ -264,7 +305,7 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| ppo_vs_sft_gold | CI above 0 in 3 of 3 seeds; pooled +0.0998 [" in text and "**pass**" in text
     spg_row = next(line for line in text.splitlines() if line.startswith("| RLP-SPG |"))
     assert "| 3 of 3 |" in spg_row and spg_row.endswith("| +0.50 [+0.48, +0.51] |")  # the recovered share
-    assert "| sizes | n_eval 64, on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
+    assert "| sizes | n_eval 64 (64 distinct, 0 in training), on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
     assert "P(majority answer correct) +0.750" in text
     unshared = {**quality, **agg.aggregate(_records(0.0))}
     assert "not given: the oracle's gain is not significant" in tables.render(None, unshared)
