@@ -257,6 +257,36 @@ def test_uml_control_fails_for_an_rm_no_better_than_its_baseline():
     assert agg.uml_mi([{"seed": 0, "uml_i_jsd": {"RLP-UML": -0.5}}])["passed"] is False  # no baseline: not passed
 
 
+def test_a_frozen_random_micro_rm_as_rlp_uml_fails_the_uml_control(tmp_path):
+    """Issue 28's null case, end to end: RLP-UML's head on a frozen random-init micro RM (an RM that learned
+    nothing) ends far above the floor -2 ln 2, which the old control passed, and no higher than the same head
+    on another frozen RM (the baseline), so the new control fails. ~25 s on one core."""
+    import math
+    import random
+
+    from rlp_align.data.records import SampleSet
+    from rlp_align.models import load_reward_model, load_tokenizer, save_model
+    from rlp_align.rlp.refine import RefineConfig, uml_head_on_frozen_rm
+    from rlp_align.worlds import micro
+
+    rms = []
+    for seed in (0, 1):
+        micro.build_model(tmp_path / f"lm{seed}", hidden_size=128, layers=2, seed=seed)
+        save_model(load_reward_model(tmp_path / f"lm{seed}", new_head=True), load_tokenizer(tmp_path / f"lm{seed}"),
+                   tmp_path / f"rm{seed}")
+        rms.append(str(tmp_path / f"rm{seed}"))
+    rng = random.Random(0)
+    sets = [SampleSet(x.prompt, [x.meta["answer"], "." + x.meta["answer"], micro.slipped(x.meta["answer"], rng)])
+            for x in micro.pool(256, seed=0, digits=2)]
+    cfg = RefineConfig(method="uml", base_model=rms[0], output_dir=str(tmp_path / "o"), max_length=32,
+                       uml_batch_size=32, lam=0.5, optim={"learning_rate": 1e-3, "batch_size": 32})
+    null, baseline = (uml_head_on_frozen_rm(cfg, rm, sets, 150)["i_jsd"] for rm in rms)
+    assert null > -2 * math.log(2) + 0.5  # measured: -0.60 (the old control: passed)
+    mi = _module("quality_aggregate").uml_mi([{"seed": 0, "uml_i_jsd": {"RLP-UML": null},
+                                               "uml_baseline_i_jsd": baseline}])
+    assert mi["per_seed"][0]["margin"] < 0.1 and mi["passed"] is False
+
+
 def test_expected_best_of_k_by_hand():
     quality = _module("quality")
     proxy, gold = [3.0, 1.0, 2.0], [0.9, 0.3, 0.6]
@@ -304,7 +334,13 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "### Quality, micro world (`benchmarks/results/quality-micro.json`)" in text
     assert "| ppo_vs_sft_gold | CI above 0 in 3 of 3 seeds; pooled +0.0998 [" in text and "**pass**" in text
     spg_row = next(line for line in text.splitlines() if line.startswith("| RLP-SPG |"))
-    assert "| 3 of 3 |" in spg_row and spg_row.endswith("| +0.50 [+0.48, +0.51] |")  # the recovered share
+    assert "| 3 of 3 |" in spg_row and "| +0.50 [+0.48, +0.51] |" in spg_row  # the share of the oracle's gain
+    assert spg_row.endswith("| +0.16 [+0.16, +0.17] |")  # and of gold PPO's (0.049 of 0.3)
+    assert "| RM capacity | +93.8 [+93.8, +93.8] | +31.2 [+31.2, +31.2] |" in text
+    assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py --world micro --variant majority`" in text
+    both = tables.render(None, quality, None, {**quality, "variant": "majority"})
+    assert "### Quality, both variants side by side" in both and "| gold_ppo_vs_ppo_gold | **pass** | **pass** |" in both
+    assert "### Quality, micro-majority world (`benchmarks/results/quality-micro-majority.json`)" in both
     assert "| sizes | n_eval 64 (64 distinct, 0 in training), on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
     assert "P(majority answer correct) +0.750" in text
     unshared = {**quality, **agg.aggregate(_records(0.0))}
