@@ -251,17 +251,19 @@ def uml_head_on_frozen_rm(cfg: RefineConfig, backbone: str, samples: list[Sample
     optimizer = adamw(list(head.parameters()), lr=cfg.uml_learning_rate or optim.learning_rate,
                       weight_decay=optim.weight_decay)
     stats: dict[str, float] = {}
-    for step in range(total_steps):
-        pairs = views(step)
-        with torch.no_grad():
-            _, hidden = score_sequences(scorer, [a for a, _ in pairs] + [b for _, b in pairs],
-                                        tokenizer.pad_token_id, device)
-        loss, stats = head(hidden[: len(pairs)].float(), hidden[len(pairs) :].float(), step, total_steps)
-        optimizer.zero_grad(set_to_none=True)
-        (cfg.lam * loss).backward()
-        if optim.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(head.parameters(), optim.max_grad_norm)
-        optimizer.step()
+    with torch.random.fork_rng():  # the encoder's samples of z: seeded, and the caller's RNG left as it was
+        torch.manual_seed(cfg.seed)
+        for step in range(total_steps):
+            pairs = views(step)
+            with torch.no_grad():
+                _, hidden = score_sequences(scorer, [a for a, _ in pairs] + [b for _, b in pairs],
+                                            tokenizer.pad_token_id, device)
+            loss, stats = head(hidden[: len(pairs)].float(), hidden[len(pairs) :].float(), step, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            (cfg.lam * loss).backward()
+            if optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), optim.max_grad_norm)
+            optimizer.step()
     return stats
 
 
