@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py --world micro                          # 5 seeds, resumable
     .venv/bin/python benchmarks/quality.py --world micro --max_seeds_per_call 1   # one more seed per call
     .venv/bin/python benchmarks/quality.py --world smollm2 --seeds 0              # the real-model world
+    .venv/bin/python benchmarks/quality.py --world micro --variant majority      # the pad: majority world
     .venv/bin/python benchmarks/quality.py --world micro --smoke                  # tiny sizes, temp dir (CI)
 
 Each seed runs `rlp run` (`rlp_align.pipeline.run_pipeline`) in <work_dir>/seed<k>, so a killed or partial seed
@@ -10,9 +11,10 @@ resumes from its stage cache, with refine methods uml, spg, uml+spg, west_of_n a
 ensemble (mean, WCO, UWO) and best-of-n. Then, per seed and cached beside the run: the evaluation points along
 every PPO run (matched KL, over-optimisation), best-of-n from SFT for n = 1 ... 64 against its analytic KL,
 P(majority of 8 SFT samples correct) against P(one sample correct), the Table-5 label accuracy of each
-synthetic-pair selection on PPO1's samples, and RLP-UML's final I_JSD. `quality_aggregate.py` pools the seeds
+synthetic-pair selection on PPO1's samples, RLP-UML's final I_JSD, and the ceilings and every RM's on-policy
+accuracy of `quality_ceilings.py` (gold PPO, RM capacity, UML baseline; issue 28). `quality_aggregate.py` pools the seeds
 (per-seed bootstrap CIs: "these runs differ"; pooled t-intervals over seeds: the method) and draws the plots.
-Writes benchmarks/results/quality-<world>.json and its .png files.
+Writes benchmarks/results/quality-<world>[-majority].json and its .png files.
 """
 
 from __future__ import annotations

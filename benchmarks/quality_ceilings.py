@@ -114,8 +114,9 @@ def rm_capacity(cfg: Any, run_dir: Path, judge: Any, n_pairs: int = CAPACITY_PAI
         if len(pairs) >= n_pairs or rnd == CAPACITY_SAMPLE_ROUNDS:
             break
         more = folder / f"samples{rnd + 1}"  # PPO1 again on the unlabelled prompts, another seed
-        more.mkdir(parents=True, exist_ok=True)
-        stages_impl.sample_policy(cfg.sample, ppo1["outputs"]["model"], pools, cfg.seed + 100 * (rnd + 1), more)
+        if not (more / "samples.jsonl").exists():  # written atomically: present means complete (resume)
+            more.mkdir(parents=True, exist_ok=True)
+            stages_impl.sample_policy(cfg.sample, ppo1["outputs"]["model"], pools, cfg.seed + 100 * (rnd + 1), more)
         sample_files.append(str(more / "samples.jsonl"))
     folder.mkdir(parents=True, exist_ok=True)
     write_preferences(folder / "pairs.jsonl", pairs)

@@ -287,6 +287,21 @@ def test_a_frozen_random_micro_rm_as_rlp_uml_fails_the_uml_control(tmp_path):
     assert mi["per_seed"][0]["margin"] < 0.1 and mi["passed"] is False
 
 
+def test_capacity_pairs_are_noise_free_distinct_of_different_gold_and_spread_over_prompts():
+    from rlp_align.worlds import micro
+
+    ceilings = _module("quality_ceilings")
+    a, b = micro.pool(2, seed=3)
+    ta, tb = a.meta["answer"], b.meta["answer"]
+    wrong = "9" * len(ta)
+    # a: gold 1, 0.9, 0 (the copy of ta counts once) -> 3 pairs; b: gold 1, 1 -> none, only a tie
+    pairs = ceilings.gold_pairs(micro.judge(), [a, b], [[ta, "." + ta, wrong, ta], [tb, " " + tb]], n_pairs=10)
+    assert [(p.chosen, p.rejected) for p in pairs] == [(ta, "." + ta), (ta, wrong), ("." + ta, wrong)]
+    both = ceilings.gold_pairs(micro.judge(), [a, b], [[ta, wrong, "." + ta], [wrong, tb]], n_pairs=3)
+    assert [p.prompt for p in both] == [a.prompt, b.prompt, a.prompt]  # round by round over the prompts
+    assert [(p.chosen, p.rejected) for p in both][1] == (tb, wrong) and both[0].meta == {"gold_p": 1.0}
+
+
 def test_expected_best_of_k_by_hand():
     quality = _module("quality")
     proxy, gold = [3.0, 1.0, 2.0], [0.9, 0.3, 0.6]
