@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py --world micro                          # 5 seeds, resumable
     .venv/bin/python benchmarks/quality.py --world micro --max_seeds_per_call 1   # one more seed per call
     .venv/bin/python benchmarks/quality.py --world smollm2 --seeds 0              # the real-model world
+    .venv/bin/python benchmarks/quality.py --world micro --variant majority      # the pad: majority world
     .venv/bin/python benchmarks/quality.py --world micro --smoke                  # tiny sizes, temp dir (CI)
 
 Each seed runs `rlp run` (`rlp_align.pipeline.run_pipeline`) in <work_dir>/seed<k>, so a killed or partial seed
@@ -10,9 +11,10 @@ resumes from its stage cache, with refine methods uml, spg, uml+spg, west_of_n a
 ensemble (mean, WCO, UWO) and best-of-n. Then, per seed and cached beside the run: the evaluation points along
 every PPO run (matched KL, over-optimisation), best-of-n from SFT for n = 1 ... 64 against its plug-in KL,
 P(majority of 8 SFT samples correct) against P(one sample correct), the Table-5 label accuracy of each
-synthetic-pair selection on PPO1's samples, and RLP-UML's final I_JSD. `quality_aggregate.py` pools the seeds
+synthetic-pair selection on PPO1's samples, RLP-UML's final I_JSD, and the ceilings and every RM's on-policy
+accuracy of `quality_ceilings.py` (gold PPO, RM capacity, UML baseline; issue 28). `quality_aggregate.py` pools the seeds
 (per-seed bootstrap CIs: "these runs differ"; pooled t-intervals over seeds: the method) and draws the plots.
-Writes benchmarks/results/quality-<world>.json and its .png files.
+Writes benchmarks/results/quality-<world>[-majority].json and its .png files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, ROOT, git_commit, machine_info, now, write_json  # noqa: E402
 from quality_aggregate import PPO_STAGES, aggregate  # noqa: E402
+from quality_ceilings import CAPACITY_PAIRS, ceilings, sizes  # noqa: E402
 from quality_plots import plot  # noqa: E402
 
 REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
@@ -53,12 +56,17 @@ BON_MAX, MAJORITY_N = 64, 8
 SMOKE = {"data": {"n_preference": 16, "n_unlabelled": 8, "n_eval": 8},
          "ppo": {"steps": 1, "rollout_batch_size": 4, "step_batch_size": 4, "eval_every": 1},
          "sample": {"n": 4}, "oracle_labels": 8}
+SMOKE_CAPACITY_PAIRS = 16
+# --variant: the world as configured (base), or its `pad: majority` pool (docs/micro-world.md)
+VARIANTS = {"base": {}, "majority": {"world_options": {"pool": {"pad": "majority"}}}}
 SMOKE_SCRATCH = {"data": {"n_sft": 256}, "sft": {"optim": {"max_steps": 5}},  # a policy built from scratch
                  "world_options": {"model": {"hidden_size": 32, "layers": 1}}}
 
 
-def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int) -> Any:
-    """The world's preset with the study's methods, sizes, seed and folder (data paths made absolute)."""
+def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int,
+                variant: str = "base") -> Any:
+    """The world's preset (its ``variant``) with the study's methods, sizes, seed and folder (data paths made
+    absolute)."""
     from rlp_align.core.config import build_config, merge, read_yaml
     from rlp_align.pipeline.run import PipelineConfig
 
@@ -67,7 +75,7 @@ def seed_config(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool,
         path = values.get("data", {}).get(key)
         if path and not Path(path).is_absolute():
             values["data"][key] = str((ROOT / path).resolve())
-    values = merge(values, WORLDS[world]["config"])
+    values = merge(merge(values, WORLDS[world]["config"]), VARIANTS[variant])
     overrides: dict[str, Any] = {"output_dir": str(run_dir), "seed": seed, "refine_methods": WORLDS[world]["refine"],
                                  "ensemble": {"k": ensemble_k, "aggregates": ["mean", "wco", "uwo"]}}
     if not values.get("ppo", {}).get("eval_every"):
@@ -263,8 +271,8 @@ def label_accuracy(cfg: Any, run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
+def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings: dict[str, Any] | None = None,
+             capacity_pairs: int = CAPACITY_PAIRS) -> dict[str, Any]:
     """Run (or resume) one seed's pipeline and measurements; the seed's record (cached under its config key)."""
     from rlp_align.pipeline.run import run_pipeline
 
@@ -274,7 +282,8 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings:
         extras = json.loads(cached.read_text())
     else:
         started = time.time()
-        extras = {**sft_samples_extras(cfg, run_dir, bon_prompts), "table5": label_accuracy(cfg, run_dir)}
+        extras = {**sft_samples_extras(cfg, run_dir, bon_prompts), "table5": label_accuracy(cfg, run_dir),
+                  **ceilings(cfg, run_dir, gold_judge(cfg), capacity_pairs)}  # issue 28: gold PPO, RM capacity
         if long_settings:
             extras["long_ppo1_points"] = long_ppo1(cfg, run_dir, long_settings)
         extras["seconds"] = time.time() - started
@@ -283,9 +292,12 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings:
                         if (m := json.loads(p.read_text())).get("status") == "done")
     spg = manifest(run_dir, next((p.name for p in sorted(run_dir.glob("06_spg_*"))), "06_spg"))
     long_points = extras.pop("long_ppo1_points", None)
+    gold_points = (extras.get("gold_ppo") or {}).pop("eval_points", None)
     return {"seed": cfg.seed, "config_key": key,
             "evaluation": json.loads((run_dir / "14_evaluate" / "evaluation.json").read_text()),
-            "eval_points": {**eval_points(run_dir), **({"PPO-long": long_points} if long_points else {})}, "uml_i_jsd": final_i_jsd(run_dir),
+            "eval_points": {**eval_points(run_dir), **({"PPO-long": long_points} if long_points else {}),
+                            **({"Gold-PPO": gold_points} if gold_points else {})},
+            "uml_i_jsd": final_i_jsd(run_dir), "sizes": sizes(run_dir),
             "spg_pairs": (spg or {}).get("outputs", {}).get("pairs"),
             "seconds": stage_seconds + extras.pop("seconds"), **extras}
 
@@ -296,6 +308,8 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", choices=sorted(WORLDS), default="micro")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="base", help="majority: the world's "
+                        "`pool.pad: majority` variant (results in quality-<world>-majority.json)")
     parser.add_argument("--smoke", action="store_true", help="plumbing sizes, 1 seed, temp dir")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 3 4 (smoke: 0)")
     parser.add_argument("--max_seeds_per_call", type=int, default=None, help="run at most this many unfinished seeds")
@@ -309,12 +323,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default benchmarks/results/quality-<world>.json")
     args = parser.parse_args()
     smoke, world = args.smoke, args.world
+    name = world if args.variant == "base" else f"{world}-{args.variant}"
     seeds = args.seeds if args.seeds is not None else ([0] if smoke else [0, 1, 2, 3, 4])
     preset = Path(args.preset or ROOT / WORLDS[world]["preset"])
     ensemble_k = (2 if smoke else WORLDS[world]["ensemble_k"]) if args.ensemble_k is None else args.ensemble_k
     work = Path(args.work_dir or (tempfile.mkdtemp(prefix="rlp_quality_") if smoke else
-                                  BENCH / "work" / f"quality-{world}"))
-    out = Path(args.out or BENCH / "results" / f"quality-{world}{'_smoke' if smoke else ''}.json")
+                                  BENCH / "work" / f"quality-{name}"))
+    out = Path(args.out or BENCH / "results" / f"quality-{name}{'_smoke' if smoke else ''}.json")
     bon_prompts = args.bon_prompts or (4 if smoke else WORLDS[world]["bon_prompts"])
     long = WORLDS[world].get("long_ppo1")
     if long and smoke:
@@ -329,9 +344,10 @@ def main() -> None:
     started, records, ran = time.time(), [], 0
     for seed in seeds:
         run_dir = work / f"seed{seed}"
-        cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k)
+        cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k, args.variant)
+        capacity = SMOKE_CAPACITY_PAIRS if smoke else CAPACITY_PAIRS
         key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long,
-                           "bon_kl": "plug-in"})[:12]  # records before issue 28 N4 have the analytic bound only
+                           "capacity_pairs": capacity, "bon_kl": "plug-in"})[:12]  # before issue 28 N4: the bound
         path = run_dir / "quality_seed.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is None or record.get("config_key") != key:
@@ -339,19 +355,19 @@ def main() -> None:
                 print(f"seed {seed}: not finished; left for a later call (--max_seeds_per_call)")
                 continue
             print(f"seed {seed}: running in {run_dir}", flush=True)
-            record = run_seed(cfg, run_dir, bon_prompts, key, long)
+            record = run_seed(cfg, run_dir, bon_prompts, key, long, capacity)
             write_json(path, record)
             ran += 1
         records.append(record)
     if not records:
         print("no finished seed yet: nothing to aggregate")
         return
-    result = {"benchmark": "quality", "world": world, "smoke": smoke, "date": now(), **git_commit(),
+    result = {"benchmark": "quality", "world": world, "variant": args.variant, "smoke": smoke, "date": now(), **git_commit(),
               "machine": machine_info(), "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset),
               "work_dir": str(work), "seeds_requested": seeds, "seeds_finished": [r["seed"] for r in records],
               "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": args.threads,
                            "best_of_n_curve": {"n_max": BON_MAX, "prompts": bon_prompts, "policy": "SFT"},
-                           "majority_samples": MAJORITY_N,
+                           "majority_samples": MAJORITY_N, "rm_capacity_pairs": capacity,
                            "matched_kl": "min(the method's final KL, PPO1's final KL); both runs' per-prompt gold "
                                          "interpolated between their evaluation points around it (best-of-n: "
                                          "plug-in KL on the empirical sample distribution)",

@@ -1,6 +1,6 @@
 """Rewrite the README's benchmark tables from the result JSON files (figures are measured, never typed in).
 
-    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality-micro,gpu}.json
+    .venv/bin/python benchmarks/readme_tables.py            # reads benchmarks/results/{speed,quality-micro,quality-micro-majority,gpu}.json
 
 Replaces everything between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` in README.md. A
 missing JSON file gives a line saying that benchmark is not yet measured.
@@ -120,11 +120,34 @@ def seeds_above(e: dict[str, Any] | None) -> str:
     return "–" if not e else f"{sum(s['ci_low'] > 0 for s in e['per_seed'])} of {len(e['per_seed'])}"
 
 
+def recovered(shares: dict[str, Any] | None, whose: str) -> str:
+    rec = (shares or {}).get("end")
+    if not rec or rec["share"] is None:
+        return f"not given: {whose} gain is not significant"
+    return ci({"diff": rec["share"], "ci_low": rec["ci_low"], "ci_high": rec["ci_high"]}, digits=2)
+
+
+def render_side_by_side(base: dict[str, Any], majority: dict[str, Any]) -> str:
+    """The two variants' checks and gold gains over PPO₁ in one table (issue 28)."""
+    lines = ["### Quality, both variants side by side\n",
+             f"Base: `quality-{base['world']}.json`; majority: `quality-{majority['world']}-majority.json` "
+             "(`world_options.pool.pad: majority`). Pooled over seeds.\n",
+             "| check or method − PPO₁ (gold, end) | base | majority |", "|---|---|---|"]
+    for key in dict.fromkeys([*base["checks"], *majority["checks"]]):
+        cells = [verdict(d["checks"][key]) if key in d["checks"] else "–" for d in (base, majority)]
+        lines.append(f"| {key} | {cells[0]} | {cells[1]} |")
+    for label in dict.fromkeys([*base["vs_ppo"], *majority["vs_ppo"]]):
+        cells = [ci(((d["vs_ppo"].get(label) or {}).get("end") or {}).get("pooled")) for d in (base, majority)]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def render_quality(d: dict[str, Any]) -> str:
     """The study (`benchmarks/quality.py`): controls, every method against PPO₁, Table 5, majority vote."""
-    name = f"quality-{d['world']}.json"
+    variant = "" if d.get("variant", "base") == "base" else f"-{d['variant']}"
+    name = f"quality-{d['world']}{variant}.json"
     sz = d["sizes"]
-    lines = [f"### Quality, {d['world']} world (`benchmarks/results/{name}`)\n",
+    lines = [f"### Quality, {d['world']}{variant} world (`benchmarks/results/{name}`)\n",
              provenance(d) + f" Preset `{d['preset']}`, seeds {d['seeds_finished']} of {d['seeds_requested']}; "
              f"{sz['n_eval']} eval prompts, {sz['n_onpolicy_pairs']} gold-labelled on-policy pairs, SPG pairs per "
              f"seed {sz['spg_pairs_per_seed']}; minutes per seed "
@@ -133,18 +156,21 @@ def render_quality(d: dict[str, Any]) -> str:
              "prompts: it says whether *these runs* differ. The pooled 95 % CI is a t-interval over the per-seed "
              "means (S − 1 degrees of freedom): that one speaks to the method. Matched KL: both runs at the smaller "
              "of their two final KLs (a method that stops short of PPO₁'s is compared where it stopped).\n",
-             "| check (issue 21) | measured | target | result |", "|---|---|---|---|"]
+             "| check (issues 21, 28) | measured | target | result |", "|---|---|---|---|"]
     lines += [f"| {key} | {c['measured']} | {c['target']} | {verdict(c)} |" for key, c in d["checks"].items()]
     lines += ["", "| method − PPO₁ (gold) | at the end, pooled | seeds with CI > 0 | at matched KL, pooled "
-              "| seeds reaching PPO₁'s final KL | recovered share (end) |", "|---|---|---|---|---|---|"]
+              "| seeds reaching PPO₁'s final KL | recovered share of the oracle's gain (end) "
+              "| share of gold PPO's gain (end) |", "|---|---|---|---|---|---|---|"]
     for label, e in d["vs_ppo"].items():
-        rec = (e.get("recovered_share") or {}).get("end")
-        share = "–" if label == "Oracle" else "not given: the oracle's gain is not significant" \
-            if not rec or rec["share"] is None else ci({"diff": rec["share"], "ci_low": rec["ci_low"],
-                                                        "ci_high": rec["ci_high"]}, digits=2)
+        share = "–" if label in ("Oracle", "Gold-PPO") else recovered(e.get("recovered_share"), "the oracle's")
+        gold = "–" if label == "Gold-PPO" else recovered(e.get("recovered_share_gold_ppo"), "gold PPO's")
         lines.append(f"| {label} | {ci((e.get('end') or {}).get('pooled'))} | {seeds_above(e.get('end'))} "
                      f"| {ci((e.get('matched_kl') or {}).get('pooled'))} "
-                     f"| {(e.get('matched_kl') or {}).get('reached', '–')} | {share} |")
+                     f"| {(e.get('matched_kl') or {}).get('reached', '–')} | {share} | {gold} |")
+    if d.get("onpolicy_accuracy"):
+        lines += ["", "| RM (on-policy pairs of PPO₁) | accuracy %, pooled | − RM₀, points, pooled |", "|---|---|---|"]
+        for label, e in d["onpolicy_accuracy"].items():
+            lines.append(f"| {label} | {ci(e['accuracy']['pooled'], 100, 1)} | {ci((e['vs_rm0'] or {}).get('pooled'), 100, 1)} |")
     lines += ["", "| pair selection (Table 5) | agreement with gold %, pooled | pairs per seed |", "|---|---|---|"]
     for r in d["label_accuracy"].values():
         pooled = r["pooled"]
@@ -222,11 +248,17 @@ def render_gpu(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None, gpu: dict[str, Any] | None = None) -> str:
+def render(speed: dict[str, Any] | None, quality: dict[str, Any] | None, gpu: dict[str, Any] | None = None,
+           majority: dict[str, Any] | None = None) -> str:
+    """The section; ``majority``: the `--variant majority` study, shown beside ``quality`` and then in full."""
     parts = [render_speed(speed) if speed else
              "### Speed\n\nNot yet measured: run `.venv/bin/python benchmarks/speed.py`.",
              render_quality(quality) if quality else
              "### Quality\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py --world micro`.",
+             *([render_side_by_side(quality, majority)] if quality and majority else []),
+             render_quality(majority) if majority else
+             "### Quality, majority variant\n\nNot yet measured: run `.venv/bin/python benchmarks/quality.py "
+             "--world micro --variant majority`.",
              render_gpu(gpu) if gpu else
              "### GPU\n\nNot yet measured: no GPU has run `benchmarks/gpu_check.sh` yet (the CPU runs its "
              "`--dry-run`)."]
@@ -250,11 +282,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", default=str(RESULTS / "speed.json"))
     parser.add_argument("--quality", default=str(RESULTS / "quality-micro.json"))
+    parser.add_argument("--majority", default=str(RESULTS / "quality-micro-majority.json"))
     parser.add_argument("--gpu", default=str(RESULTS / "gpu.json"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     args = parser.parse_args()
     readme = Path(args.readme)
-    body = render(read(Path(args.speed)), read(Path(args.quality)), read(Path(args.gpu)))
+    body = render(read(Path(args.speed)), read(Path(args.quality)), read(Path(args.gpu)), read(Path(args.majority)))
     from rlp_align.core.io import write_text
 
     write_text(readme, replace_section(readme.read_text(), body))

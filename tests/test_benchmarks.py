@@ -120,10 +120,10 @@ def test_speed_smoke(tmp_path):
     assert d["targets"]["update_mfu"]["passed"] or "profile" in d["targets"]["update_mfu"]["why"]
 
 
-QUALITY_KEYS = {"controls", "vs_ppo", "label_accuracy", "majority_vs_single", "sizes", "seconds_per_seed",
+QUALITY_KEYS = {"controls", "vs_ppo", "onpolicy_accuracy", "label_accuracy", "majority_vs_single", "sizes", "seconds_per_seed",
                 "commit", "date", "checks"}
 CONTROLS = {"ppo_vs_sft_gold", "oracle_rm_vs_rm0_accuracy", "oracle_vs_ppo_gold", "overoptimisation",
-            "refined_fit_d", "uml_mi_above_floor"}
+            "refined_fit_d", "uml_mi_above_baseline", "gold_ppo_vs_ppo_gold", "rm_capacity_onpolicy_accuracy"}
 VS_PPO = {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "Best-of-n", "Ensemble-MEAN", "Ensemble-WCO",
           "Ensemble-UWO"}
 
@@ -143,14 +143,24 @@ def test_quality_micro_smoke_writes_every_key(tmp_path):
     kls = [r["kl"] for r in over["best_of_n"]["pooled"]]  # plug-in KL: 0 for best-of-1, recorded for every n
     assert kls[0] == 0.0 and all(k >= 0 for k in kls) and over["best_of_n"]["pooled"][-1]["kl_analytic"] > 3
     assert set(d["controls"]["refined_fit_d"]) == {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle"}
-    assert isinstance(d["controls"]["uml_mi_above_floor"]["passed"], bool)
-    assert set(d["vs_ppo"]) == VS_PPO
+    assert isinstance(d["controls"]["uml_mi_above_baseline"]["passed"], bool)
+    assert d["controls"]["uml_mi_above_baseline"]["per_seed"][0]["baseline_i_jsd"] is not None
+    assert d["controls"]["gold_ppo_vs_ppo_gold"]["per_seed"][0]["seed"] == 0
+    capacity = d["controls"]["rm_capacity_onpolicy_accuracy"]["per_seed"][0]
+    assert capacity["train_pairs"] > 0 and 0 <= capacity["accuracy"] <= 1
+    assert set(d["vs_ppo"]) == VS_PPO | {"Gold-PPO"}
     for label, e in d["vs_ppo"].items():
         assert e["end"]["per_seed"] and e["end"]["pooled"] and e["matched_kl"]["per_seed"], label
         assert e["matched_kl"]["reached"] in ("0/1", "1/1") and set(e["matched_kl"]["where"]) == {"0"}, label
+        assert label == "Gold-PPO" or "recovered_share_gold_ppo" in e
+    # every RM on the same on-policy pairs as RM0: refined, capacity, ensemble members and aggregates
+    assert {"RLP-UML", "RLP-SPG", "RLP-UML+SPG", "West-of-N", "Oracle", "RM capacity", "Ensemble RM0",
+            "Ensemble RM1", "Ensemble-MEAN RM", "Ensemble-WCO RM", "Ensemble-UWO RM"} <= set(d["onpolicy_accuracy"])
+    assert all(e["vs_rm0"]["per_seed"] for label, e in d["onpolicy_accuracy"].items() if label != "RM0")
+    assert {"gold_ppo_vs_ppo_gold", "rm_capacity_onpolicy_accuracy", "uml_mi_above_baseline"} <= set(d["checks"])
     assert set(d["label_accuracy"]) == {"rm_rank", "select_all", "spg", "west_of_n"}
     assert d["majority_vs_single"]["per_seed"][0]["n_samples"] == 8  # the micro world has a canonical answer
-    assert {"n_eval", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
+    assert {"n_eval", "eval_distinct", "eval_in_training", "n_onpolicy_pairs", "spg_pairs_per_seed"} <= set(d["sizes"])
     assert len(d["seconds_per_seed"]) == 1 and d["seconds_per_seed"][0] > 0
     assert all(Path(p).stat().st_size > 1000 for p in d["png"])
 
@@ -181,9 +191,14 @@ def _records(oracle_gain: float) -> list[dict]:
         x = [list(base + d + rng.normal(0, 0.01, 64)) for d in (0.0, 0.5, 1.0)]  # proxy still rising
         # RLP-SPG passes PPO1's final KL (2.0) half-way between its points at KL 1 and 3
         spg = _points([0.0, 1.0, 3.0], [list(base)] * 2 + [list(base + 0.4)], [list(base)] * 3)
+        # gold PPO gains 0.3 over PPO1 on every prompt; the RM capacity is right on 60 of 64 pairs
+        gold_ppo = {"per_prompt_gold": list(gold["PPO"] + 0.3), "ppo_per_prompt_gold": list(gold["PPO"])}
+        onpolicy = {"RM0": [1.0] * 40 + [0.0] * 24, "RM capacity": [1.0] * 60 + [0.0] * 4}
         records.append({"seed": seed, "evaluation": ev, "spg_pairs": 130, "seconds": 500.0 + seed,
                         "eval_points": {"PPO": _points([0.0, 1.0, 2.0], g, x), "RLP-SPG": spg},
-                        "uml_i_jsd": {"RLP-UML": -1.0}, "table5": {"spg": {"label": "SPG", "pairs": 10,
+                        "gold_ppo": gold_ppo, "onpolicy_correct": onpolicy, "rm_capacity": {"pairs": 10000},
+                        "sizes": {"n_eval": 64, "eval_distinct": 64, "eval_in_training": 0},
+                        "uml_i_jsd": {"RLP-UML": -1.0}, "uml_baseline_i_jsd": -1.25 + 0.05 * seed, "table5": {"spg": {"label": "SPG", "pairs": 10,
                                                                             "instructions": 12, "accuracy": 0.7}},
                         "majority": {"n": 8, "majority_correct": [1.0, 1.0, 0.0, 1.0],
                                      "single_correct": [0.75, 0.5, 0.25, 0.5]}})
@@ -207,7 +222,19 @@ def test_quality_aggregate_on_hand_made_seeds():
     over = c["overoptimisation"]["pooled"]
     assert over["peak_step"] == 10 and over["shown"] and d["checks"]["overoptimisation"]["passed"]
     assert over["gold_final_minus_peak"]["diff"] == pytest.approx(-0.2, abs=0.01)
-    assert c["uml_mi_above_floor"]["passed"] and d["majority_vs_single"]["pooled"]["majority_minus_single"][
+    # RLP-UML's I_JSD above its frozen-RM0 baseline by 0.25, 0.2, 0.15: at least 0.1 in every seed
+    assert c["uml_mi_above_baseline"]["pooled"]["diff"] == pytest.approx(0.2) and c["uml_mi_above_baseline"]["passed"]
+    assert c["gold_ppo_vs_ppo_gold"]["pooled"]["diff"] == pytest.approx(0.3)
+    assert d["checks"]["gold_ppo_vs_ppo_gold"]["passed"] is True
+    assert [e["accuracy"] for e in c["rm_capacity_onpolicy_accuracy"]["per_seed"]] == [60 / 64] * 3
+    assert d["checks"]["rm_capacity_onpolicy_accuracy"]["passed"] is True
+    assert d["onpolicy_accuracy"]["RM capacity"]["vs_rm0"]["pooled"]["diff"] == pytest.approx(20 / 64)
+    assert d["onpolicy_accuracy"]["Oracle"]["vs_rm0"]["pooled"]["diff"] == pytest.approx(16 / 64)
+    # RLP-SPG gains half the oracle's 0.1 over PPO1: a sixth of gold PPO's 0.3
+    assert d["vs_ppo"]["Gold-PPO"]["end"]["pooled"]["diff"] == pytest.approx(0.3)
+    assert spg_share_gold(d) == pytest.approx(0.05 / 0.3, abs=0.02)
+    assert d["sizes"]["eval_distinct"] == 64 and d["sizes"]["eval_in_training"] == 0
+    assert d["majority_vs_single"]["pooled"]["majority_minus_single"][
         "diff"] == pytest.approx(0.25)
     # matched KL: RLP-SPG's gold at KL 2.0 is half-way between base and base + 0.4; PPO1's final is base + 0.1
     spg = d["vs_ppo"]["RLP-SPG"]
@@ -297,6 +324,65 @@ def test_best_of_k_kl_exact_against_the_bound():
     assert math.log(64) - 63 / 64 == pytest.approx(3.17, abs=0.01)
 
 
+def spg_share_gold(d: dict) -> float:
+    return d["vs_ppo"]["RLP-SPG"]["recovered_share_gold_ppo"]["end"]["share"]
+
+
+def test_uml_control_fails_for_an_rm_no_better_than_its_baseline():
+    """Issue 28: an RLP-UML whose I_JSD is the frozen baseline's (a frozen random-init RM) fails the control,
+    though it is far above the floor -2 ln 2 that the control used to judge by."""
+    agg = _module("quality_aggregate")
+    records = [{"seed": s, "uml_i_jsd": {"RLP-UML": -0.5 + 0.01 * s}, "uml_baseline_i_jsd": -0.48} for s in range(3)]
+    mi = agg.uml_mi(records)
+    assert all(e["above_floor"] > 0.8 for e in mi["per_seed"]) and mi["passed"] is False
+    assert agg.uml_mi([{"seed": 0, "uml_i_jsd": {"RLP-UML": -0.5}}])["passed"] is False  # no baseline: not passed
+
+
+def test_a_frozen_random_micro_rm_as_rlp_uml_fails_the_uml_control(tmp_path):
+    """Issue 28's null case, end to end: RLP-UML's head on a frozen random-init micro RM (an RM that learned
+    nothing) ends far above the floor -2 ln 2, which the old control passed, and no higher than the same head
+    on another frozen RM (the baseline), so the new control fails. ~25 s on one core."""
+    import math
+    import random
+
+    from rlp_align.data.records import SampleSet
+    from rlp_align.models import load_reward_model, load_tokenizer, save_model
+    from rlp_align.rlp.refine import RefineConfig, uml_head_on_frozen_rm
+    from rlp_align.worlds import micro
+
+    rms = []
+    for seed in (0, 1):
+        micro.build_model(tmp_path / f"lm{seed}", hidden_size=128, layers=2, seed=seed)
+        save_model(load_reward_model(tmp_path / f"lm{seed}", new_head=True), load_tokenizer(tmp_path / f"lm{seed}"),
+                   tmp_path / f"rm{seed}")
+        rms.append(str(tmp_path / f"rm{seed}"))
+    rng = random.Random(0)
+    sets = [SampleSet(x.prompt, [x.meta["answer"], "." + x.meta["answer"], micro.slipped(x.meta["answer"], rng)])
+            for x in micro.pool(256, seed=0, digits=2)]
+    cfg = RefineConfig(method="uml", base_model=rms[0], output_dir=str(tmp_path / "o"), max_length=32,
+                       uml_batch_size=32, lam=0.5, optim={"learning_rate": 1e-3, "batch_size": 32})
+    null, baseline = (uml_head_on_frozen_rm(cfg, rm, sets, 150)["i_jsd"] for rm in rms)
+    assert null > -2 * math.log(2) + 0.5  # measured: -0.60 (the old control: passed)
+    mi = _module("quality_aggregate").uml_mi([{"seed": 0, "uml_i_jsd": {"RLP-UML": null},
+                                               "uml_baseline_i_jsd": baseline}])
+    assert mi["per_seed"][0]["margin"] < 0.1 and mi["passed"] is False
+
+
+def test_capacity_pairs_are_noise_free_distinct_of_different_gold_and_spread_over_prompts():
+    from rlp_align.worlds import micro
+
+    ceilings = _module("quality_ceilings")
+    a, b = micro.pool(2, seed=3)
+    ta, tb = a.meta["answer"], b.meta["answer"]
+    wrong = "9" * len(ta)
+    # a: gold 1, 0.9, 0 (the copy of ta counts once) -> 3 pairs; b: gold 1, 1 -> none, only a tie
+    pairs = ceilings.gold_pairs(micro.judge(), [a, b], [[ta, "." + ta, wrong, ta], [tb, " " + tb]], n_pairs=10)
+    assert [(p.chosen, p.rejected) for p in pairs] == [(ta, "." + ta), (ta, wrong), ("." + ta, wrong)]
+    both = ceilings.gold_pairs(micro.judge(), [a, b], [[ta, wrong, "." + ta], [wrong, tb]], n_pairs=3)
+    assert [p.prompt for p in both] == [a.prompt, b.prompt, a.prompt]  # round by round over the prompts
+    assert [(p.chosen, p.rejected) for p in both][1] == (tb, wrong) and both[0].meta == {"gold_p": 1.0}
+
+
 def test_expected_best_of_k_by_hand():
     quality = _module("quality")
     proxy, gold = [3.0, 1.0, 2.0], [0.9, 0.3, 0.6]
@@ -344,8 +430,15 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "### Quality, micro world (`benchmarks/results/quality-micro.json`)" in text
     assert "| ppo_vs_sft_gold | CI above 0 in 3 of 3 seeds; pooled +0.0998 [" in text and "**pass**" in text
     spg_row = next(line for line in text.splitlines() if line.startswith("| RLP-SPG |"))
-    assert "| 3 of 3 |" in spg_row and spg_row.endswith("| 3/3 | +0.50 [+0.48, +0.51] |")  # reached, share
-    assert "| sizes | n_eval 64, on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
+    assert "| 3 of 3 |" in spg_row and "| +0.50 [+0.48, +0.51] |" in spg_row  # the share of the oracle's gain
+    assert spg_row.endswith("| 3/3 | +0.50 [+0.48, +0.51] | +0.16 [+0.16, +0.17] |")  # reached; shares of the
+    # oracle's gain and of gold PPO's (0.049 of 0.3)
+    assert "| RM capacity | +93.8 [+93.8, +93.8] | +31.2 [+31.2, +31.2] |" in text
+    assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py --world micro --variant majority`" in text
+    both = tables.render(None, quality, None, {**quality, "variant": "majority"})
+    assert "### Quality, both variants side by side" in both and "| gold_ppo_vs_ppo_gold | **pass** | **pass** |" in both
+    assert "### Quality, micro-majority world (`benchmarks/results/quality-micro-majority.json`)" in both
+    assert "| sizes | n_eval 64 (64 distinct, 0 in training), on-policy pairs 64, SPG pairs per seed [130, 130, 130] |" in text
     assert "P(majority answer correct) +0.750" in text
     # best-of-n: the plug-in KL, the analytic bound in brackets
     with_bon = _records(0.1)

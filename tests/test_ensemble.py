@@ -63,3 +63,17 @@ def test_make_reward_fn_picks_ensemble_or_single(two_rms):
         make_reward_fn(None, [])
     with pytest.raises(UserError):
         EnsembleReward(two_rms, "max")
+
+
+def test_judge_reward_scores_each_prompt_with_its_own_instruction():
+    """Issue 28's gold PPO: the world's judge as the reward, each response scored against its prompt's truth."""
+    from rlp_align.train.ensemble import JudgeReward
+    from rlp_align.worlds import micro
+
+    a, b = micro.pool(2, seed=3)
+    reward = JudgeReward(micro.judge(filler_penalty=0.1), [a, b])
+    scores = reward([b.prompt, a.prompt, a.prompt], [b.meta["answer"], "." + a.meta["answer"], b.meta["answer"]])
+    assert scores.dtype == torch.float32 and scores.tolist() == pytest.approx([1.0, 0.9, 0.0])
+    assert reward.tokenizer is None  # text path: PPO decodes its samples for it
+    with pytest.raises(UserError, match="no instruction"):
+        reward([user_prompt("9+9")], ["81"])

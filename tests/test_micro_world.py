@@ -121,6 +121,16 @@ def test_worlds_table_names_both_worlds():
         load_world("nope")
 
 
+def test_the_report_names_the_judge_that_scored():
+    """Issue 28: a micro run's win-rates are scored by the world's own program, not by `annotator.kind`."""
+    from rlp_align.pipeline.pipeline_config import PipelineConfig
+    from rlp_align.pipeline.report import judge_name
+
+    micro_name = judge_name(PipelineConfig(world="micro"))
+    assert "`micro` world's own judge (`MicroJudge`" in micro_name and "rule" not in micro_name
+    assert judge_name(PipelineConfig()) == "the `rule` annotator"
+
+
 def test_micro_smoke_run_writes_every_stage(tmp_path):
     """Every stage of `rlp run` on the micro world at tiny sizes (all refinements, ensembles, best-of-n)."""
     out = tmp_path / "run"

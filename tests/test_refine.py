@@ -260,3 +260,21 @@ def test_tiny_mib_refinement_learns_the_information_term(tmp_path):
     end = sum(r["uml/i_jsd"] for r in rows[-4:]) / 4  # the last 20 steps, logged every 5
     assert end >= -2 * math.log(2) + 0.1, end
     assert rows[-1]["uml/beta"] == pytest.approx(1.0, rel=0.1)  # the paper's beta is reached by the end
+
+
+def test_uml_head_on_a_frozen_rm_is_rlp_uml_with_the_rm_held_still(tmp_path):
+    """Issue 28's UML baseline: the head alone on a frozen RM follows the same steps, view batches, beta schedule,
+    initialisation and z samples as RLP-UML itself, so with the RM's learning rate ~0 (and no clipping, which
+    the joint run takes over RM and head together) both end at the same I_JSD, D_SKL and L_M."""
+    from helpers import tiny_reward_model
+
+    from rlp_align.rlp.refine import uml_head_on_frozen_rm
+
+    rm, out = str(tiny_reward_model(tmp_path / "rm")), tmp_path / "refine"
+    cfg = refine_cfg(out, optim={"max_steps": 10, "learning_rate": 1e-30, "max_grad_norm": 0, "warmup_steps": 0,
+                                 "logging_every": 1}, z_dim=16, uml_batch_size=8, init="previous_rm", previous_rm=rm)
+    refine_reward_model(cfg, marker_prefs(64), samples=sample_sets(24))
+    joint = [r for r in read_metrics(out) if "uml/i_jsd" in r][-1]
+    alone = uml_head_on_frozen_rm(cfg, rm, sample_sets(24), 10)
+    for key in ("i_jsd", "d_skl", "loss", "beta"):
+        assert alone[key] == pytest.approx(joint[f"uml/{key}"], abs=1e-5), key

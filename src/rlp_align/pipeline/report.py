@@ -31,6 +31,17 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def judge_name(cfg: Any) -> str:
+    """Who scored the evaluation (`stages_impl._annotator`): the configured annotator in the instruction world;
+    in any other world its own gold program, whatever ``annotator`` says."""
+    if cfg.world == "instructions":
+        return f"the `{cfg.annotator.kind}` annotator"
+    from rlp_align.worlds import load_world
+
+    judge = load_world(cfg.world).judge(temperature=cfg.annotator.temperature, **cfg.world_options.judge)
+    return f"the `{cfg.world}` world's own judge (`{type(judge).__name__}`, its gold program)"
+
+
 def _ppo_runs(run_dir: Path) -> dict[str, list[dict]]:
     runs = {}
     for folder in sorted(run_dir.glob("*ppo*")):
@@ -178,7 +189,7 @@ def write_report(cfg: Any, cache: StageCache, evaluation: dict[str, Any], costs:
     }
     md: list[str] = [f"# RLP run report: `{run_dir}`\n",
                      f"Model `{cfg.model}`, refinement {cfg.refine_methods}, {cfg.rounds} round(s), seed {cfg.seed}. "
-                     f"Win-rates are judged by the `{cfg.annotator.kind}` annotator against "
+                     f"Win-rates are judged by {judge_name(cfg)} against "
                      f"{'the reference answers' if evaluation.get('baseline') == 'reference' else 'the SFT answers'} "
                      f"on {evaluation.get('n_eval')} eval instructions; ties count ½; 95 % bootstrap CIs.\n"]
     md += ["## Win-rate\n", "| method | win-rate % | 95 % CI | gold reward | mean chars | cut % |",

@@ -163,27 +163,33 @@ def train_rm(reward: RewardConfig, sft_model: str, prefs: dict, seed: int, folde
 
 
 def train_ppo(ppo: PPOConfig, annotator: AnnotatorConfig, world: WorldConfig, sft_model: str, reward_models: list[str], pools: dict,
-              seed: int, folder: Path, aggregate: str | None = None, uwo_lambda: float = 0.5) -> dict[str, Any]:
+              seed: int, folder: Path, aggregate: str | None = None, uwo_lambda: float = 0.5,
+              gold_reward: bool = False) -> dict[str, Any]:
     """PPO from the SFT policy; the gold annotator scores every rollout (over-optimisation curves).
 
-    One reward model, or an ensemble of them combined by ``aggregate`` (with ``uwo_lambda`` for "uwo")."""
+    One reward model, or an ensemble of them combined by ``aggregate`` (with ``uwo_lambda`` for "uwo"), or
+    with ``gold_reward`` the gold judge itself (`ensemble.JudgeReward`; ``reward_models`` unused): the ceiling
+    of any refreshed RM."""
     from rlp_align.core.device import default_device
-    from rlp_align.train.ensemble import make_reward_fn
+    from rlp_align.train.ensemble import JudgeReward, make_reward_fn
     from rlp_align.train.ppo import train_ppo as ppo_train
 
     ensemble = {"reward_ensemble": reward_models, "ensemble_aggregate": aggregate, "uwo_lambda": uwo_lambda} \
-        if aggregate else {"reward_model": reward_models[0], "reward_ensemble": []}
+        if aggregate else {"reward_model": "" if gold_reward else reward_models[0], "reward_ensemble": []}
     ppo_cfg = dataclasses.replace(ppo, policy=sft_model, reference=sft_model, prompts_file=pools["unlabelled"],
                                   output_dir=str(folder), seed=seed, **ensemble)
     instructions = read_instructions(pools["unlabelled"])
-    reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
-                               ppo_cfg.uwo_lambda, device=default_device(),
-                               batch_size=ppo_cfg.reward_batch_size,
-                               max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1,
-                               max_prompt_length=ppo_cfg.max_prompt_length)
     evaluation = read_instructions(pools["eval"]) if ppo.eval_every else []  # evaluation points along PPO
     by_prompt = {x.text: x for x in instructions + evaluation}
     judge = _annotator(annotator, world)
+    if gold_reward:
+        reward_fn = JudgeReward(judge, instructions + evaluation)
+    else:
+        reward_fn = make_reward_fn(ppo_cfg.reward_model or None, ppo_cfg.reward_ensemble, ppo_cfg.ensemble_aggregate,
+                                   ppo_cfg.uwo_lambda, device=default_device(),
+                                   batch_size=ppo_cfg.reward_batch_size,
+                                   max_length=ppo_cfg.max_prompt_length + ppo_cfg.max_new_tokens + 1,
+                                   max_prompt_length=ppo_cfg.max_prompt_length)
 
     def gold_fn(prompts: list, responses: list[str]) -> list[float]:
         return judge.score([by_prompt[p[-1]["content"]] for p in prompts], responses)

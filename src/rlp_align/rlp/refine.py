@@ -222,6 +222,53 @@ def warn_if_information_term_at_floor(last: dict[str, float]) -> None:
                       RuntimeWarning, stacklevel=2)
 
 
+def uml_head_on_frozen_rm(cfg: RefineConfig, backbone: str, samples: list[SampleSet], total_steps: int
+                          ) -> dict[str, float]:
+    """RLP-UML's head trained alone on a frozen RM: the baseline its mutual-information term is judged against.
+
+    Both views of an instruction contain its prompt, so even an RM that learned nothing (random init) gives a
+    critic something to separate: a frozen random micro RM ends near I_JSD -0.5, far above the floor -2 log 2
+    (issue 28). This trains the same encoder/critic (same seed, so the same initialisation), on the same view
+    batches (`make_view_batches`), with the same beta schedule, head LR and number of optimiser steps as
+    `refine_reward_model` gives RLP-UML, but the RM's weights never move. Differences from the joint run: the
+    gradient norm is clipped over the head alone, and the RM runs in eval mode (no dropout). Returns the last
+    step's stats (``i_jsd``, ``d_skl``, ``beta``, ``loss``), as RLP-UML's last logged ``uml/*`` values.
+    """
+    from rlp_align.models import load_reward_model
+    from rlp_align.train.reward import RewardScorer, score_sequences
+    from rlp_align.train.training import adamw
+
+    cfg = inherit_reward_settings(cfg)
+    tokenizer = load_tokenizer(backbone, trust_remote_code=cfg.trust_remote_code)
+    model = load_reward_model(backbone, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    scorer = RewardScorer(model).eval().requires_grad_(False)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng():  # the head's initialisation depends on the seed alone, as in refine_reward_model
+        torch.manual_seed(cfg.seed)
+        head = MultiViewHead(model.config.hidden_size, cfg.z_dim, cfg.uml_method, cfg.beta,
+                             beta_schedule=cfg.beta_schedule, beta_anneal_steps=cfg.beta_anneal_steps,
+                             beta_start=cfg.beta_start, input_norm=cfg.uml_input_norm).to(device)
+    views = make_view_batches(tokenizer, usable_sample_sets(samples), cfg.uml_batch_size, cfg.max_length, cfg.seed)
+    optim = OptimConfig(**cfg.optim)
+    optimizer = adamw(list(head.parameters()), lr=cfg.uml_learning_rate or optim.learning_rate,
+                      weight_decay=optim.weight_decay)
+    stats: dict[str, float] = {}
+    with torch.random.fork_rng():  # the encoder's samples of z: seeded, and the caller's RNG left as it was
+        torch.manual_seed(cfg.seed)
+        for step in range(total_steps):
+            pairs = views(step)
+            with torch.no_grad():
+                _, hidden = score_sequences(scorer, [a for a, _ in pairs] + [b for _, b in pairs],
+                                            tokenizer.pad_token_id, device)
+            loss, stats = head(hidden[: len(pairs)].float(), hidden[len(pairs) :].float(), step, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            (cfg.lam * loss).backward()
+            if optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), optim.max_grad_norm)
+            optimizer.step()
+    return stats
+
+
 def run_refine(cfg: RefineConfig) -> dict:
     """`rlp refine`: read D, D̂ and P and refine the reward model."""
     from rlp_align.data.readers import read_preferences, read_sample_sets

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlp_align.core.device import default_device
 from rlp_align.core.errors import UserError
-from rlp_align.data.records import Messages
+from rlp_align.data.records import Instruction, Messages
 from rlp_align.models import load_reward_model, load_tokenizer, reward_scores, score_texts
 
 RewardFn = Callable[[list[Messages], list[str]], torch.Tensor]
@@ -84,6 +84,30 @@ class RewardModelFn:
             mask = attention_mask[start : start + self.batch_size].to(device)
             out.append(reward_scores(self.model, ids, mask)[0].float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+
+class JudgeReward:
+    """A gold judge as the reward function: r(x, y) = ``judge.score([instruction of x], [y])``, no reward model.
+
+    The ceiling of any refreshed RM (issue 28: PPO against the gold itself). ``judge`` is any annotator with
+    ``score(instructions, responses)`` (`rlp_align.judge`, a world's program); ``instructions`` are the prompts
+    it may be asked about, with the reference/meta the judge reads, looked up by their last user message. It
+    scores text, so PPO decodes its samples for it (no ``score_tokens``).
+    """
+
+    tokenizer = None
+
+    def __init__(self, judge: Any, instructions: list[Instruction]):
+        if not getattr(judge, "can_score", True):
+            raise UserError(f"the judge {type(judge).__name__} gives preferences, not scores: it cannot be a reward")
+        self.judge, self.by_prompt = judge, {x.text: x for x in instructions}
+
+    def __call__(self, prompts: list[Messages], responses: list[str]) -> torch.Tensor:
+        missing = [p[-1]["content"] for p in prompts if p[-1]["content"] not in self.by_prompt]
+        if missing:
+            raise UserError(f"the gold reward knows no instruction for the prompt {missing[0]!r}")
+        scores = self.judge.score([self.by_prompt[p[-1]["content"]] for p in prompts], responses)
+        return torch.as_tensor(scores, dtype=torch.float32)
 
 
 class EnsembleReward:
