@@ -3,6 +3,7 @@ and a smoke run of every pipeline stage on it."""
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,23 @@ def test_pools_share_no_problem_and_record_how_held_out_the_eval_set_is(tmp_path
                     WorldConfig(name="micro", pool={"digits": 2}), 0, tmp_path / "small")
 
 
+def test_the_base_is_pretrained_once_on_problems_no_pool_draws(tmp_path, monkeypatch):
+    """The pretrained base (model.pretrain_steps) is shared by every seed and built from `base_problem` problems,
+    which no pool draws, so no eval problem was seen in any training stage, pretraining included."""
+    monkeypatch.setenv("RLP_ALIGN_CACHE", str(tmp_path / "cache"))
+    for x in micro.pool(2000, seed=5, digits=2):
+        a, b = x.text.split("+")
+        assert not micro.base_problem(int(a[::-1]), int(b[::-1]))
+    assert 0.10 < sum(micro.base_problem(a, b) for a in range(100) for b in range(100)) / 10_000 < 0.15
+    ids, mask = micro.base_example(random.Random(0), 2, micro.build_tokenizer())
+    assert len(ids) == len(mask) and sum(mask) == 4  # three answer digits and EOS carry the loss
+    for seed in (0, 1):  # two runs' seeds, one base
+        micro.build_model(tmp_path / f"run{seed}", hidden_size=16, layers=1, seed=seed, pretrain_steps=3,
+                          pool={"digits": 2})
+    built = [(tmp_path / f"run{seed}" / "model.safetensors").read_bytes() for seed in (0, 1)]
+    assert built[0] == built[1] and len(list((tmp_path / "cache" / "micro-base").iterdir())) == 2  # folder + lock
+
+
 def test_key_clustering_groups_by_canonical_answer_and_isolates_answers_without_one():
     assert cluster_by_key(["12", "3", "12", None, "3", None]) == [0, 1, 0, 2, 1, 3]
     ids = cluster_responses(["..123", "123", "124", "..."], "key", key_fn=micro.cluster_key)
@@ -155,3 +173,12 @@ def test_micro_smoke_run_writes_every_stage(tmp_path):
     assert labels <= set(evaluation["win_rates"])
     assert all(v["gold_reward"] is not None for v in evaluation["win_rates"].values())
     assert (out / "report.md").exists()
+    # on-policy pairs: one per eval prompt, two of 4 samples whose gold differs (issue 28: >= 1,000 such pairs)
+    manifest = json.loads((out / "13_onpolicy_pairs" / "manifest.json").read_text())
+    assert manifest["outputs"]["samples_per_prompt"] == 4
+    judge = micro.judge()
+    for row in (json.loads(line) for line in (out / "13_onpolicy_pairs" / "pairs.jsonl").read_text().splitlines()):
+        x = Instruction(prompt=[{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str)
+                        else row["prompt"], reference="", meta={})
+        chosen, rejected = judge.score([x, x], [row["chosen"], row["rejected"]])
+        assert chosen > rejected

@@ -50,23 +50,33 @@ def _annotator(annotator: AnnotatorConfig, world: WorldConfig):
 
 
 def _two_samples(policy: str, instructions: list[Instruction], temperature: float, max_new_tokens: int,
-                 batch_size: int, seed: int) -> tuple[list[Instruction], list[list[str]], int, list[list[bool]]]:
+                 batch_size: int, seed: int, n: int = 2,
+                 pick: Any = None) -> tuple[list[Instruction], list[list[str]], int, list[list[bool]]]:
     """Two samples of ``policy`` per instruction: the pairs an annotator labels (D, on-policy pairs).
 
-    Returns the instructions kept, their pairs, how many were dropped because a sample was empty (the
-    policy said EOS at once): a preference row with an empty response is invalid, and the readers refuse it;
-    and each kept pair's truncated flags (cut at max_new_tokens), which D keeps in its meta.
+    With ``n`` > 2 samples per instruction, ``pick(instruction, samples)`` chooses the two (their indices, or
+    None to drop the instruction). Returns the instructions kept, their pairs, how many were dropped because a
+    sample was empty (the policy said EOS at once): a preference row with an empty response is invalid, and the
+    readers refuse it; and each kept pair's truncated flags (cut at max_new_tokens), which D keeps in its meta.
     """
     from rlp_align.core.device import default_device
     from rlp_align.models import load_policy, load_tokenizer
     from rlp_align.models.generation import generate
 
     device = default_device()
-    gens = generate(load_policy(policy).to(device), load_tokenizer(policy), [x.prompt for x in instructions], n=2,
+    gens = generate(load_policy(policy).to(device), load_tokenizer(policy), [x.prompt for x in instructions], n=n,
                     temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    cut = [gens.truncated[2 * i : 2 * i + 2] for i in range(len(instructions))]
-    kept = [(x, pair, c) for x, pair, c in zip(instructions, gens.grouped(), cut) if all(t.strip() for t in pair)]
-    return [x for x, _, _ in kept], [p for _, p, _ in kept], len(instructions) - len(kept), [c for _, _, c in kept]
+    kept, empty = [], 0
+    for i, (x, samples) in enumerate(zip(instructions, gens.grouped())):
+        chosen = (0, 1) if pick is None else pick(x, samples)
+        if chosen is None:
+            continue
+        pair, cut = [samples[j] for j in chosen], [gens.truncated[n * i + j] for j in chosen]
+        if all(t.strip() for t in pair):
+            kept.append((x, pair, cut))
+        else:
+            empty += 1
+    return [x for x, _, _ in kept], [p for _, p, _ in kept], empty, [c for _, _, c in kept]
 
 
 def build_model(world: WorldConfig, seed: int, folder: Path) -> dict[str, Any]:
@@ -282,20 +292,33 @@ def answer_eval(generate: GenerateConfig, policy: str, pools: dict, seed: int, f
 
 
 def on_policy_pairs(annotator: AnnotatorConfig, world: WorldConfig, policy: str, pools: dict, temperature: float, max_new_tokens: int,
-                    batch_size: int, seed: int, folder: Path) -> dict[str, Any]:
+                    batch_size: int, seed: int, folder: Path, n_samples: int = 4) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy.
 
     Sampled like step 4's policy samples (the pipeline passes ``sample.temperature`` and
-    ``sample.max_new_tokens``) with generation's ``batch_size``."""
+    ``sample.max_new_tokens``) with generation's ``batch_size``. One pair per prompt: where the gold judge scores
+    answers, the first two of ``n_samples`` samples whose gold differs (a pair of equal gold says nothing of an RM;
+    with two samples a policy that is right 80 % of the time gives such a pair on a third of the prompts), else
+    the first two samples."""
+    judge = _annotator(annotator, world)
+
+    def differing(x: Instruction, samples: list[str]) -> tuple[int, int] | None:
+        gold = judge.score([x] * len(samples), samples)
+        return next(((i, j) for i in range(len(samples)) for j in range(i + 1, len(samples))
+                     if gold[i] != gold[j] and samples[i].strip() and samples[j].strip()), None)
+
+    can_score = getattr(judge, "can_score", False)
     instructions, pairs, _, cut = _two_samples(policy, read_instructions(pools["eval"]), temperature,
-                                               max_new_tokens, batch_size, seed=seed + 3)
-    probs = _annotator(annotator, world).compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
+                                               max_new_tokens, batch_size, seed=seed + 3,
+                                               n=n_samples if can_score else 2, pick=differing if can_score else None)
+    probs = judge.compare(instructions, [p[0] for p in pairs], [p[1] for p in pairs])
     prefs = [Preference(x.prompt, a if p > 0.5 else b, b if p > 0.5 else a,
                         {"gold_p": p, "truncated_chosen": c[0] if p > 0.5 else c[1],
                          "truncated_rejected": c[1] if p > 0.5 else c[0]})
              for x, (a, b), p, c in zip(instructions, pairs, probs, cut) if p != 0.5 and a != b]
     write_preferences(folder / "pairs.jsonl", prefs)
-    return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs)}
+    return {"pairs_file": str(folder / "pairs.jsonl"), "pairs": len(prefs), "samples_per_prompt":
+            n_samples if can_score else 2}
 
 
 def paired_evaluation(gold_by_label: dict[str, list[float]], correct: dict[str, list[bool]], seed: int,
