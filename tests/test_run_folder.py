@@ -387,7 +387,7 @@ def test_sample_over_a_finished_rms_weights_is_refused_live_or_not(finished, tmp
     before = {k: v for k, v in _tree(victim).items() if k != LOCK}  # the holder below writes its PID there
     weights = victim / "model" / "model.safetensors"
     code, text = _cli(_sample_args(tmp_path, weights), capsys)
-    assert code == 2 and "was not written by rlp" in text, text
+    assert code == 2 and "lies inside" in text and "made by `rlp reward`" in text, text
     holder = _holder(victim)  # and while a trainer holds the folder, the lock speaks first
     try:
         code, text = _cli(_sample_args(tmp_path, victim / "model" / "new.jsonl"), capsys)
