@@ -25,6 +25,7 @@ from rlp_align.core.run_folder import (
     config_inputs,
     differences,
     fingerprint,
+    marker,
     guard_output,
     lock_holder,
 )
@@ -244,7 +245,7 @@ def test_a_folder_written_by_another_command_is_refused(finished, tmp_path, caps
     code, text = _cli(ppo, capsys)  # also an input inside the output: path safety speaks first
     assert code == 2 and "contains the input reward_model" in text
     ppo[ppo.index("--output_dir") + 1] = str(tmp_path / "ppo")
-    write_json(tmp_path / "ppo" / FINGERPRINT, {"command": "ppo", "hash": "x", "settings": {}, "inputs": {}})
+    write_json(tmp_path / "ppo" / FINGERPRINT, {**marker("ppo"), "hash": "x", "settings": {}, "inputs": {}})
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo"), capsys)
     assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite does not change that" in text
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo", "--overwrite", "true"), capsys)

@@ -40,6 +40,7 @@ from rlp_align.core.fingerprint import (  # noqa: F401  (re-exported: the names 
     fingerprint,
     flatten,
     input_digest,
+    marker,
     read_fingerprint,
 )
 from rlp_align.core.io import check_writable, write_json
@@ -137,8 +138,10 @@ STAGE = "a stage of `rlp run`"  # a stage folder: its manifest, inside a folder 
 
 
 def _contents(folder: Path) -> list[str]:
-    """What a folder holds besides bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the lock)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not p.name.startswith("."))
+    """What a folder holds besides rlp's bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the
+    lock); a fingerprint.json that is not rlp's marker is the user's file and counts."""
+    ours = BOOKKEEPING if read_fingerprint(folder) else (LOCK,)
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
 
 
 def folder_kind(folder: Path) -> str | None:
@@ -287,6 +290,14 @@ def clear_run(folder: Path, keep: tuple[str, ...] = ()) -> None:
     rlp's files that are not the run's (a stage's manifest)."""
     old = read_fingerprint(folder) or {}
     refuse_unowned(folder, old.get("outputs"), "--overwrite", also=keep)
+    delete_owned(folder, keep)
+    if old.get("outputs"):
+        write_json(folder / FINGERPRINT, {k: v for k, v in old.items() if k != "outputs"})
+
+
+def delete_owned(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete a folder's result files, checkpoints and the folders they leave empty, once `refuse_unowned`
+    found them all rlp's; hidden files (never rlp's results) and ``keep`` stay."""
     (folder / "summary.json").unlink(missing_ok=True)  # first: never a finished run with half its files
     for name in NOT_OUTPUTS:
         shutil.rmtree(folder / name, ignore_errors=True)
@@ -297,8 +308,6 @@ def clear_run(folder: Path, keep: tuple[str, ...] = ()) -> None:
         for d in dirs:
             with contextlib.suppress(OSError):
                 (Path(root) / d).rmdir()
-    if old.get("outputs"):
-        write_json(folder / FINGERPRINT, {k: v for k, v in old.items() if k != "outputs"})
 
 
 # --------------------------------------------------------------------------------------------------

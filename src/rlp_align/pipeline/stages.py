@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,11 @@ from rlp_align.core.config import config_hash
 from rlp_align.core.io import write_json
 from rlp_align.core.run_folder import (
     FINGERPRINT,
+    delete_owned,
     folder_kind,
     guard_output,
     input_digest,
+    marker,
     output_digests,
     refuse_unowned,
 )
@@ -63,7 +64,7 @@ class StageCache:
         # folders are rlp's only inside a marked run folder, and a folder of the user's is refused
         guard_output(self.run_dir, "folder", "run", {})
         if folder_kind(self.run_dir) is None:
-            write_json(self.run_dir / FINGERPRINT, {"command": "run"})
+            write_json(self.run_dir / FINGERPRINT, marker("run"))
         self.log = log
         self.ran: list[str] = []
         self.skipped: list[str] = []
@@ -121,7 +122,7 @@ class StageCache:
             # only what the stage wrote and recorded (a crashed one: its run state) is deleted
             refuse_unowned(folder, manifest.get("files") if manifest.get("status") == "done" else None,
                            f"rerunning the stage {name} with changed settings", also=("manifest.json",))
-            shutil.rmtree(folder, ignore_errors=True)
+            delete_owned(folder)
         elif not manifest and folder.is_dir() and any(folder.iterdir()):
             refuse_unowned(folder, {}, f"running the stage {name} there")  # a folder of the user's, not a stage's
         folder.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from rlp_align.core.run_folder import (
     clear_run,
     folder_kind,
     guard_output,
+    marker,
     read_fingerprint,
     record_outputs,
     refuse_unowned,
@@ -393,7 +394,7 @@ def mark_folder(out_dir: Path) -> str | None:
     Python): only a folder with a marker is rlp's to replace or delete in (`run_folder`)."""
     kind = folder_kind(out_dir)
     if kind is None:
-        write_json(out_dir / FINGERPRINT, {"command": PYTHON})
+        write_json(out_dir / FINGERPRINT, marker(PYTHON))
         return PYTHON
     return kind
 
