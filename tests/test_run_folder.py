@@ -25,9 +25,9 @@ from rlp_align.core.run_folder import (
     config_inputs,
     differences,
     fingerprint,
-    marker,
     guard_output,
     lock_holder,
+    marker,
 )
 from rlp_align.train.reward import RewardConfig
 from rlp_align.train.training import OptimConfig
