@@ -251,6 +251,8 @@ def tree(root: Path) -> dict[str, str]:
             found[rel] = f"link {os.readlink(path)}"
         elif path.is_dir():
             found[rel] = "folder"
+        elif not path.is_file():  # a named pipe (the ``nonregular`` mutation): reading it would block
+            found[rel] = "special"
         elif path.name != ".lock":
             found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return found
@@ -384,7 +386,7 @@ def fifo_with_writer(path: Path, case: Case) -> Path:
     os.mkfifo(path)
 
     def feed() -> None:
-        with open(path, "w") as f:
+        with contextlib.suppress(OSError), open(path, "w") as f:  # a reader that closes at once: a broken pipe
             f.write(json.dumps(GOOD[0]) + "\n")
 
     threading.Thread(target=feed, daemon=True).start()
@@ -436,7 +438,7 @@ def ownership_mutation(mutation: str, case: Case, rng: random.Random, files: dic
         kind = rng.choice(["zero", "urandom", "fifo", "huge"])
         source = {"zero": lambda: Path("/dev/zero"), "urandom": lambda: Path("/dev/urandom"),
                   "fifo": lambda: fifo_with_writer(root / "pipe.jsonl", case),
-                  "huge": lambda: huge_line(root / "huge.jsonl", rng)}[kind]()
+                  "huge": lambda: huge_line(root / "in" / "huge.jsonl", rng)}[kind]()  # in/: the clean twin's too
         if data_flag:
             set_option(argv, data_flag, str(source))
         else:

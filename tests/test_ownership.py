@@ -137,6 +137,22 @@ def test_a_stage_rerun_with_changed_settings_deletes_only_what_the_stage_recorde
         cache.run("01_next", {}, stage)
 
 
+def test_unowned_files_are_those_neither_recorded_nor_run_state_nor_listed_by_a_checkpoint(tmp_path):
+    """Found by the fuzzer: a file of the user's inside a finished run's checkpoint/ went with --overwrite."""
+    from rlp_align.core.run_folder import unowned_files
+
+    for name, text in {"metrics.jsonl": "{}", "tensorboard/events.out.tfevents.1": "x", "tensorboard/mine.txt": "m",
+                       "notes.txt": "m", "checkpoint/model.safetensors": "w", "checkpoint/mine.txt": "m",
+                       "checkpoint/trainer_state.json": json.dumps({"step": 1, "files": ["model.safetensors"]}),
+                       ".hidden": "h"}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert unowned_files(tmp_path, None) == ["notes.txt", "tensorboard/mine.txt", "checkpoint/mine.txt"]
+    recorded = {"metrics.jsonl": "", "notes.txt": ""}  # a finished run's record: the run state is in it or not ours
+    assert unowned_files(tmp_path, recorded) == ["tensorboard/events.out.tfevents.1", "tensorboard/mine.txt",
+                                                 "checkpoint/mine.txt"]
+
+
 def test_a_pipeline_folder_of_the_users_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "plan.txt").write_text("mine")

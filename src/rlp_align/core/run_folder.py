@@ -7,10 +7,13 @@ Every ``rlp`` command passes through `claim_output`, which sends each of its out
    so neither the run nor ``--overwrite`` can destroy or change an input; every output must be writable.
 2. **The run lock** (`rlp_align.core.run_lock`): the output folder is locked for the run; an output at, inside or
    containing a folder another live rlp process holds is refused.
-3. **Ownership**: an existing output must be this command's own earlier output. A folder holding files rlp
-   did not write, or written by another command, is refused (``--overwrite`` replaces only what the same
-   command wrote); a file output must carry rlp's record of it (``.<name>.rlp.json``: command and digest)
-   and be unchanged since.
+3. **Ownership**, by rlp's marker and records, never by file names (issue 30): an existing output must be
+   this command's own earlier output. A folder without rlp's marker (`fingerprint.marker`, written first into
+   every folder rlp makes) but with files is the user's; one another command made is refused, and so is an
+   output inside it (``--overwrite`` replaces only what the same command wrote); a file output must carry
+   rlp's record of it (``.<name>.rlp.json``: command and digest) and be unchanged since. Every output is
+   locked (a file's lock is ``.<name>.lock`` beside it). Deleting or replacing (``--overwrite``, a changed
+   stage of ``rlp run``) first refuses any file that was not recorded (`refuse_unowned`).
 4. **The run fingerprint** (`rlp_align.core.fingerprint`): a trainer's rerun goes on only when its settings and
    inputs match (finished result returned, checkpoint resumed); a finished folder whose outputs changed after
    it finished is not reported finished.
@@ -83,8 +86,9 @@ def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, P
     1. is, contains or lies inside one of the command's ``inputs`` (symlinks resolved);
     2. cannot be written (a file output that is a folder, a folder output that is a file, no permission);
     3. lies inside, contains or is a folder whose run lock another live process holds (``locks``);
-    4. exists and is not this command's own earlier output: a folder holding files rlp did not write or that
-       another command wrote, a file rlp did not write (or that was changed since), a cache that is not one.
+    4. lies inside a folder another rlp command made (its marker), for a command's output (not a cache);
+    5. exists and is not this command's own earlier output: a folder holding files without rlp's marker or
+       that another command wrote, a file rlp did not write (or that was changed since), a cache that is not one.
 
     ``command`` None (a trainer called from Python, a stage of `rlp run`) accepts any trainer's folder.
     """
@@ -216,6 +220,8 @@ def _own_cache(path: Path) -> None:
     """An LLM judge's cache is shared by every command: any existing one must hold only cache rows."""
     if not path.exists():
         return
+    if not path.is_file():  # a device or a pipe: endless, or blocking (issue 30 §4)
+        raise UserError(f"the cache {path} is not a regular file; choose another cache_path.")
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (UnicodeDecodeError, ValueError):
@@ -265,14 +271,34 @@ RUN_STATE = ("metrics.jsonl", "tensorboard/")  # what a trainer writes while it 
 def unowned_files(folder: Path, recorded: dict[str, str] | None, also: tuple[str, ...] = ()) -> list[str]:
     """The files under ``folder`` that rlp did not write: not among ``recorded`` (a finished command's outputs,
     `record_outputs`), and, while a run is unfinished (``recorded`` None), not its run state (the metrics log and
-    TensorBoard events), nor ``also`` (a stage's manifest). Checkpoints, bookkeeping and hidden files are rlp's
-    state and never counted."""
+    TensorBoard events), nor ``also`` (a stage's manifest); inside a checkpoint, the files its trainer state
+    does not list. Bookkeeping and hidden files are never counted."""
     def ours(name: str) -> bool:
         if name in also or (recorded is not None and name in recorded):
             return True
         return recorded is None and (name == RUN_STATE[0] or
                                      (name.startswith(RUN_STATE[1]) and ".tfevents." in name))
-    return [name for name in output_digests(folder) if not ours(name)]
+    return [name for name in output_digests(folder) if not ours(name)] + _checkpoint_strays(folder)
+
+
+CHECKPOINT_FILES = "files"  # the key of a checkpoint's trainer_state.json listing the files it saved
+
+
+def _checkpoint_strays(folder: Path) -> list[str]:
+    """Files inside a checkpoint that its ``trainer_state.json`` does not list (the checkpoint is replaced and
+    deleted whole, so a file the user put there would go with it)."""
+    found = []
+    for name in NOT_OUTPUTS[:2]:  # checkpoint/, .checkpoint.old/ (.checkpoint.tmp: a save cut short, rlp's)
+        saved = folder / name
+        if not saved.is_dir():
+            continue
+        try:
+            listed = set(json.loads((saved / "trainer_state.json").read_text()).get(CHECKPOINT_FILES, []))
+        except (OSError, ValueError, AttributeError):
+            listed = set()
+        found += [f"{name}/{rel}" for p in sorted(saved.rglob("*")) if p.is_file()
+                  and (rel := str(p.relative_to(saved))) != "trainer_state.json" and rel not in listed]
+    return found
 
 
 def refuse_unowned(folder: Path, recorded: dict[str, str] | None, action: str, also: tuple[str, ...] = ()) -> None:

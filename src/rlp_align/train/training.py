@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from rlp_align.core.errors import NonFiniteError, UserError
 from rlp_align.core.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
 from rlp_align.core.run_folder import (
+    CHECKPOINT_FILES,
     FINGERPRINT,
     PYTHON,
     STAGE,
@@ -237,7 +238,8 @@ class Checkpointer:
         # (without this barrier a slower rank found its folder gone: "Parent directory ... does not exist")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_json(tmp / "trainer_state.json", {"step": step, **(extra or {})})
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())  # rlp's record of them
+            write_json(tmp / "trainer_state.json", {"step": step, **(extra or {}), CHECKPOINT_FILES: files})
             old = self.out_dir / ".checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
             if self.path.exists():
