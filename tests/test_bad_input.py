@@ -719,6 +719,18 @@ def same_settings_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]
     return build
 
 
+def damaged_summary(tmp: Path) -> list[str]:
+    """A finished run of the same settings whose recorded summary.json was then cut to ``{``."""
+    args = same_settings_folder(("summary.json", '{"train": {}}'))(tmp)
+    from rlp_align.core.run_folder import FINGERPRINT, record_outputs
+
+    record_outputs("reward", [(tmp / "out", "folder")])  # what rlp records when a run ends
+    write(tmp, "out/summary.json", "{")
+    snapshot(tmp, tmp / "out")
+    assert FINGERPRINT in {p.name for p in (tmp / "out").iterdir()}
+    return args
+
+
 def table(tmp: Path, name: str, rows: list[dict]) -> Path:
     """A parquet file of ``rows`` (every row gets every column, as in a real file)."""
     import pyarrow as pa
@@ -781,8 +793,9 @@ CASES += [
          same_settings_folder(("metrics.jsonl", "garbage{\n")), ("out/metrics.jsonl, line 1: not a metrics row",),
          check=unchanged),
     Case("summary-not-json", "training", "a finished output folder whose summary.json is not JSON",
-         "exit 2 offering --overwrite (was: JSONDecodeError)", same_settings_folder(("summary.json", "{")),
-         ("summary.json is damaged", "--overwrite true"), check=unchanged),
+         "exit 2 offering --overwrite (was: JSONDecodeError); since issue 30 the run's record of its summary "
+         "speaks first", damaged_summary, ("summary.json", "not reported finished", "--overwrite true"),
+         check=unchanged),
     Case("diverged-before-checkpoint", "training", "a run diverging (learning rate 1e30) before its first checkpoint",
          "exit 2 saying no checkpoint exists (was: \"the last good checkpoint is kept in out/checkpoint\")",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.learning_rate", "1e30", "--optim.max_steps", "6"),
