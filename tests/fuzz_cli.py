@@ -70,6 +70,9 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     mutations: list[str] = field(default_factory=list)
     lock_fd: int | None = None
+    owned: dict[Path, str] = field(default_factory=dict)  # the user's files placed where rlp writes: their digests
+    locked_output: Path | None = None  # an output another process holds: the command must stop (exit 2)
+    cleanup: list = field(default_factory=list)  # callables run after the command (a FIFO's writer released)
 
     def describe(self) -> str:
         shown = " ".join(a.replace(str(self.root), "<case>") for a in self.argv)
@@ -207,6 +210,8 @@ def make_case(seed: int, tmp: Path, finished: Path) -> Case:
             set_option(argv, rng.choice(OPTIONS[command]), rng.choice(QUIRKS))
         elif mutation == "overwrite" and command != "sample":
             set_option(argv, "--overwrite", "true")
+        elif mutation in OWNERSHIP_MUTATIONS:
+            ownership_mutation(mutation, case, rng, files, flag if output is not None else None, finished)
     case.output = Path(argv[argv.index(flag) + 1]) if output is not None else None
     return case
 
@@ -246,6 +251,8 @@ def tree(root: Path) -> dict[str, str]:
             found[rel] = f"link {os.readlink(path)}"
         elif path.is_dir():
             found[rel] = "folder"
+        elif not path.is_file():  # a named pipe (the ``nonregular`` mutation): reading it would block
+            found[rel] = "special"
         elif path.name != ".lock":
             found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return found
@@ -285,7 +292,9 @@ def check_case(case: Case, tmp: Path) -> list[str]:
     outcome = run_cli(case.argv, case.env)
     if case.lock_fd is not None:
         os.close(case.lock_fd)
-    problems = []
+    for undo in case.cleanup:
+        undo()
+    problems = ownership_problems(case, outcome)
     if outcome.raised:
         problems.append(f"traceback: {outcome.raised.strip().splitlines()[-1]}")
     elif outcome.code not in (0, 2):
@@ -323,4 +332,126 @@ def check_case(case: Case, tmp: Path) -> list[str]:
             problems.append("exit 0 with a result unlike the same command's on a clean folder")
     if os.environ.get("RLP_FUZZ_VERBOSE"):
         print(f"{case.describe()} -> {outcome.code} {outcome.err.strip().splitlines()[-1:] if outcome.err else ''}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 30 §6 (trust-a): files the user owns where rlp writes, concurrent commands, non-regular files, huge lines
+#
+# - ``users-files``: the output is a plain folder holding the user's files under rlp's names (summary.json,
+#   metrics.jsonl, tensorboard/, model/, a fingerprint.json of their own), or a finished run holding a file of
+#   the user's (then maybe ``--overwrite``), or (``--output_file``) an existing file of the user's;
+# - ``concurrent``: another process holds the output's lock (a folder's .lock, a file's .<name>.lock);
+# - ``nonregular``: a data input that is /dev/zero, /dev/urandom, a named pipe, or a file with one huge line.
+#
+# Invariants added: every file of the user's placed so is byte-identical afterwards, whatever the exit code; a
+# command whose output another process holds stops with exit 2.
+
+OWNERSHIP_MUTATIONS = ("users-files", "concurrent", "nonregular")
+MUTATIONS = MUTATIONS + OWNERSHIP_MUTATIONS
+RLP_NAMES = ("summary.json", "metrics.jsonl", "tensorboard/events.out.tfevents.1", "model/config.json",
+             "model/model.safetensors", "fingerprint.json", "checkpoint/trainer_state.json", "notes.txt")
+USER_CONTENT = ('{"train": {"loss": 0.5}}\n', '{"step": 1, "loss": 0.1}\n', '{"command": "reward", "hash": "0"}\n',
+                "my notes\n", "")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def place_user_file(case: Case, path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    case.owned[path] = _digest(path)
+
+
+def huge_line(path: Path, rng: random.Random) -> Path:
+    """One line of ``size`` bytes without a line break: past the reader's bound (64 MiB) or below it."""
+    from rlp_align.core.io import MAX_LINE
+
+    size = rng.choice([2**20, 8 * 2**20, MAX_LINE + 16])
+    with open(path, "wb") as f:
+        f.write(json.dumps(GOOD[0]).encode() + b"\n")
+        for _ in range(size // 2**20):
+            f.write(rng.choice([b"x", b"\0", b"["]) * 2**20)
+        f.write(b"x" * (size % 2**20))
+    return path
+
+
+def fifo_with_writer(path: Path, case: Case) -> Path:
+    """A named pipe; a writer thread feeds it one line if anything opens it (so a regression shows, not hangs),
+    and the case's cleanup releases the writer when nothing did."""
+    import threading
+
+    os.mkfifo(path)
+
+    def feed() -> None:
+        with contextlib.suppress(OSError), open(path, "w") as f:  # a reader that closes at once: a broken pipe
+            f.write(json.dumps(GOOD[0]) + "\n")
+
+    threading.Thread(target=feed, daemon=True).start()
+
+    def release() -> None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.close(fd)
+
+    case.cleanup.append(release)
+    return path
+
+
+def ownership_mutation(mutation: str, case: Case, rng: random.Random, files: dict[str, Path], flag: str | None,
+                       finished: Path) -> None:
+    argv, root = case.argv, case.root
+    output = Path(argv[argv.index(flag) + 1]) if flag else None
+    if mutation == "users-files" and output is not None:
+        if flag == "--output_file":
+            if not output.is_dir() and output.parent.is_dir():  # an existing file of the user's as the output
+                place_user_file(case, output, rng.choice(USER_CONTENT))
+            return
+        if rng.random() < 0.5:  # a plain folder holding the user's files under rlp's names
+            target = root / "users"
+            for name in rng.sample(RLP_NAMES, rng.randint(1, 3)):
+                place_user_file(case, target / name, rng.choice(USER_CONTENT))
+        else:  # a finished run, then a file of the user's inside it
+            target = root / "done-user"
+            shutil.copytree(finished, target)
+            place_user_file(case, target / rng.choice(["model/notes.txt", "tensorboard/mine.txt", "notes.txt",
+                                                       "checkpoint/mine.txt"]), "mine\n")
+            if rng.random() < 0.5:
+                set_option(argv, "--overwrite", "true")
+        set_option(argv, flag, str(target))
+    elif mutation == "concurrent" and output is not None and case.lock_fd is None:
+        if flag == "--output_file":
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(output.parent / f".{output.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.pwrite(fd, f"{os.getppid()}\n".encode(), 0)
+            case.lock_fd = fd
+        elif not output.exists() or output.is_dir():
+            case.lock_fd = hold_lock(output)
+        else:
+            return
+        case.locked_output = output
+    elif mutation == "nonregular":
+        data_flag = next((f for f in ("--train_file", "--prompts_file") if f in argv), None)
+        kind = rng.choice(["zero", "urandom", "fifo", "huge"])
+        source = {"zero": lambda: Path("/dev/zero"), "urandom": lambda: Path("/dev/urandom"),
+                  "fifo": lambda: fifo_with_writer(root / "pipe.jsonl", case),
+                  "huge": lambda: huge_line(root / "in" / "huge.jsonl", rng)}[kind]()  # in/: the clean twin's too
+        if data_flag:
+            set_option(argv, data_flag, str(source))
+        else:
+            argv[-1] = str(source)
+
+
+def ownership_problems(case: Case, outcome: Outcome) -> list[str]:
+    """The invariants of issue 30 §1: the user's files unchanged; a held output refused."""
+    problems = []
+    changed = [str(p.relative_to(case.root)) for p, digest in case.owned.items()
+               if not p.is_file() or _digest(p) != digest]
+    if changed:
+        problems.append(f"the user's files changed or deleted: {changed[:3]}")
+    if case.locked_output is not None and case.output == case.locked_output and outcome.code == 0:
+        problems.append("exit 0 although another process holds the output")
     return problems

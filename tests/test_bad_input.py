@@ -719,6 +719,18 @@ def same_settings_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]
     return build
 
 
+def damaged_summary(tmp: Path) -> list[str]:
+    """A finished run of the same settings whose recorded summary.json was then cut to ``{``."""
+    args = same_settings_folder(("summary.json", '{"train": {}}'))(tmp)
+    from rlp_align.core.run_folder import FINGERPRINT, record_outputs
+
+    record_outputs("reward", [(tmp / "out", "folder")])  # what rlp records when a run ends
+    write(tmp, "out/summary.json", "{")
+    snapshot(tmp, tmp / "out")
+    assert FINGERPRINT in {p.name for p in (tmp / "out").iterdir()}
+    return args
+
+
 def table(tmp: Path, name: str, rows: list[dict]) -> Path:
     """A parquet file of ``rows`` (every row gets every column, as in a real file)."""
     import pyarrow as pa
@@ -781,8 +793,9 @@ CASES += [
          same_settings_folder(("metrics.jsonl", "garbage{\n")), ("out/metrics.jsonl, line 1: not a metrics row",),
          check=unchanged),
     Case("summary-not-json", "training", "a finished output folder whose summary.json is not JSON",
-         "exit 2 offering --overwrite (was: JSONDecodeError)", same_settings_folder(("summary.json", "{")),
-         ("summary.json is damaged", "--overwrite true"), check=unchanged),
+         "exit 2 offering --overwrite (was: JSONDecodeError); since issue 30 the run's record of its summary "
+         "speaks first", damaged_summary, ("summary.json", "not reported finished", "--overwrite true"),
+         check=unchanged),
     Case("diverged-before-checkpoint", "training", "a run diverging (learning rate 1e30) before its first checkpoint",
          "exit 2 saying no checkpoint exists (was: \"the last good checkpoint is kept in out/checkpoint\")",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--optim.learning_rate", "1e30", "--optim.max_steps", "6"),
@@ -824,6 +837,136 @@ CASES += [
          "accepted: read like JSONL (format detection, row errors, --skip_invalid)",
          lambda tmp: ["data", "inspect", "--json", str(saved_dataset(tmp))], ('"format": "trl"',), code=0,
          check=report("kept", 2)),
+]
+
+
+# ---- issue 30 §1 and §4 (trust-a): rlp writes only what it owns; paths and resources
+
+
+def users_folder(*files: tuple[str, str]) -> Callable[[Path], list[str]]:
+    """`reward(...)` into ``out/``, a plain folder holding the user's ``files`` (rlp's names, no rlp marker)."""
+    def build(tmp: Path) -> list[str]:
+        for name, content in files:
+            write(tmp, f"out/{name}", content)
+        snapshot(tmp, tmp / "out")
+        return reward(tmp, jsonl(tmp, [GOOD]))
+
+    return build
+
+
+_HELD_FDS: list[int] = []
+
+
+def output_file_in_use(tmp: Path) -> list[str]:
+    """`rlp sample --output_file S` while another process writes S (its lock, held on a separate open file)."""
+    import fcntl
+
+    fd = os.open(tmp / ".s.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, f"{os.getppid()}\n".encode(), 0)
+    _HELD_FDS.append(fd)
+    return ["sample", "--prompts_file", str(prompts(tmp)), "--n", "1", "--max_new_tokens", "2", "--output_file",
+            str(tmp / "s.jsonl")]
+
+
+def release_and_untouched(tmp: Path, output: str) -> None:
+    while _HELD_FDS:
+        os.close(_HELD_FDS.pop())
+    untouched("s.jsonl")(tmp, output)
+
+
+def finished_with_user_file(*extra: str, inside: str = "model/my-notes.txt") -> Callable[[Path], list[str]]:
+    """A finished reward run in ``out/``, then a file of the user's at ``out/<inside>``."""
+    def build(tmp: Path) -> list[str]:
+        args = reward(tmp, jsonl(tmp, [GOOD]))
+        assert cli.main(args) == 0
+        write(tmp, f"out/{inside}", "the user's")
+        snapshot(tmp, tmp / "out")
+        return [*args, *extra]
+
+    return build
+
+
+def stage_with_user_file(tmp: Path) -> list[str]:
+    """An `rlp run` folder whose first stage finished, then a file of the user's in it; the rerun changes a
+    setting of that stage (built with the stage cache itself: a whole tiny pipeline is too slow here)."""
+    from rlp_align.pipeline.stages import StageCache
+
+    cache = StageCache(tmp / "run", log=lambda _: None)
+    cache.run("00_instructions", {"old": True}, lambda folder: write(folder, "sft.jsonl", "{}\n") and {})
+    write(tmp, "run/00_instructions/my-notes.txt", "the user's")
+    snapshot(tmp, tmp / "run" / "00_instructions")
+    return pipeline(tmp)
+
+
+def home_is_tmp(tmp: Path) -> list[str]:
+    """`~` in YAML and in --output_dir, with HOME the case's folder (set back by the case's monkeypatch)."""
+    os.environ["HOME"] = str(tmp)
+    jsonl(tmp, [GOOD])
+    config = write(tmp, "r.yaml", "train_file: ~/data.jsonl\n")
+    return ["reward", "--config", str(config), "--model", "tiny", "--output_dir", "~/out", "--optim.max_steps",
+            "1", "--optim.batch_size", "2", "--max_length", "64"]
+
+
+def no_literal_tilde(tmp: Path, _: str) -> None:
+    assert (tmp / "out" / "summary.json").exists() and not Path("~").exists() and not (tmp / "~").exists()
+
+
+def fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "pipe.jsonl")
+    return tmp / "pipe.jsonl"
+
+
+def many_rows(tmp: Path) -> list[str]:
+    rows = [{**GOOD, "prompt": f"Name fruit number {i}."} for i in range(3000)]
+    return reward(tmp, jsonl(tmp, rows))
+
+
+CASES += [
+    Case("output-file-in-use", "cli", "two `rlp sample` on one `--output_file` (K01)",
+         "exit 2 naming the other process; every output, file or folder, is locked while a command writes it "
+         "(was: both exit 0, one result silently replaced)", output_file_in_use, ("is in use by another rlp "
+         "process",), check=release_and_untouched),
+    Case("users-summary-in-output-dir", "training", "`--output_dir D`, a plain folder holding only the user's "
+         "summary.json (F13)", "exit 2: a folder without rlp's marker is the user's, whatever its file names (was: "
+         "printed as a finished result, nothing trained)", users_folder(("summary.json", '{"train": {}}')),
+         ("holds files rlp did not write (summary.json)",), check=unchanged),
+    Case("users-metrics-in-output-dir", "training", "a plain folder holding the user's metrics.jsonl and "
+         "tensorboard/ (F12)", "exit 2, nothing written (was: the user's metrics rows replaced or appended to)",
+         users_folder(("metrics.jsonl", '{"step": 1}\n'), ("tensorboard/events.out.tfevents.1", "x")),
+         ("holds files rlp did not write (metrics.jsonl, tensorboard)",), check=unchanged),
+    Case("stage-holds-users-file", "training", "`rlp run` rerun with a changed setting, a file of the user's in "
+         "the stage folder it replaces (F14)", "exit 2 naming the file; a stage folder is replaced only when it "
+         "holds nothing but what the stage recorded (was: the user's file silently deleted)",
+         stage_with_user_file, ("my-notes.txt", "rerunning the stage 00_instructions"), check=unchanged),
+    Case("overwrite-users-file-in-model", "training", "`--overwrite true` on a finished run whose model/ holds "
+         "a file of the user's (F09)", "exit 2 naming it; --overwrite deletes only the files the run recorded "
+         "(was: deleted)", finished_with_user_file("--overwrite", "true"),
+         ("model/my-notes.txt", "rlp did not write"), check=unchanged),
+    Case("output-inside-another-run", "cli", "`rlp sample --output_file R/model/answers.jsonl`, R a finished "
+         "reward run", "exit 2: an output may not lie inside a folder another rlp command made (its rerun or "
+         "--overwrite would delete it)", lambda tmp: finished_with_user_file(inside="x")(tmp) and [
+             "sample", "--prompts_file", str(prompts(tmp)), "--output_file", str(tmp / "out/model/answers.jsonl")],
+         ("lies inside", "made by `rlp reward`"), check=unchanged),
+    Case("tilde-paths", "config", "`~` in `--output_dir` and in a YAML file path (B13)", "expanded to the home "
+         "folder by one path function, everywhere (was: a literal ./~ folder)", home_is_tmp, ('"train"',),
+         code=0, check=no_literal_tilde, patch=lambda mp: mp.setenv("HOME", os.environ.get("HOME", "/"))),
+    Case("inspect-dev-zero", "data", "`rlp data inspect /dev/zero --head 1` (N16)", "exit 2: only regular files "
+         "are read (was: one endless line, 23 GB of RAM)", lambda tmp: ["data", "inspect", "/dev/zero", "--head",
+                                                                        "1"], ("not a regular file",)),
+    Case("data-file-is-a-pipe", "data", "a named pipe (FIFO) as `--train_file`", "exit 2 before opening it "
+         "(was: blocked forever)", lambda tmp: reward(tmp, fifo(tmp)), ("not a regular file",)),
+    Case("endless-line", "data", "a JSONL file with a line longer than 64 MiB (here the bound is patched to 1 KiB)",
+         "exit 2 naming the file and line; every line is read with a bound", lambda tmp: reward(tmp, write(
+             tmp, "d.jsonl", json.dumps(GOOD) + "\n" + "x" * 5000)), ("row 2: a line longer than",),
+         patch=lambda mp: mp.setattr("rlp_align.core.io.MAX_LINE", 1024)),
+    Case("lora-rank-above-width", "config", "`--lora.r 100000` on a 64-wide model (C11)", "exit 2 naming the "
+         "width (was: 6.6 GB allocated)", lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--lora.enabled", "true",
+                                                              "--lora.r", "100000"),
+         ("lora.r 100000 is above the width of this model's layers",)),
+    Case("one-step-many-rows", "training", "a 1-step reward run on a 3,000-row file (N13: 1M rows took 218 s, "
+         "2.07 GB)", "accepted; only the rows the run's steps read are tokenised (one batch)", many_rows,
+         ('"train_pairs": 3000',), code=0),
 ]
 
 

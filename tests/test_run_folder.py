@@ -27,6 +27,7 @@ from rlp_align.core.run_folder import (
     fingerprint,
     guard_output,
     lock_holder,
+    marker,
 )
 from rlp_align.train.reward import RewardConfig
 from rlp_align.train.training import OptimConfig
@@ -244,7 +245,7 @@ def test_a_folder_written_by_another_command_is_refused(finished, tmp_path, caps
     code, text = _cli(ppo, capsys)  # also an input inside the output: path safety speaks first
     assert code == 2 and "contains the input reward_model" in text
     ppo[ppo.index("--output_dir") + 1] = str(tmp_path / "ppo")
-    write_json(tmp_path / "ppo" / FINGERPRINT, {"command": "ppo", "hash": "x", "settings": {}, "inputs": {}})
+    write_json(tmp_path / "ppo" / FINGERPRINT, {**marker("ppo"), "hash": "x", "settings": {}, "inputs": {}})
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo"), capsys)
     assert code == 2 and "was written by `rlp ppo`" in text and "--overwrite does not change that" in text
     code, text = _cli(_reward_args(tmp, tmp_path / "ppo", "--overwrite", "true"), capsys)
@@ -387,7 +388,7 @@ def test_sample_over_a_finished_rms_weights_is_refused_live_or_not(finished, tmp
     before = {k: v for k, v in _tree(victim).items() if k != LOCK}  # the holder below writes its PID there
     weights = victim / "model" / "model.safetensors"
     code, text = _cli(_sample_args(tmp_path, weights), capsys)
-    assert code == 2 and "was not written by rlp" in text, text
+    assert code == 2 and "lies inside" in text and "made by `rlp reward`" in text, text
     holder = _holder(victim)  # and while a trainer holds the folder, the lock speaks first
     try:
         code, text = _cli(_sample_args(tmp_path, victim / "model" / "new.jsonl"), capsys)

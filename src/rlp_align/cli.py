@@ -81,7 +81,7 @@ def _run_command(name: str, argv: list[str]) -> int:
             i = argv.index("--status")
             if i + 1 >= len(argv):
                 raise UserError("--status needs a run folder")
-            print(pipeline.format_status(argv[i + 1]))
+            print(pipeline.format_status(os.path.expanduser(argv[i + 1])))  # as `io.user_path`
             return 0
         if config_file is None:
             config_file = pipeline.preset_path("default")

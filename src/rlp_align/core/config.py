@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from rlp_align.core.errors import UserError
+from rlp_align.core.io import read_bounded, regular_file, user_path
 from rlp_align.core.ranges import check_ranges
 
 T = TypeVar("T")
@@ -93,11 +94,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
+    if not user_path(path).exists():
         raise UserError(f"config file {path} does not exist")
+    path = regular_file(path, "config file")
     try:
-        loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            text = read_bounded(f, path, 64 * 2**20).decode("utf-8")
+        loader = _UniqueKeyLoader(text)
         loader.name = str(path)
         try:
             data = loader.get_single_data() or {}
@@ -105,6 +108,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             loader.dispose()
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
     return data
@@ -252,7 +257,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return str(value)
         if not isinstance(value, str):
             raise UserError(f"{where}: expected a string, got {value!r}")
-        return value
+        return str(user_path(value)) if value.startswith("~") else value  # every path setting: `io.user_path`
     return value
 
 

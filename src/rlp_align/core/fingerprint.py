@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 FINGERPRINT = "fingerprint.json"
+# rlp's marker: a fingerprint.json is rlp's only with this key, so a user's own file of that name is not one
+MARKER = "rlp-align output folder"
 # Knobs that change how a run goes, not what it computes (resume is exact): left out of the fingerprint, so a
 # rerun may keep checkpoints, save or log more often.
 HOW_NOT_WHAT = frozenset({"output_dir", "output_file", "overwrite", "save_every", "keep_checkpoint",
@@ -113,8 +115,13 @@ def fingerprint(command: str, cfg: Any, inputs: dict[str, Path] | None = None) -
                 if k.split(".")[-1] not in HOW_NOT_WHAT and k not in inputs and f"{k}[0]" not in inputs}
     digests = {k: input_digest(p) for k, p in inputs.items()}
     body = json.dumps({"settings": settings, "inputs": digests}, sort_keys=True, default=str)
-    return {"command": command, "hash": hashlib.sha256(body.encode()).hexdigest()[:16], "settings": settings,
+    return {**marker(command), "hash": hashlib.sha256(body.encode()).hexdigest()[:16], "settings": settings,
             "inputs": digests}
+
+
+def marker(command: str) -> dict[str, str]:
+    """What rlp writes first into every folder it makes (`fingerprint` adds the settings and inputs)."""
+    return {"marker": MARKER, "command": command}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -135,4 +142,4 @@ def read_fingerprint(folder: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text()) if path.exists() else None
     except (OSError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if isinstance(data, dict) and data.get("marker") == MARKER else None  # rlp's, not a namesake

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import itertools
 import json
 import os
 import re
@@ -137,40 +138,103 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         f.flush()
 
 
+# --------------------------------------------------------------------------------------------------
+# Paths the user gives, and the files rlp reads: one path function, regular files only, bounded lines
+
+MAX_LINE = 64 * 2**20  # bytes in one JSONL line (a row); a longer one is not a data row
+MAX_WHOLE = 2 * 2**30  # bytes of a file read whole (a JSON list, a YAML config); JSONL is read line by line
+
+
+def user_path(path: str | Path) -> Path:
+    """The one place a path the user gave becomes a `Path`: ``~`` and ``~user`` expanded, which a shell does
+    only for an unquoted word's start, never in YAML, after ``--key=`` or in a quoted argument."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
+def regular_file(path: str | Path, what: str = "") -> Path:
+    """``path`` (``~`` expanded) when it is an existing regular file (a symlink to one is fine); a device, pipe
+    or socket (``/dev/zero``, ``<(cmd)``) is refused: it can be endless, or block, and cannot be read twice."""
+    path = user_path(path)
+    label = f"{what} {path}" if what else str(path)
+    if not path.exists():
+        raise UserError(f"{label}: no such file")
+    if path.is_dir():
+        raise UserError(f"{label}: is a folder, expected a file")
+    if not path.is_file():
+        raise UserError(f"{label}: not a regular file (a device, pipe or socket); rlp reads only regular files, "
+                        "which have an end and can be read twice. Save the data to a file and pass that.")
+    return path
+
+
+def read_bounded(f: Any, path: Path, limit: int = MAX_WHOLE) -> bytes:
+    """All of an open file, refused past ``limit`` bytes (a gzip bomb, or a JSON list too big to hold)."""
+    raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise UserError(f"{path}: more than {limit / 2**30:.3g} GiB to read at once; split it, or write it as JSONL "
+                        "(read one row at a time)")
+    return raw
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     """Yield (row number starting at 1, parsed object) from a JSON list, JSONL, their .gz, a parquet file or a
     Hugging Face `datasets` folder (`rlp_align.tables`).
 
-    Raises `DataError` naming the file and row for unreadable bytes or malformed JSON.
+    JSONL is read one line at a time, each at most `MAX_LINE` bytes; a JSON list whole, at most `MAX_WHOLE`.
+    Raises `DataError` naming the file and row for unreadable bytes, malformed JSON or an endless line.
     """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if tables.is_dataset_folder(path):
+    path = user_path(path)
+    if path.exists() and tables.is_dataset_folder(path):
         yield from tables.dataset_rows(path)
         return
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected a JSON, JSONL or parquet file or a `datasets` folder "
                         "(save_to_disk)")
+    path = regular_file(path)
     if tables.is_parquet(path):
         yield from tables.parquet_rows(path)
         return
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            yield from _rows(f, path)
     except (OSError, EOFError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def _lines(f: Any, path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, bytes) of each line, none longer than `MAX_LINE`."""
+    offset = 0
+    for number in itertools.count(1):
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE:
+            raise DataError(path, number, None, f"a line longer than {MAX_LINE / 2**20:.3g} MiB, which is not a data "
+                            "row (a binary file, or one without line breaks?); rlp reads JSONL one bounded line at "
+                            "a time")
+        yield number, offset, line
+        offset += len(line)
+
+
+def _decode(raw: bytes, path: Path, number: int, offset: int) -> str:
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(path, line, None, f"not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    stripped = text.lstrip()
-    if not stripped:
+        line = number + raw[: e.start].count(b"\n")  # a JSON list is decoded whole: the line within it
+        raise DataError(path, line, None, f"not valid UTF-8 (byte {offset + e.start}); re-encode the file as "
+                        "UTF-8") from None
+
+
+def _rows(f: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    lines = _lines(f, path)
+    first = next(((n, o, raw) for n, o, raw in lines if raw.strip()), None)
+    if first is None:
         raise DataError(path, None, None, "file is empty")
-    check_unicode = _SURROGATE_ESCAPE.search(text) is not None  # only a \uD800-\uDFFF escape makes one
-    if stripped[0] == "[":
+    if _decode(first[2], path, first[0], first[1]).lstrip().startswith("["):  # a JSON list: read whole
+        f.seek(0)
+        raw = read_bounded(f, path)
+        text = _decode(raw, path, 1, 0)
+        check_unicode = _SURROGATE_ESCAPE.search(text) is not None  # only a \uD800-\uDFFF escape makes one
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
@@ -182,7 +246,8 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
         for i, row in enumerate(rows, 1):
             yield i, _checked(row) if check_unicode else row
         return
-    for i, line in enumerate(text.splitlines(), 1):
+    for number, offset, raw in itertools.chain([first], lines):
+        line = _decode(raw, path, number, offset)
         if not line.strip():
             continue
         try:
@@ -193,7 +258,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
             row = _Malformed(_TOO_DEEP)
         except ValueError as e:
             row = _Malformed(_unreadable(e))
-        yield i, _checked(row) if check_unicode else row
+        yield number, _checked(row) if _SURROGATE_ESCAPE.search(line) else row
 
 
 def _unreadable(e: ValueError) -> str:

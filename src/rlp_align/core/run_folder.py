@@ -7,10 +7,13 @@ Every ``rlp`` command passes through `claim_output`, which sends each of its out
    so neither the run nor ``--overwrite`` can destroy or change an input; every output must be writable.
 2. **The run lock** (`rlp_align.core.run_lock`): the output folder is locked for the run; an output at, inside or
    containing a folder another live rlp process holds is refused.
-3. **Ownership**: an existing output must be this command's own earlier output. A folder holding files rlp
-   did not write, or written by another command, is refused (``--overwrite`` replaces only what the same
-   command wrote); a file output must carry rlp's record of it (``.<name>.rlp.json``: command and digest)
-   and be unchanged since.
+3. **Ownership**, by rlp's marker and records, never by file names (issue 30): an existing output must be
+   this command's own earlier output. A folder without rlp's marker (`fingerprint.marker`, written first into
+   every folder rlp makes) but with files is the user's; one another command made is refused, and so is an
+   output inside it (``--overwrite`` replaces only what the same command wrote); a file output must carry
+   rlp's record of it (``.<name>.rlp.json``: command and digest) and be unchanged since. Every output is
+   locked (a file's lock is ``.<name>.lock`` beside it). Deleting or replacing (``--overwrite``, a changed
+   stage of ``rlp run``) first refuses any file that was not recorded (`refuse_unowned`).
 4. **The run fingerprint** (`rlp_align.core.fingerprint`): a trainer's rerun goes on only when its settings and
    inputs match (finished result returned, checkpoint resumed); a finished folder whose outputs changed after
    it finished is not reported finished.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,10 +43,11 @@ from rlp_align.core.fingerprint import (  # noqa: F401  (re-exported: the names 
     fingerprint,
     flatten,
     input_digest,
+    marker,
     read_fingerprint,
 )
 from rlp_align.core.io import check_writable, write_json
-from rlp_align.core.run_lock import LOCK, RunLock, lock_holder, other_holders  # noqa: F401
+from rlp_align.core.run_lock import LOCK, RunLock, file_lock, lock_holder, other_holders  # noqa: F401
 
 TRAINERS = ("sft", "reward", "refine", "ppo", "rloo")  # commands whose folder holds a resumable, finishable run
 BOOKKEEPING = (LOCK, FINGERPRINT)  # what claim_output itself writes into a folder
@@ -81,8 +86,9 @@ def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, P
     1. is, contains or lies inside one of the command's ``inputs`` (symlinks resolved);
     2. cannot be written (a file output that is a folder, a folder output that is a file, no permission);
     3. lies inside, contains or is a folder whose run lock another live process holds (``locks``);
-    4. exists and is not this command's own earlier output: a folder holding files rlp did not write or that
-       another command wrote, a file rlp did not write (or that was changed since), a cache that is not one.
+    4. lies inside a folder another rlp command made (its marker), for a command's output (not a cache);
+    5. exists and is not this command's own earlier output: a folder holding files without rlp's marker or
+       that another command wrote, a file rlp did not write (or that was changed since), a cache that is not one.
 
     ``command`` None (a trainer called from Python, a stage of `rlp run`) accepts any trainer's folder.
     """
@@ -95,6 +101,8 @@ def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, P
             raise UserError(f"{folder} is in use by another rlp process (PID {pid}){where}, and either run would "
                             "delete or mix with the other's files. Wait for it to finish, stop it, or choose an "
                             "output outside that folder.")
+    if command is not None and kind != "cache":
+        _inside_another_run(path, command)
     if kind == "folder":
         _own_folder(path, command)
     elif kind == "file":
@@ -128,29 +136,29 @@ def _writable(out: Path, kind: str) -> None:
         check_writable(out)
 
 
-FOREIGN = "foreign"  # `folder_kind` of a folder holding files no rlp command wrote
-UNRECORDED = "the output folder of a training command"  # a trainer's files without a fingerprint
+FOREIGN = "foreign"  # `folder_kind` of a folder holding files without rlp's marker
+PYTHON = "a trainer called from Python"  # the marker `TrainingRun` writes into a folder no command claimed
+STAGE = "a stage of `rlp run`"  # a stage folder: its manifest, inside a folder whose marker says `run`
 
 
 def _contents(folder: Path) -> list[str]:
-    """What a folder holds besides bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the lock)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not p.name.startswith("."))
+    """What a folder holds besides rlp's bookkeeping and hidden names (a trainer's ``.checkpoint.tmp``, the
+    lock); a fingerprint.json that is not rlp's marker is the user's file and counts."""
+    ours = BOOKKEEPING if read_fingerprint(folder) else (LOCK,)
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
 
 
 def folder_kind(folder: Path) -> str | None:
-    """Who wrote ``folder``: its fingerprint's command; ``run`` or a stage of it (manifests); `UNRECORDED`
-    (a trainer's files from Python or from before fingerprints); None when absent or empty; else `FOREIGN`."""
+    """Who wrote ``folder``, by rlp's marker alone (never by file names, which the user may share): its
+    fingerprint's command (`PYTHON` for a trainer's own marker); `STAGE` for a folder with a stage manifest
+    inside an `rlp run` folder; None when absent or empty; else `FOREIGN`."""
     recorded = read_fingerprint(folder) if folder.is_dir() else None
     if recorded:
-        return recorded.get("command")
+        return recorded.get("command") or FOREIGN
     if not folder.is_dir() or not _contents(folder):
         return None
-    if any(folder.glob("*/manifest.json")):
-        return "run"
-    if (folder / "manifest.json").exists():
-        return "a stage of `rlp run`"
-    if _has_run(folder) or (folder / "metrics.jsonl").exists():
-        return UNRECORDED
+    if (folder / "manifest.json").exists() and (read_fingerprint(folder.parent) or {}).get("command") == "run":
+        return STAGE
     return FOREIGN
 
 
@@ -160,17 +168,29 @@ def _own_folder(folder: Path, command: str | None) -> None:
         return
     if kind == FOREIGN:
         names = ", ".join(_contents(folder)[:5])
-        raise UserError(f"{folder} holds files rlp did not write ({names}); rlp will not write into it, and "
-                        "--overwrite does not change that: it replaces only what the same command wrote. Choose "
-                        "another (new or empty) output folder, or move those files away.")
-    if command is None and kind in (*TRAINERS, UNRECORDED, "a stage of `rlp run`"):
+        raise UserError(f"{folder} holds files rlp did not write ({names}): it has no rlp marker "
+                        f"({FINGERPRINT}), so rlp will not write into it, and --overwrite does not change that: it "
+                        "replaces only what the same command wrote. Choose another (new or empty) output folder, or "
+                        "move those files away.")
+    if command is None and kind in (*TRAINERS, PYTHON, STAGE):
         return  # a trainer from Python or a pipeline stage: the command boundary checked the rest
-    if kind == UNRECORDED and command in TRAINERS:
-        return  # the legacy note in `claim_output`
+    if kind == PYTHON and command in TRAINERS:
+        return  # a trainer's folder made from Python: the CLI trainer takes it over (`claim_output`)
     origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was written by `rlp {kind}`"
     raise UserError(f"{folder} {origin}; `rlp {command or 'this trainer'}` will not write into it, and "
                     "--overwrite does not change that: it replaces only what the same command wrote. Choose "
                     "another output folder.")
+
+
+def _inside_another_run(path: Path, command: str) -> None:
+    """A command's output may not lie inside a folder an rlp command made (its marker): that folder's own
+    rerun or ``--overwrite`` would delete it, and a file added there makes a finished run unfinished."""
+    for parent in _real(path).parents:
+        if (parent / FINGERPRINT).is_file() and (kind := folder_kind(parent)) not in (None, FOREIGN):
+            origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was made by `rlp {kind}`"
+            raise UserError(f"the output {path} lies inside {parent}, which {origin}: rlp writes into a folder "
+                            f"it made only as that folder's own command (a rerun or --overwrite there would delete "
+                            f"or mix with this output). Choose an output outside {parent}.")
 
 
 def _sidecar(path: Path) -> Path:
@@ -200,6 +220,8 @@ def _own_cache(path: Path) -> None:
     """An LLM judge's cache is shared by every command: any existing one must hold only cache rows."""
     if not path.exists():
         return
+    if not path.is_file():  # a device or a pipe: endless, or blocking (issue 30 §4)
+        raise UserError(f"the cache {path} is not a regular file; choose another cache_path.")
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (UnicodeDecodeError, ValueError):
@@ -231,13 +253,87 @@ def changed_outputs(folder: Path, recorded: dict[str, str], *, edits_only: bool 
     return sorted(k for k in names if recorded.get(k) != now.get(k))
 
 
-def record_outputs(command: str, outputs: list[tuple[Path, str]]) -> None:
+def record_outputs(command: str | None, outputs: list[tuple[Path, str]]) -> None:
     """After a command succeeded: its folder's outputs into its fingerprint, each file's digest beside it."""
     for path, kind in outputs:
         if kind == "folder" and read_fingerprint(path):
             write_json(path / FINGERPRINT, {**read_fingerprint(path), "outputs": output_digests(path)})
         elif kind == "file" and path.is_file():
             write_json(_sidecar(path), {"command": command, "digest": file_digest(path)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Replacing and deleting: only what rlp wrote and recorded
+
+RUN_STATE = ("metrics.jsonl", "tensorboard/")  # what a trainer writes while it runs, before its outputs are recorded
+
+
+def unowned_files(folder: Path, recorded: dict[str, str] | None, also: tuple[str, ...] = ()) -> list[str]:
+    """The files under ``folder`` that rlp did not write: not among ``recorded`` (a finished command's outputs,
+    `record_outputs`), and, while a run is unfinished (``recorded`` None), not its run state (the metrics log and
+    TensorBoard events), nor ``also`` (a stage's manifest); inside a checkpoint, the files its trainer state
+    does not list. Bookkeeping and hidden files are never counted."""
+    def ours(name: str) -> bool:
+        if name in also or (recorded is not None and name in recorded):
+            return True
+        return recorded is None and (name == RUN_STATE[0] or
+                                     (name.startswith(RUN_STATE[1]) and ".tfevents." in name))
+    return [name for name in output_digests(folder) if not ours(name)] + _checkpoint_strays(folder)
+
+
+CHECKPOINT_FILES = "files"  # the key of a checkpoint's trainer_state.json listing the files it saved
+
+
+def _checkpoint_strays(folder: Path) -> list[str]:
+    """Files inside a checkpoint that its ``trainer_state.json`` does not list (the checkpoint is replaced and
+    deleted whole, so a file the user put there would go with it)."""
+    found = []
+    for name in NOT_OUTPUTS[:2]:  # checkpoint/, .checkpoint.old/ (.checkpoint.tmp: a save cut short, rlp's)
+        saved = folder / name
+        if not saved.is_dir():
+            continue
+        try:
+            listed = set(json.loads((saved / "trainer_state.json").read_text()).get(CHECKPOINT_FILES, []))
+        except (OSError, ValueError, AttributeError):
+            listed = set()
+        found += [f"{name}/{rel}" for p in sorted(saved.rglob("*")) if p.is_file()
+                  and (rel := str(p.relative_to(saved))) != "trainer_state.json" and rel not in listed]
+    return found
+
+
+def refuse_unowned(folder: Path, recorded: dict[str, str] | None, action: str, also: tuple[str, ...] = ()) -> None:
+    """Stop (`UserError`) before ``action`` (deleting, replacing) ``folder`` when it holds a file rlp did not
+    write: the user's own file there is named and nothing is touched."""
+    if folder.is_dir() and (found := unowned_files(folder, recorded, also)):
+        raise UserError(f"{folder} holds files rlp did not write ({', '.join(found[:5])}); {action} would delete "
+                        "them, so rlp stops and changes nothing. Move them out of that folder, or choose another "
+                        "output folder.")
+
+
+def clear_run(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """``--overwrite`` of a trainer's folder: delete its earlier run (checkpoints, metrics, TensorBoard, model,
+    summary, extra files), and only that: a file rlp did not write and record there is refused first. ``keep``:
+    rlp's files that are not the run's (a stage's manifest)."""
+    old = read_fingerprint(folder) or {}
+    refuse_unowned(folder, old.get("outputs"), "--overwrite", also=keep)
+    delete_owned(folder, keep)
+    if old.get("outputs"):
+        write_json(folder / FINGERPRINT, {k: v for k, v in old.items() if k != "outputs"})
+
+
+def delete_owned(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete a folder's result files, checkpoints and the folders they leave empty, once `refuse_unowned`
+    found them all rlp's; hidden files (never rlp's results) and ``keep`` stay."""
+    (folder / "summary.json").unlink(missing_ok=True)  # first: never a finished run with half its files
+    for name in NOT_OUTPUTS:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    for name in output_digests(folder):
+        if name not in keep:
+            (folder / name).unlink(missing_ok=True)
+    for root, dirs, _ in sorted(os.walk(folder, topdown=False)):  # the emptied folders (model/, tensorboard/)
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                (Path(root) / d).rmdir()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,18 +401,22 @@ def claim_output(command: str, cfg: Any) -> Iterator[dict[str, Any] | None]:
         new = fingerprint(command, cfg, inputs) if folders else None
         if folders:
             check_folder(command, folders[0], new, overwrite)  # before locking: a refused folder is left as it was
-        with RunLock(folders[0]) if folders and main else contextlib.nullcontext():
-            if folders:  # again under the lock, which makes them final
-                guard_output(folders[0], "folder", command, inputs, locks=main)
+        with contextlib.ExitStack() as locks:
+            for path, kind in outputs if main else ():  # every output locked: a folder's .lock, a file's beside it
+                if kind != "cache":  # a judge cache is shared by every command (appended to, row by row)
+                    locks.enter_context(RunLock(path) if kind == "folder" else file_lock(path))
+            for path, kind in outputs:  # again under the locks, which makes them final
+                guard_output(path, kind, command, inputs, locks=main)
+            if folders:
                 check_folder(command, folders[0], new, overwrite)
             if folders and main:
                 folder = folders[0]
-                legacy_finished = (folder / "summary.json").exists() and read_fingerprint(folder) is None
+                legacy_finished = (folder / "summary.json").exists() and folder_kind(folder) == PYTHON
                 if overwrite and command in TRAINERS:
-                    (folder / "summary.json").unlink(missing_ok=True)  # before the new fingerprint: never a mix
+                    clear_run(folder)  # before the new fingerprint, with the old record: only rlp's files
                 elif legacy_finished:
-                    print(f"note: {folder} holds a finished run from before run fingerprints; its settings cannot "
-                          "be compared (use --overwrite true to retrain)", file=sys.stderr)
+                    print(f"note: {folder} holds a finished run made from Python; its settings cannot be compared "
+                          "(use --overwrite true to retrain)", file=sys.stderr)
                 if not legacy_finished or overwrite:
                     old = read_fingerprint(folder) or {}
                     kept = {"outputs": old["outputs"]} if not overwrite and command in TRAINERS and \

@@ -50,8 +50,10 @@ class RunLock:
     claims a trainer's folder, then the trainer's `TrainingRun` locks it again).
     """
 
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / LOCK
+    def __init__(self, folder: str | Path, name: str = LOCK, *, what: str | Path | None = None):
+        self.path = Path(folder) / name
+        self.what = what or self.path.parent  # what the message says is in use
+        self.owned_file = name != LOCK  # a file output's lock is removed on release (`file_lock`)
         self.key: str | None = None
 
     def acquire(self) -> RunLock:
@@ -61,16 +63,24 @@ class RunLock:
             _HELD[key][1] += 1
             self.key = key
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            pid = _pid_in(self.path)
-            raise UserError(f"{self.path.parent} is in use by another rlp process (PID {pid or 'unknown'}): wait "
-                            "for it to finish, stop it, or choose another output folder") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                pid = _pid_in(self.path)
+                raise UserError(f"{self.what} is in use by another rlp process (PID {pid or 'unknown'}): wait for it "
+                                "to finish, stop it, or choose another output") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the lock file (a file output's) as we opened it: take the new one
         previous = _pid_in(self.path)
         if previous and previous != os.getpid():
             state = "no longer running" if not _alive(previous) else "which no longer holds it"
@@ -91,6 +101,8 @@ class RunLock:
         if entry[1] == 0:
             del _HELD[self.key]
             os.ftruncate(entry[0], 0)
+            if self.owned_file:  # still held: whoever opens the old file after this sees it gone and retries
+                Path(self.key).unlink(missing_ok=True)
             fcntl.flock(entry[0], fcntl.LOCK_UN)
             os.close(entry[0])
         self.key = None
@@ -100,6 +112,14 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def file_lock(path: str | Path) -> RunLock:
+    """The lock of a file output: ``.<name>.lock`` beside it, held while the command runs and removed after,
+    so two commands writing one ``--output_file`` cannot both run (the second would be replaced by the first's
+    rename, or replace it)."""
+    path = Path(path)
+    return RunLock(path.parent, f".{path.name}.lock", what=path)
 
 
 def lock_holder(folder: str | Path) -> int | None:
@@ -115,8 +135,6 @@ def lock_holder(folder: str | Path) -> int | None:
     finally:
         os.close(fd)  # also drops the shared lock taken to test it
     return None
-
-
 
 
 def other_holders(path: str | Path) -> list[tuple[Path, int]]:

@@ -168,9 +168,15 @@ def apply_lora(model: PreTrainedModel, r: int = 16, alpha: int = 32, dropout: fl
     from peft import LoraConfig, get_peft_model
 
     backbone = model.base_model
+    linears = [m for m in backbone.modules() if isinstance(m, torch.nn.Linear)]
     targets = sorted({n.split(".")[-1] for n, m in backbone.named_modules() if isinstance(m, torch.nn.Linear)})
     if not targets:
         raise UserError(f"{type(model).__name__} has no linear layers in its backbone to put LoRA adapters on")
+    width = min(min(m.in_features, m.out_features) for m in linears)
+    if r > width:  # resources bounded by what the run needs: a rank above a layer's width adds memory, not capacity
+        raise UserError(f"lora.r {r} is above the width of this model's layers ({width}): an adapter of rank r on a "
+                        f"layer of width {width} can learn nothing more than rank {width}, and costs memory in "
+                        f"proportion to r. Set lora.r to at most {width} (16 is the default).")
     heads = [n for n in ("score", "classifier") if isinstance(getattr(model, n, None), torch.nn.Module)]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         modules_to_save=heads or None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,16 @@ from typing import Any
 
 from rlp_align.core.config import config_hash
 from rlp_align.core.io import write_json
-from rlp_align.core.run_folder import input_digest
+from rlp_align.core.run_folder import (
+    FINGERPRINT,
+    delete_owned,
+    folder_kind,
+    guard_output,
+    input_digest,
+    marker,
+    output_digests,
+    refuse_unowned,
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -52,7 +60,11 @@ class StageCache:
 
     def __init__(self, run_dir: str | Path, log: Callable[[str], None] = print):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # rlp's marker first (`rlp run` wrote it already; a pipeline run from Python writes it here): stage
+        # folders are rlp's only inside a marked run folder, and a folder of the user's is refused
+        guard_output(self.run_dir, "folder", "run", {})
+        if folder_kind(self.run_dir) is None:
+            write_json(self.run_dir / FINGERPRINT, marker("run"))
         self.log = log
         self.ran: list[str] = []
         self.skipped: list[str] = []
@@ -106,8 +118,13 @@ class StageCache:
             self.skipped.append(name)
             self.log(f"[cached] {name}")
             return {**manifest["outputs"], "hash": digest, "stage": name}
-        if manifest and manifest.get("hash") != digest:
-            shutil.rmtree(folder, ignore_errors=True)  # a knob changed: the old partial work is not ours
+        if manifest and manifest.get("hash") != digest:  # a knob changed: the old work is not this stage's
+            # only what the stage wrote and recorded (a crashed one: its run state) is deleted
+            refuse_unowned(folder, manifest.get("files") if manifest.get("status") == "done" else None,
+                           f"rerunning the stage {name} with changed settings", also=("manifest.json",))
+            delete_owned(folder)
+        elif not manifest and folder.is_dir() and any(folder.iterdir()):
+            refuse_unowned(folder, {}, f"running the stage {name} there")  # a folder of the user's, not a stage's
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
         write_json(self.manifest_path(name), {"stage": name, "hash": digest, "status": "running",
@@ -116,6 +133,7 @@ class StageCache:
         seconds = time.time() - started
         write_json(self.manifest_path(name), {
             "stage": name, "hash": digest, "status": "done", "inputs": key, "outputs": outputs,
+            "files": output_digests(folder),  # what the stage wrote: the only files a changed rerun may delete
             "started": started, "finished": time.time(), "seconds": seconds, "versions": library_versions(),
         })
         self.ran.append(name)

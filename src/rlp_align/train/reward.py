@@ -192,6 +192,21 @@ def evaluate_preferences(
     }
 
 
+def rows_read(num_rows: int, batch_size: int, total_steps: int, seed: int) -> list[int]:
+    """The rows that `batch_indices` gives over ``total_steps`` steps, sorted: epoch by epoch, each epoch's
+    steps read a prefix of its permutation, so this costs one permutation per epoch, not one per step."""
+    if num_rows <= batch_size:
+        return list(range(num_rows)) if total_steps else []
+    per_epoch = num_rows // batch_size
+    seen = np.zeros(num_rows, dtype=bool)
+    for epoch in range(-(-total_steps // per_epoch)):
+        steps = min(per_epoch, total_steps - epoch * per_epoch)
+        seen[np.random.default_rng([seed, epoch]).permutation(num_rows)[: steps * batch_size]] = True
+        if seen.all():
+            break
+    return np.flatnonzero(seen).tolist()
+
+
 def held_out_split(prefs: list[Preference], fraction: float, seed: int) -> tuple[list[Preference], list[Preference]]:
     """A seeded (train, eval) split with at least one pair on each side."""
     n_eval = min(len(prefs) - 1, max(1, round(len(prefs) * fraction)))
@@ -269,10 +284,12 @@ def train_reward_model(
     set_readout(model, cfg.readout, cfg.model)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout)
-    train_pairs = encode_preferences(tokenizer, train_prefs, cfg.max_length)
+    total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(train_prefs) // cfg.optim.batch_size)
+    # only the rows the run's batches will read are tokenised (a 1-step run on 1M rows: one batch, not 1M rows)
+    used = rows_read(len(train_prefs), cfg.optim.batch_size, total_steps, cfg.seed)
+    train_pairs = dict(zip(used, encode_preferences(tokenizer, [train_prefs[j] for j in used], cfg.max_length)))
     eval_pairs = encode_preferences(tokenizer, eval_prefs or [], cfg.max_length)
     pad_id = tokenizer.pad_token_id
-    total_steps = cfg.optim.max_steps or cfg.optim.epochs * max(1, len(train_pairs) // cfg.optim.batch_size)
 
     scorer = RewardScorer(model)
     modules = [scorer] + ([extra_loss.head] if extra_loss else [])
@@ -302,7 +319,7 @@ def train_reward_model(
         bar = tqdm(range(start, total_steps), initial=start, total=total_steps, desc="reward",
                    disable=not acc.is_main_process)
         for step in bar:
-            rows = shard(batch_indices(len(train_pairs), cfg.optim.batch_size, step, cfg.seed), acc)
+            rows = shard(batch_indices(len(train_prefs), cfg.optim.batch_size, step, cfg.seed), acc)
             views = shard(extra_loss.views(step), acc) if extra_loss else []
             chunks = micro_batches(rows, len(views), cfg.optim.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
@@ -371,7 +388,7 @@ def train_reward_model(
         "model_dir": str(out / "model"),
         "steps": total_steps,
         "resumed_from_step": start,
-        "train_pairs": len(train_pairs),
+        "train_pairs": len(train_prefs),
         "eval_pairs": len(eval_pairs),
         "train": last,
         "eval": final_eval,

@@ -27,7 +27,20 @@ from transformers import PreTrainedTokenizerBase
 
 from rlp_align.core.errors import NonFiniteError, UserError
 from rlp_align.core.io import append_jsonl, atomic_path, check_writable, io_errors, write_json
-from rlp_align.core.run_folder import RunLock, guard_output
+from rlp_align.core.run_folder import (
+    CHECKPOINT_FILES,
+    FINGERPRINT,
+    PYTHON,
+    STAGE,
+    RunLock,
+    clear_run,
+    folder_kind,
+    guard_output,
+    marker,
+    read_fingerprint,
+    record_outputs,
+    refuse_unowned,
+)
 from rlp_align.models import merge_lora, save_model
 
 
@@ -225,7 +238,8 @@ class Checkpointer:
         # (without this barrier a slower rank found its folder gone: "Parent directory ... does not exist")
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_json(tmp / "trainer_state.json", {"step": step, **(extra or {})})
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())  # rlp's record of them
+            write_json(tmp / "trainer_state.json", {"step": step, **(extra or {}), CHECKPOINT_FILES: files})
             old = self.out_dir / ".checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
             if self.path.exists():
@@ -340,10 +354,8 @@ def finished_summary(out_dir: str | Path, overwrite: bool, accelerator: Accelera
             raise UserError(f"{summary} is damaged (not JSON), so this finished run's result cannot be returned; "
                             "rerun with --overwrite true to train again") from None
     if overwrite and accelerator.is_main_process:
-        for name in ("checkpoint", ".checkpoint.tmp", "model", "tensorboard"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("summary.json", "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
+        # only what rlp wrote and recorded; a file of the user's there stops the run first
+        clear_run(out, keep=("manifest.json",) if folder_kind(out) == STAGE else ())
     accelerator.wait_for_everyone()
     return None
 
@@ -379,6 +391,16 @@ def save_final_outputs(
     accelerator.wait_for_everyone()
 
 
+def mark_folder(out_dir: Path) -> str | None:
+    """rlp's marker, written first into a trainer's folder that no command claimed (a trainer called from
+    Python): only a folder with a marker is rlp's to replace or delete in (`run_folder`)."""
+    kind = folder_kind(out_dir)
+    if kind is None:
+        write_json(out_dir / FINGERPRINT, marker(PYTHON))
+        return PYTHON
+    return kind
+
+
 class TrainingRun:
     """One training run in ``out_dir``: the single place where a trainer starts, resumes and ends a run.
 
@@ -407,6 +429,10 @@ class TrainingRun:
         # `run_folder.claim_output`, which also checks the run fingerprint.
         guard_output(self.out_dir, "folder", None, inputs or {}, locks=accelerator.is_main_process)
         self.lock = RunLock(self.out_dir).acquire() if accelerator.is_main_process else None
+        if accelerator.is_main_process:
+            self.kind = mark_folder(self.out_dir)
+            if not overwrite and self.kind != STAGE:  # (a stage's folder is checked by `rlp run`'s stage cache)
+                refuse_unowned(self.out_dir, (read_fingerprint(self.out_dir) or {}).get("outputs"), "this run")
         self.finished = finished_summary(self.out_dir, overwrite, accelerator)
         if self.finished is not None:
             self.release()
@@ -439,6 +465,8 @@ class TrainingRun:
              extra_modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
         save_final_outputs(self.accelerator, self.out_dir, model, tokenizer, summary, self.keep_checkpoint,
                            extra_modules)
+        if self.accelerator.is_main_process:
+            record_outputs(None, [(self.out_dir, "folder")])  # what it wrote: the only files a rerun may replace
         self.release()
         return summary
 
