@@ -20,6 +20,7 @@ from torch import nn
 from rlp_align.core.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_value_model
 from rlp_align.models.dropout import disable_dropout
+from rlp_align.models.tokens import check_same_tokenizer
 from rlp_align.train.ppo_rollout import ActorCritic, AdaptersOff, checkpoint_with_active_adapter
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ def shares_base(cfg: PPOConfig) -> bool:
     return cfg.lora.enabled and cfg.reference in (None, cfg.policy)
 
 
+def value_model_path(cfg: PPOConfig) -> str:
+    """The separate critic's starting point: ``value_model``, else the (first) reward model, else the policy."""
+    return cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0]
+
+
 def value_head(policy: nn.Module) -> nn.Linear:
     """A scalar head on the policy's hidden size, starting at V = 0 (deterministic, so resume needs no RNG)."""
     head = nn.Linear(policy.config.hidden_size, 1, dtype=next(policy.parameters()).dtype)
@@ -56,6 +62,10 @@ def build_models(
 ) -> tuple[ActorCritic, nn.Module | AdaptersOff, list[dict[str, Any]]]:
     """Policy + critic (`ActorCritic`), the reference, and the optimiser's parameter groups (policy, critic)."""
     critic = critic_mode(cfg)
+    # the reference reads the policy's sampled ids (the KL term), a separate critic too (its values)
+    check_same_tokenizer({"policy": cfg.policy, "reference": cfg.reference,
+                          "value_model": value_model_path(cfg) if critic == "separate" else None},
+                         trust_remote_code=bool(trust.get("trust_remote_code")))
     policy = load_policy(cfg.policy, **trust)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -68,8 +78,7 @@ def build_models(
 
     value: nn.Module | None = None
     if critic == "separate":
-        value = load_value_model(cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0],
-                                 **trust)
+        value = load_value_model(value_model_path(cfg), **trust)
         if cfg.gradient_checkpointing:
             value.gradient_checkpointing_enable()
         if cfg.lora.enabled:
