@@ -44,6 +44,15 @@ def shares_base(cfg: PPOConfig) -> bool:
     return cfg.lora.enabled and cfg.reference in (None, cfg.policy)
 
 
+def check_tokenizers(cfg: PPOConfig) -> None:
+    """The reference reads the policy's sampled ids (the KL term), and so does a separate critic (its values):
+    both must tokenize as the policy does (`models.tokens.check_same_tokenizer`). Called before any work."""
+    separate = critic_mode(cfg) == "separate"
+    check_same_tokenizer({"policy": cfg.policy, "reference": cfg.reference,
+                          "value_model": value_model_path(cfg) if separate else None},
+                         trust_remote_code=cfg.trust_remote_code)
+
+
 def value_model_path(cfg: PPOConfig) -> str:
     """The separate critic's starting point: ``value_model``, else the (first) reward model, else the policy."""
     return cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0]
@@ -62,10 +71,6 @@ def build_models(
 ) -> tuple[ActorCritic, nn.Module | AdaptersOff, list[dict[str, Any]]]:
     """Policy + critic (`ActorCritic`), the reference, and the optimiser's parameter groups (policy, critic)."""
     critic = critic_mode(cfg)
-    # the reference reads the policy's sampled ids (the KL term), a separate critic too (its values)
-    check_same_tokenizer({"policy": cfg.policy, "reference": cfg.reference,
-                          "value_model": value_model_path(cfg) if critic == "separate" else None},
-                         trust_remote_code=bool(trust.get("trust_remote_code")))
     policy = load_policy(cfg.policy, **trust)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
