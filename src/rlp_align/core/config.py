@@ -244,6 +244,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build_config(tp, value, where)
     if tp is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+            word = "true" if value.strip().lower() in ("true", "yes", "on") else "false"
+            raise UserError(f"{where}: got the text {value!r}, in quotes, where true or false is expected: YAML reads "
+                            f"a quoted value as text. Write {where}: {word} (lower case, no quotes).")
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return value
