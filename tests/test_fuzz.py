@@ -346,4 +346,4 @@ def test_world_options_fuzz(budget):
         if world == "micro" and checked.pool:  # the pool itself runs: a few problems are cheap
             assert len(module.pool(3, seed=0, **checked.pool)) == 3
 
-    run_budgeted(options, 150, budget)
+    run_budgeted(options, 300, budget)
