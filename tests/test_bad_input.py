@@ -888,6 +888,11 @@ CASES += [
          "exit 2 before any work: the critic reads the policy's token ids",
          lambda tmp: ppo(tmp, "--reward_model", tiny_rm(tmp), "--value_model", micro_rm(tmp)),
          ("value_model", "uses another tokenizer than policy tiny"), check=untouched("out")),
+    Case("critic-defaults-to-other-rm", "model", "PPO's default critic (initialised from the RM) with an RM of "
+         "another tokenizer", "exit 2 saying to set value_model or critic head (was: the critic read the policy's "
+         "ids as the RM's)", lambda tmp: ppo(tmp, "--reward_model", micro_rm(tmp)),
+         ("value_model", "uses another tokenizer", "or critic to head (unset, value_model is the reward model"),
+         check=untouched("out")),
     Case("micro-policy-english", "model", "the micro model sampling English prompts (X03)",
          "exit 2: it reads most of each prompt as its unknown token (was: exit 0, meaningless samples)",
          lambda tmp: ["sample", "--policy", micro_model(tmp), "--prompts_file", str(prompts(tmp)), "--output_file",

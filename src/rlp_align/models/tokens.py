@@ -30,9 +30,11 @@ def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bo
     return a is b or tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
 
 
-def check_same_tokenizer(models: dict[str, str | os.PathLike], *, trust_remote_code: bool = False) -> None:
-    """Refuse models that exchange token ids but tokenize differently. ``models``: setting -> model; the first
-    entry (the policy) is the one the others must match."""
+def check_same_tokenizer(models: dict[str, str | os.PathLike | None], *, trust_remote_code: bool = False,
+                         advice: dict[str, str] | None = None) -> None:
+    """Refuse models that exchange token ids but tokenize differently. ``models``: setting -> model (None: not
+    used); the first entry (the policy) is the one the others must match. ``advice``: setting -> what to do
+    instead, where the default (a model from the same base, or the setting left unset) is not right."""
     from rlp_align.models.load import load_tokenizer
 
     (first_key, first), *others = [(k, v) for k, v in models.items() if v is not None]
@@ -45,5 +47,6 @@ def check_same_tokenizer(models: dict[str, str | os.PathLike], *, trust_remote_c
             raise UserError(
                 f"{key} {model} uses another tokenizer than {first_key} {first} (vocabularies of {len(other)} and "
                 f"{len(base)} tokens, fingerprints {tokenizer_fingerprint(other)} and {tokenizer_fingerprint(base)}): "
-                f"they exchange token ids, which would mean different tokens in each. Set {key} to a model "
-                f"trained from the same base as {first_key} (or leave it unset to use {first_key}'s own).")
+                f"they exchange token ids, which would mean different tokens in each. "
+                + (advice or {}).get(key, f"Set {key} to a model trained from the same base as {first_key} (or "
+                                          f"leave it unset to use {first_key}'s own)."))

@@ -48,9 +48,12 @@ def check_tokenizers(cfg: PPOConfig) -> None:
     """The reference reads the policy's sampled ids (the KL term), and so does a separate critic (its values):
     both must tokenize as the policy does (`models.tokens.check_same_tokenizer`). Called before any work."""
     separate = critic_mode(cfg) == "separate"
+    critic_advice = ("Set value_model to a model with the policy's tokenizer (the policy itself, or an RM trained "
+                     "from it), or critic to head" + ("" if cfg.value_model else " (unset, value_model is the "
+                                                       "reward model, which is read through text and may differ)"))
     check_same_tokenizer({"policy": cfg.policy, "reference": cfg.reference,
                           "value_model": value_model_path(cfg) if separate else None},
-                         trust_remote_code=cfg.trust_remote_code)
+                         trust_remote_code=cfg.trust_remote_code, advice={"value_model": critic_advice + "."})
 
 
 def value_model_path(cfg: PPOConfig) -> str:
