@@ -944,6 +944,11 @@ CASES += [
          "exit 2 saying the value is text in quotes and how to write it (was: \"expected true or false, got 'true'\")",
          lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--config", str(write(tmp, "c.yaml", 'lora: {enabled: "true"}\n'))),
          ("lora.enabled: got the text 'true', in quotes", "Write lora.enabled: true"), check=untouched("out")),
+    Case("cache-under-a-file", "cli", "`RLP_ALIGN_CACHE=/dev/null/cache rlp prepare tiny` (the cache path runs "
+         "through a file)", "exit 2 naming `$RLP_ALIGN_CACHE`, the setting that moves the cache (was: a hint to "
+         "\"choose another path\")", lambda tmp: ["prepare", "tiny"],
+         ("/dev/null/cache", "choose another cache folder (set $RLP_ALIGN_CACHE)"),
+         patch=lambda mp: mp.setenv("RLP_ALIGN_CACHE", "/dev/null/cache")),
     Case("reward-ensemble-repeated", "config", "a PPO `--reward_ensemble` listing one RM twice",
          "exit 2 before any work: the ensemble would count one member twice",
          lambda tmp: ppo(tmp, "--reward_ensemble", "[a, a]"), ("reward_ensemble names 'a' more than once",),

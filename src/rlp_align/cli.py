@@ -139,11 +139,19 @@ def _data_command(argv: list[str]) -> int:
 
 
 def _prepare_command(argv: list[str]) -> int:
+    from rlp_align.core.io import CACHE_SETTING, describe_os_error
     from rlp_align.models import BUILTIN_MODEL, resolve_model
+    from rlp_align.models.registry import cache_dir
 
     names = argv or [BUILTIN_MODEL]
-    for name in names:
-        print(f"{name}: {resolve_model(name)}")
+    token = CACHE_SETTING.set((cache_dir(), "$RLP_ALIGN_CACHE"))  # what a failed build's hint names
+    try:
+        for name in names:
+            print(f"{name}: {resolve_model(name)}")
+    except OSError as e:
+        raise UserError(describe_os_error(e)) from None
+    finally:
+        CACHE_SETTING.reset(token)
     return 0
 
 

@@ -58,9 +58,9 @@ _HINTS = {
     errno.EACCES: "check the permissions of the folder, or choose another {output}",
     errno.EPERM: "check the permissions of the folder, or choose another {output}",
     errno.EROFS: "the file system is read-only: choose another {output}",
-    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path or move the file",
-    errno.EISDIR: "this path is a folder, not a file: choose another path",
-    errno.EEXIST: "a file already has this name where a folder is needed: choose another path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another {path} or move the file",
+    errno.EISDIR: "this path is a folder, not a file: choose another {path}",
+    errno.EEXIST: "a file already has this name where a folder is needed: choose another {path}",
 }
 # torch.save raises RuntimeError("... PytorchStreamWriter failed writing file ...") without the cause; safetensors
 # and tokenizers (Rust) raise their own errors holding "Os { code: 28, ... }"
@@ -75,14 +75,15 @@ OUTPUT_SETTING: ContextVar[str] = ContextVar("output_setting", default="output p
 CACHE_SETTING: ContextVar[tuple[Path, str] | None] = ContextVar("cache_setting", default=None)
 
 
-def _setting_for(where: str | Path | None) -> str:
+def _setting_for(where: str | Path | None, default: str) -> str:
+    """The cache's variable for a path inside the cache folder, else ``default``."""
     cache = CACHE_SETTING.get()
     if cache is not None and where is not None:
         folder, name = cache
-        path = Path(os.path.abspath(where))
-        if path == Path(os.path.abspath(folder)) or Path(os.path.abspath(folder)) in path.parents:
+        path, root = Path(os.path.abspath(where)), Path(os.path.abspath(folder))
+        if path == root or root in path.parents:
             return f"cache folder (set {name})"
-    return OUTPUT_SETTING.get()
+    return default
 
 
 def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
@@ -90,7 +91,7 @@ def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
     where = e.filename if e.filename is not None else path
     cause = e.strerror or str(e) or type(e).__name__
     hint = _HINTS.get(e.errno or -1)
-    hint = hint.format(output=_setting_for(where)) if hint else None
+    hint = hint.format(output=_setting_for(where, OUTPUT_SETTING.get()), path=_setting_for(where, "path")) if hint else None
     return f"{where or 'a file'}: {cause}" + (f"; {hint}" if hint else "")
 
 
