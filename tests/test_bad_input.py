@@ -971,12 +971,145 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------------------
+# Issue 30, parts 2 and 3 (trust-b): models that exchange token ids share a tokenizer, weights match their config
+# in full, text a tokenizer cannot read is refused, world options and method lists are checked at start-up
+
+
+def tiny_rm(tmp: Path) -> str:
+    """The tiny model as a reward model (a zero score head, saved): a valid RM folder for PPO."""
+    from rlp_align.models import load_tokenizer, load_value_model, save_model
+
+    folder = tmp / "rm"
+    if not folder.exists():
+        save_model(load_value_model("tiny"), load_tokenizer("tiny"), folder)
+    return str(folder)
+
+
+def tiny_variant(tmp: Path, vocab_size: int) -> str:
+    """A tiny Llama with another tokenizer (``vocab_size`` tokens asked of the BPE trainer)."""
+    from rlp_align.models import build_tiny_model
+
+    build_tiny_model(tmp / f"tiny{vocab_size}", vocab_size=vocab_size)
+    return str(tmp / f"tiny{vocab_size}")
+
+
+def micro_model(tmp: Path) -> str:
+    """The micro world's character-level model (digits, '+', '=', '.'; its unknown token is the pad)."""
+    from rlp_align.worlds.micro import build_model
+
+    build_model(tmp / "micro", hidden_size=16, layers=1)
+    return str(tmp / "micro")
+
+
+def micro_rm(tmp: Path) -> str:
+    from rlp_align.models import load_tokenizer, load_value_model, save_model
+
+    folder = micro_model(tmp)
+    save_model(load_value_model(folder), load_tokenizer(folder), tmp / "micro_rm")
+    return str(tmp / "micro_rm")
+
+
+def layers(n: int) -> Callable[[Path], None]:
+    return lambda folder: edit_json(folder / "config.json", lambda c: c.update(num_hidden_layers=n))
+
+
+def micro_run(tmp: Path, **values) -> list[str]:
+    return pipeline(tmp, world="micro", model="micro", data={"n_sft": 4, "n_preference": 4, "n_unlabelled": 2,
+                                                             "n_eval": 2}, **values)
+
+
+CASES += [
+    Case("reference-smaller-vocab", "model", "a PPO `--reference` with a smaller vocabulary than the policy's (X01)",
+         "exit 2 before any work, naming both tokenizers (was: an IndexError traceback)",
+         lambda tmp: ppo(tmp, "--reward_model", tiny_rm(tmp), "--reference", micro_model(tmp)),
+         ("reference", "uses another tokenizer than policy tiny", "Set reference"), check=untouched("out")),
+    Case("reference-other-tokenizer", "model", "a PPO `--reference` with another tokenizer, same family (X02)",
+         "exit 2 before any work (was: exit 0 with a KL of 9.79 between unrelated token spaces)",
+         lambda tmp: ppo(tmp, "--reward_model", tiny_rm(tmp), "--reference", tiny_variant(tmp, 300)),
+         ("uses another tokenizer than policy tiny",), check=untouched("out")),
+    Case("critic-other-tokenizer", "model", "a PPO `--value_model` (separate critic) with another tokenizer",
+         "exit 2 before any work: the critic reads the policy's token ids",
+         lambda tmp: ppo(tmp, "--reward_model", tiny_rm(tmp), "--value_model", micro_rm(tmp)),
+         ("value_model", "uses another tokenizer than policy tiny"), check=untouched("out")),
+    Case("critic-defaults-to-other-rm", "model", "PPO's default critic (initialised from the RM) with an RM of "
+         "another tokenizer", "exit 2 saying to set value_model or critic head (was: the critic read the policy's "
+         "ids as the RM's)", lambda tmp: ppo(tmp, "--reward_model", micro_rm(tmp)),
+         ("value_model", "uses another tokenizer", "or critic to head (unset, value_model is the reward model"),
+         check=untouched("out")),
+    Case("micro-policy-english", "model", "the micro model sampling English prompts (X03)",
+         "exit 2: it reads most of each prompt as its unknown token (was: exit 0, meaningless samples)",
+         lambda tmp: ["sample", "--policy", micro_model(tmp), "--prompts_file", str(prompts(tmp)), "--output_file",
+                      str(tmp / "s.jsonl"), "--n", "2", "--max_new_tokens", "4"],
+         ("reads 12 of the 13 tokens of a prompt as its unknown token", "cannot read this text"),
+         check=untouched("s.jsonl")),
+    Case("micro-rm-english", "model", "a micro RM scoring English preference pairs (X04)",
+         "exit 2 naming the unknown share (was: exit 0, a win-rate over pad tokens)",
+         lambda tmp: ["eval", "rm-accuracy", "--rm_path", micro_rm(tmp), "--preferences", str(jsonl(tmp, [GOOD]))],
+         ("as its unknown token", "cannot read this text")),
+    Case("config-more-layers", "model", "a config.json with `num_hidden_layers` 3 for 2 layers of weights (X15)",
+         "exit 2: a layer would start random (was: exit 0)", reward_with_model(layers(3)),
+         ("config.json does not match its weights", "would start random", "num_hidden_layers=3, the weights hold 2")),
+    Case("config-fewer-layers", "model", "a config.json with `num_hidden_layers` 1 for 2 layers of weights",
+         "exit 2: a layer's weights would be dropped (was: exit 0)",
+         lambda tmp: ["sample", "--policy", str(model_copy(tmp, layers(1))), "--prompts_file", str(prompts(tmp)),
+                      "--output_file", str(tmp / "s.jsonl"), "--n", "1", "--max_new_tokens", "2"],
+         ("would be dropped", "num_hidden_layers=1, the weights hold 2"), check=untouched("s.jsonl")),
+    Case("world-option-unknown", "config", "`world_options.pool.digitz` (M03)",
+         "exit 2 before any stage, with did-you-mean (was: a TypeError traceback)",
+         lambda tmp: micro_run(tmp, world_options={"pool": {"digitz": 3}}),
+         ("unknown config key 'world_options.pool.digitz'", "did you mean 'world_options.pool.digits'"),
+         check=untouched("run")),
+    Case("world-digits-zero", "config", "`world_options.pool.digits 0` (M04)",
+         "exit 2 before any stage (was: the whole pipeline on `0+0` prompts, exit 0)",
+         lambda tmp: micro_run(tmp, world_options={"pool": {"digits": 0}}),
+         ("world_options.pool.digits = 0 is out of range",), check=untouched("run")),
+    Case("world-hidden-size-zero", "config", "`world_options.model.hidden_size 0` (M06)",
+         "exit 2 before any stage (was: a traceback)", lambda tmp: micro_run(tmp, world_options={"model": {"hidden_size": 0}}),
+         ("world_options.model.hidden_size = 0 is out of range",), check=untouched("run")),
+    Case("world-nan-string", "config", "`world_options.judge.filler_penalty: \"nan\"` (a string, M07)",
+         "exit 2 before any stage (was: a traceback at stage 02, after SFT)",
+         lambda tmp: micro_run(tmp, world_options={"judge": {"filler_penalty": "nan"}}),
+         ("world_options.judge.filler_penalty = nan is not a finite number",), check=untouched("run")),
+    Case("world-options-of-other-world", "config", "the micro world's `world_options` under `world: instructions` (M08)",
+         "exit 2 naming the world the option belongs to (was: a traceback)",
+         lambda tmp: pipeline(tmp, world_options={"pool": {"digits": 3}}),
+         ("it is an option of the 'micro' world", "set world: micro"), check=untouched("run")),
+    Case("refine-methods-repeated", "config", "`refine_methods: [uml, uml]` (M10)",
+         "exit 2 before any stage (was: the refinement rerun, deleting the model a finished PPO2 was trained from)",
+         lambda tmp: pipeline(tmp, refine_methods=["uml", "uml"]), ("refine_methods names 'uml' more than once",),
+         check=untouched("run")),
+    Case("sample-output-not-writable", "cli", "`rlp sample` into a folder it may not write (permission denied)",
+         "exit 2 naming `--output_file`, the setting `rlp sample` has (was: \"choose another --output_dir\")",
+         lambda tmp: ["sample", "--prompts_file", str(prompts(tmp)), "--output_file", str(tmp / "o" / "s.jsonl"),
+                      "--n", "1", "--max_new_tokens", "2"], ("Permission denied", "choose another --output_file"),
+         patch=permission_denied, check=untouched("o/s.jsonl")),
+    Case("quoted-bool", "config", "`lora: {enabled: \"true\"}` in a YAML config (a quoted true)",
+         "exit 2 saying the value is text in quotes and how to write it (was: \"expected true or false, got 'true'\")",
+         lambda tmp: reward(tmp, jsonl(tmp, [GOOD]), "--config", str(write(tmp, "c.yaml", 'lora: {enabled: "true"}\n'))),
+         ("lora.enabled: got the text 'true', in quotes", "Write lora.enabled: true"), check=untouched("out")),
+    Case("cache-under-a-file", "cli", "`RLP_ALIGN_CACHE=/dev/null/cache rlp prepare tiny` (the cache path runs "
+         "through a file)", "exit 2 naming `$RLP_ALIGN_CACHE`, the setting that moves the cache (was: a hint to "
+         "\"choose another path\")", lambda tmp: ["prepare", "tiny"],
+         ("/dev/null/cache", "choose another cache folder (set $RLP_ALIGN_CACHE)"),
+         patch=lambda mp: mp.setenv("RLP_ALIGN_CACHE", "/dev/null/cache")),
+    Case("reward-ensemble-repeated", "config", "a PPO `--reward_ensemble` listing one RM twice",
+         "exit 2 before any work: the ensemble would count one member twice",
+         lambda tmp: ppo(tmp, "--reward_ensemble", "[a, a]"), ("reward_ensemble names 'a' more than once",),
+         check=untouched("out")),
+]
+
+
+# --------------------------------------------------------------------------------------------------
 # Running a case
+
+
+LAST_COMMAND: dict[str, str] = {}  # the command of the case run last (`run_case`), for `unknown_settings`
 
 
 def run_case(case: Case, tmp: Path, capsys) -> tuple[int, str, str]:
     """(exit code, stdout, stderr + warnings) of the real CLI on this case's input."""
     argv = case.argv(tmp)
+    LAST_COMMAND[case.id] = command_of(argv)
     if case.subprocess:
         env = {"RLP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run([sys.executable, "-m", "rlp_align.cli", *argv], capture_output=True, text=True,
@@ -1006,8 +1139,71 @@ def test_bad_input(case: Case, tmp_path, capsys, monkeypatch):
         text = out + err
     for expected in case.expect:
         assert expected in text, f"{expected!r} not in {text[-1500:]!r}"
+    if case.code == 2:
+        assert not unknown_settings(LAST_COMMAND[case.id], text), (unknown_settings(LAST_COMMAND[case.id], text), text)
     if case.check is not None:
         case.check(tmp_path, out + err)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 30, part 5: a message names only settings that exist for the command it came from
+
+
+def command_of(argv: list[str]) -> str:
+    """``rlp eval rm-accuracy ...`` -> "eval rm-accuracy"; ``rlp reward ...`` -> "reward"."""
+    return " ".join(argv[:2]) if argv[0] == "eval" else argv[0]
+
+
+def command_settings(command: str) -> set[str]:
+    """Every ``--flag`` the command takes: its config's dotted keys (sections included), and the CLI's own."""
+    import dataclasses
+    import importlib
+    import typing
+
+    generic = {"config", "skip_invalid", "skip-invalid", "help", "key", "section.key"}  # the last two: placeholders
+    if command == "data":
+        return generic | {"head", "json"}
+    if command not in cli.COMMANDS:
+        return generic
+    module, cls_name, _, _ = cli.COMMANDS[command]
+    keys: set[str] = set(generic) | ({"status"} if command == "run" else set())
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            keys.add(prefix + f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+
+    walk(getattr(importlib.import_module(module), cls_name), "")
+    return keys
+
+
+ENV_VARS = {"RLP_ALIGN_CACHE", "RLP_DEVICE", "RLP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_HOME", "CUDA_VISIBLE_DEVICES"}
+
+
+def unknown_settings(command: str, message: str) -> list[str]:
+    """The flags and environment variables ``message`` names that do not exist. A flag inside a quoted command
+    (`` `rlp reward --model X ...` ``) is checked against that command; any other against ``command``."""
+    problems = []
+    quoted = re.findall(r"`rlp ((?:eval )?[\w-]+)([^`]*)`", message)
+    for other, args in quoted:
+        problems += [f"--{f} (rlp {other})" for f in re.findall(r"--([A-Za-z_][\w.]*)", args)
+                     if f not in command_settings(other)]
+    rest = re.sub(r"`rlp [^`]*`", "", message)
+    problems += [f"--{f} (rlp {command})" for f in re.findall(r"(?<![\w/])--([A-Za-z_][\w.]*)", rest)
+                 if f not in command_settings(command)]
+    problems += [f"${v}" for v in re.findall(r"\$([A-Z][A-Z0-9_]+)", message) if v not in ENV_VARS]
+    return problems
+
+
+def test_unknown_settings_finds_a_wrong_flag():
+    assert unknown_settings("best-of-n", "set --output_dir to a new folder") == ["--output_dir (rlp best-of-n)"]
+    assert unknown_settings("best-of-n", "set --output_file to a new file") == []
+    assert unknown_settings("sample", "run `rlp reward --model M --output_dir D` first") == []
+    assert unknown_settings("sample", "run `rlp reward --modell M` first") == ["--modell (rlp reward)"]
+    assert unknown_settings("run", "set --ppo.kl_coef or $RLP_ALIGN_CACHE") == []
+    assert unknown_settings("run", "set $RLP_CACHE") == ["$RLP_CACHE"]
 
 
 def test_table_has_enough_distinct_cases():

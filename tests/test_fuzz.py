@@ -202,3 +202,148 @@ def test_cli_fuzz(budget, finished, tmp_path):
         if budget is not None and time.monotonic() > end:
             break
     assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 30 (trust-b): pairs of models, world options and method lists
+#
+# Not only "no traceback": each generator knows the right answer. A pair of models is refused exactly when
+# its tokenizers differ (or a folder's config does not match its weights), a text exactly when most of it is
+# unknown to the tokenizer, and a pipeline config is accepted only when every world option has its declared
+# type and range and no method is listed twice.
+
+
+def model_variants(root: Path) -> dict[str, tuple[str, int, int]]:
+    """name -> (folder, tokenizer id, (config layers - weight layers)): the tiny model, tiny models with other
+    tokenizers, the micro model, and tiny copies whose config.json claims another layer count."""
+    import json
+
+    from rlp_align.models import build_tiny_model, resolve_model
+    from rlp_align.worlds.micro import build_model
+
+    tiny = resolve_model("tiny")
+    variants = {"tiny": (str(tiny), 0, 0)}
+    for vocab in (300, 400):
+        build_tiny_model(root / f"tiny{vocab}", vocab_size=vocab)
+        variants[f"tiny{vocab}"] = (str(root / f"tiny{vocab}"), vocab, 0)
+    build_model(root / "micro", hidden_size=16, layers=1)
+    variants["micro"] = (str(root / "micro"), 1, 0)
+    for layers in (1, 3, 4):
+        folder = root / f"tiny-{layers}-layers"
+        shutil.copytree(tiny, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["num_hidden_layers"] = layers
+        (folder / "config.json").write_text(json.dumps(config))
+        variants[f"tiny-{layers}-layers"] = (str(folder), 0, layers - 2)
+    return variants
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, tuple[str, int, int]]:
+    return model_variants(tmp_path_factory.mktemp("variants"))
+
+
+PAIR_EXAMPLES = 40
+SHARE.update(model=0.05, unreadable=0.02, world=0.08)  # of the --long hour, taken from the CLI fuzzer's half
+SHARE["cli"] -= 0.15
+
+
+def test_model_pairs_fuzz(budget, variants):
+    from rlp_align.models import load_policy, load_tokenizer, load_value_model
+    from rlp_align.train.ppo_config import PPOConfig
+    from rlp_align.train.ppo_models import check_tokenizers
+
+    names = sorted(variants)
+
+    @given(st.sampled_from(names), st.sampled_from(names), st.sampled_from(["reference", "value_model"]),
+           st.sampled_from(["policy", "value"]))
+    def pairs(policy, other, role, loader):
+        (p_path, p_tok, _), (o_path, o_tok, o_layers) = variants[policy], variants[other]
+        cfg = PPOConfig(policy=p_path, reward_model=p_path, **{role: o_path})
+        try:
+            check_tokenizers(cfg)
+            assert p_tok == o_tok, f"{other} as {role} of {policy}: different tokenizers accepted"
+        except UserError as e:
+            one_paragraph(e)
+            assert p_tok != o_tok, f"{other} as {role} of {policy}: refused, yet the tokenizers match: {e}"
+        try:
+            (load_policy if loader == "policy" else load_value_model)(o_path)
+            assert o_layers == 0, f"{other}: a config claiming {o_layers:+d} layers loaded"
+        except UserError as e:
+            one_paragraph(e)
+            assert o_layers != 0, f"{other}: refused though config and weights match: {e}"
+        assert load_tokenizer(o_path) is not None
+
+    run_budgeted(pairs, PAIR_EXAMPLES, budget)
+
+
+def test_unreadable_text_fuzz(budget, variants):
+    from rlp_align.data.templates import UNKNOWN_SHARE, check_readable
+    from rlp_align.models import load_tokenizer
+
+    tokenizers = {name: load_tokenizer(path) for name, (path, _, _) in variants.items() if "layers" not in name}
+
+    @given(st.sampled_from(sorted(tokenizers)), st.text(alphabet=st.sampled_from(list("0123456789+=.aZé ?\n")),
+                                                        max_size=40))
+    def readable(name, text):
+        tokenizer = tokenizers[name]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        unknown = sum(i == tokenizer.unk_token_id for i in ids)
+        try:
+            check_readable(tokenizer, text, "prompt")
+            assert not text.strip() or unknown <= UNKNOWN_SHARE * len(ids), (name, text)
+        except UserError as e:
+            one_paragraph(e)
+            assert unknown > UNKNOWN_SHARE * len(ids), (name, text, str(e))
+
+    run_budgeted(readable, 300, budget)
+
+
+def world_option_values() -> st.SearchStrategy:
+    """Values for a world option: in and out of range, of every type, and YAML quirks as strings."""
+    return st.one_of(st.integers(-5, 70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
+                     st.sampled_from(["correct", "majority", "nan", "1e-3", "0.5", "x", "", "[1]"]),
+                     st.lists(st.integers(0, 3), max_size=2))
+
+
+def test_world_options_fuzz(budget):
+    import inspect
+
+    from rlp_align.core.config import build_config
+    from rlp_align.pipeline.pipeline_config import world_config
+    from rlp_align.pipeline.run import LABELS, PipelineConfig, _validate
+    from rlp_align.worlds import SECTIONS, WORLDS, _option_names, load_world
+
+    names = {s: sorted({name for w in WORLDS for name in _option_names(w, s)}) for s in SECTIONS}
+
+    @given(st.sampled_from(sorted(WORLDS)), st.data())
+    def options(world, data):
+        world_options = {}
+        for section in data.draw(st.lists(st.sampled_from(SECTIONS), max_size=3, unique=True)):
+            keys = st.one_of(st.sampled_from(names[section] or ["digits"]), st.sampled_from(["seed", "digitz", "n"]))
+            world_options[section] = data.draw(st.dictionaries(keys, world_option_values(), max_size=3))
+        methods = data.draw(st.lists(st.sampled_from([*LABELS, "magic"]), min_size=1, max_size=4))
+        values = {"world": world, "model": world if world == "micro" else "tiny", "world_options": world_options,
+                  "refine_methods": methods, "data": {"n_sft": 4}, "oracle_labels": 4}
+        try:
+            cfg = build_config(PipelineConfig, values)
+            _validate(cfg)
+        except UserError as e:
+            one_paragraph(e)
+            return
+        assert len(set(methods)) == len(methods) and "magic" not in methods, methods
+        module, checked = load_world(world), world_config(cfg)
+        for section in SECTIONS:  # what the stages receive is typed, in range, and binds to the world's function
+            given_options = getattr(checked, section)
+            if given_options:
+                settings = module.OPTIONS[section](**given_options)
+                for key, value in given_options.items():
+                    assert type(value) is type(getattr(settings, key)), (section, key, value)
+        inspect.signature(module.pool).bind(4, seed=0, **checked.pool)
+        inspect.signature(module.judge).bind(temperature=0.0, **checked.judge)
+        if hasattr(module, "build_model"):
+            inspect.signature(module.build_model).bind("folder", seed=0, **checked.model)
+        if world == "micro" and checked.pool:  # the pool itself runs: a few problems are cheap
+            assert len(module.pool(3, seed=0, **checked.pool)) == 3
+
+    run_budgeted(options, 300, budget)

@@ -88,10 +88,23 @@ def _run_command(name: str, argv: list[str]) -> int:
         elif not os.path.exists(config_file) and os.path.exists(pipeline.preset_path(config_file)):
             config_file = pipeline.preset_path(config_file)
     cfg = load_config(cls, config_file, parse_overrides(argv))
+    from rlp_align.core.io import CACHE_SETTING, OUTPUT_SETTING
     from rlp_align.core.run_folder import claim_output
+    from rlp_align.models.registry import cache_dir
 
-    with claim_output(name, cfg):  # the one output guard, the run lock, the run fingerprint
-        result = run(cfg)
+    # an I/O error's hint names what this command's user sets: its output flag, or the cache's variable
+    tokens = (OUTPUT_SETTING.set("--output_file" if hasattr(cfg, "output_file") else "--output_dir"),
+              CACHE_SETTING.set((cache_dir(), "$RLP_ALIGN_CACHE")))
+    try:
+        with claim_output(name, cfg):  # the one output guard, the run lock, the run fingerprint
+            result = run(cfg)
+    except OSError as e:  # described here, while the settings above are known (`main` would say "output path")
+        from rlp_align.core.io import describe_os_error
+
+        raise UserError(describe_os_error(e)) from None
+    finally:
+        OUTPUT_SETTING.reset(tokens[0])
+        CACHE_SETTING.reset(tokens[1])
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0
@@ -126,11 +139,19 @@ def _data_command(argv: list[str]) -> int:
 
 
 def _prepare_command(argv: list[str]) -> int:
+    from rlp_align.core.io import CACHE_SETTING, describe_os_error
     from rlp_align.models import BUILTIN_MODEL, resolve_model
+    from rlp_align.models.registry import cache_dir
 
     names = argv or [BUILTIN_MODEL]
-    for name in names:
-        print(f"{name}: {resolve_model(name)}")
+    token = CACHE_SETTING.set((cache_dir(), "$RLP_ALIGN_CACHE"))  # what a failed build's hint names
+    try:
+        for name in names:
+            print(f"{name}: {resolve_model(name)}")
+    except OSError as e:
+        raise UserError(describe_os_error(e)) from None
+    finally:
+        CACHE_SETTING.reset(token)
     return 0
 
 

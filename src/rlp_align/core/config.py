@@ -180,12 +180,27 @@ def build_config(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise UserError(f"unknown config key '{_join(where, key)}'{hint}. Known keys: {', '.join(fields)}")
     kwargs = {name: _coerce(hints[name], _over_default(fields[name], value), _join(where, name))
               for name, value in values.items()}
+    for name, value in kwargs.items():
+        if fields[name].metadata.get("unique") and isinstance(value, list):
+            check_unique(value, _join(where, name))
     try:
         cfg = cls(**kwargs)
     except TypeError as e:  # a required field was not given
         raise UserError(f"{where or cls.__name__}: {e}") from None
     check_ranges(cfg, where)  # every numeric knob against rlp_align.core.ranges, before any work
     return cfg
+
+
+UNIQUE = {"unique": True}  # field metadata: a list that names methods or files, where a repeat is a mistake
+
+
+def check_unique(values: list, key: str) -> None:
+    """Refuse a repeated entry: ``refine_methods: [uml, uml]`` would rerun a refinement and overwrite the model
+    that a finished PPO₂ was trained from; a repeated ensemble member would count one RM twice."""
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"{key} names {', '.join(repr(v) for v in repeated)} more than once: each entry must be "
+                        f"distinct. Remove the repeat from {key}.")
 
 
 def _over_default(f: dataclasses.Field, value: Any) -> Any:
@@ -234,6 +249,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return build_config(tp, value, where)
     if tp is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
+            word = "true" if value.strip().lower() in ("true", "yes", "on") else "false"
+            raise UserError(f"{where}: got the text {value!r}, in quotes, where true or false is expected: YAML reads "
+                            f"a quoted value as text. Write {where}: {word} (lower case, no quotes).")
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return value

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 # I/O errors as one paragraph: the path and the cause
 
 _HINTS = {
-    errno.ENOSPC: "free some space or choose another --output_dir, then rerun the same command (finished "
+    errno.ENOSPC: "free some space or choose another {output}, then rerun the same command (finished "
                   "outputs and the last checkpoint are kept, so it resumes)",
-    errno.EDQUOT: "free some space or choose another --output_dir, then rerun the same command",
-    errno.EACCES: "check the permissions of the folder, or choose another --output_dir",
-    errno.EPERM: "check the permissions of the folder, or choose another --output_dir",
-    errno.EROFS: "the file system is read-only: choose another --output_dir",
-    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path or move the file",
-    errno.EISDIR: "this path is a folder, not a file: choose another path",
-    errno.EEXIST: "a file already has this name where a folder is needed: choose another path",
+    errno.EDQUOT: "free some space or choose another {output}, then rerun the same command",
+    errno.EACCES: "check the permissions of the folder, or choose another {output}",
+    errno.EPERM: "check the permissions of the folder, or choose another {output}",
+    errno.EROFS: "the file system is read-only: choose another {output}",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another {path} or move the file",
+    errno.EISDIR: "this path is a folder, not a file: choose another {path}",
+    errno.EEXIST: "a file already has this name where a folder is needed: choose another {path}",
 }
 # torch.save raises RuntimeError("... PytorchStreamWriter failed writing file ...") without the cause; safetensors
 # and tokenizers (Rust) raise their own errors holding "Os { code: 28, ... }"
@@ -69,11 +70,29 @@ _WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpecte
 _RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
 
 
+# What the user sets to move a write elsewhere (issue 30: a message names the setting that fixes it): the
+# command's output flag (`--output_dir` or `--output_file`), and the cache folder's environment variable.
+OUTPUT_SETTING: ContextVar[str] = ContextVar("output_setting", default="output path")
+CACHE_SETTING: ContextVar[tuple[Path, str] | None] = ContextVar("cache_setting", default=None)
+
+
+def _setting_for(where: str | Path | None, default: str) -> str:
+    """The cache's variable for a path inside the cache folder, else ``default``."""
+    cache = CACHE_SETTING.get()
+    if cache is not None and where is not None:
+        folder, name = cache
+        path, root = Path(os.path.abspath(where)), Path(os.path.abspath(folder))
+        if path == root or root in path.parents:
+            return f"cache folder (set {name})"
+    return default
+
+
 def describe_os_error(e: OSError, path: str | Path | None = None) -> str:
     """``path: cause; what to do`` for an `OSError` (the path from the error when it names one)."""
     where = e.filename if e.filename is not None else path
     cause = e.strerror or str(e) or type(e).__name__
     hint = _HINTS.get(e.errno or -1)
+    hint = hint.format(output=_setting_for(where, OUTPUT_SETTING.get()), path=_setting_for(where, "path")) if hint else None
     return f"{where or 'a file'}: {cause}" + (f"; {hint}" if hint else "")
 
 
@@ -316,5 +335,5 @@ def check_writable(folder: str | Path, need_bytes: int = 0) -> None:
         if free < need_bytes:
             raise UserError(
                 f"output folder {folder} has {free / 2**30:.2f} GiB free; this run needs about "
-                f"{need_bytes / 2**30:.2f} GiB. Free some space or choose another --output_dir."
+                f"{need_bytes / 2**30:.2f} GiB. Free some space or choose another {OUTPUT_SETTING.get()}."
             )

@@ -139,6 +139,20 @@ RANGES: dict[str, Range] = {
     "heldout_fraction": FRACTION,
     "k": Range(0, why="ensemble members; 0: no ensemble"),
     "oracle_labels": Range(1, why="fresh gold labels; unset: as many as SPG kept"),
+    # the micro world's options (`world_options`, rlp_align.worlds.micro)
+    "MicroPoolConfig.digits": Range(1, 16, why="operand length; the prompt and the answer must fit the micro "
+                                    "model's 64 positions"),
+    "MicroPoolConfig.demo_accuracy": Range(0, 1, why="the probability that a demonstration is correct"),
+    "MicroPoolConfig.pad_rate": Range(0, 1, why="the probability that a chosen demonstration gets filler"),
+    "MicroPoolConfig.filler": Range(0, 16, why="filler characters opening a padded demonstration"),
+    "MicroPoolConfig.trailing": Range(0, 16, why="filler characters closing a padded demonstration"),
+    "MicroPoolConfig.hard_error": Range(0, 1, why="the carry-drop probability on problems with 2+ carries (majority)"),
+    "MicroJudgeConfig.filler_penalty": ANY,
+    "MicroModelConfig.hidden_size": Range(4, why="the micro model's width, a multiple of 4"),
+    "MicroModelConfig.layers": Range(1, 64, why="the micro model's transformer layers"),
+    "MicroModelConfig.pretrain_steps": Range(0, why="steps of the base's pretraining; 0: a random-init policy"),
+    "MicroModelConfig.pretrain_learning_rate": Range(0, lo_open=True, why="the base's pretraining learning rate"),
+    "MicroModelConfig.base_seed": NON_NEGATIVE,
     # one name, another meaning
     "RefineConfig.lam": Range(0, why="the weight of L_M in Eq. 1"),
     "PPOConfig.temperature": Range(0, lo_open=True, why="PPO needs sampling log-probabilities"),

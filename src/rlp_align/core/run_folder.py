@@ -92,7 +92,7 @@ def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, P
 
     ``command`` None (a trainer called from Python, a stage of `rlp run`) accepts any trainer's folder.
     """
-    _not_an_input(path, kind, inputs)
+    _not_an_input(path, kind, inputs, command)
     _writable(path, kind)
     if locks:
         for folder, pid in other_holders(path):
@@ -111,7 +111,13 @@ def guard_output(path: Path, kind: str, command: str | None, inputs: dict[str, P
         _own_cache(path)
 
 
-def _not_an_input(out: Path, kind: str, inputs: dict[str, Path]) -> None:
+def _overwrite_note(command: str | None, text: str) -> str:
+    """``text`` where the command has an ``--overwrite`` setting (the trainers), else nothing: a message names
+    only flags the command takes (issue 30)."""
+    return text if command in TRAINERS else ""
+
+
+def _not_an_input(out: Path, kind: str, inputs: dict[str, Path], command: str | None = None) -> None:
     real_out = _real(out)
     for key, path in inputs.items():
         real_in = _real(path)
@@ -121,7 +127,8 @@ def _not_an_input(out: Path, kind: str, inputs: dict[str, Path]) -> None:
             what = "lies inside"
         else:
             continue
-        raise UserError(f"the output {out} {what} the input {key} ({path}): writing there (or --overwrite) "
+        raise UserError(f"the output {out} {what} the input {key} ({path}): writing there"
+                        f"{_overwrite_note(command, ' (or --overwrite)')} "
                         "would destroy or change that input. Choose an output path outside every input.")
 
 
@@ -168,17 +175,19 @@ def _own_folder(folder: Path, command: str | None) -> None:
         return
     if kind == FOREIGN:
         names = ", ".join(_contents(folder)[:5])
-        raise UserError(f"{folder} holds files rlp did not write ({names}): it has no rlp marker "
-                        f"({FINGERPRINT}), so rlp will not write into it, and --overwrite does not change that: it "
-                        "replaces only what the same command wrote. Choose another (new or empty) output folder, or "
-                        "move those files away.")
+        note = _overwrite_note(command, ", and --overwrite does not change that: it replaces only what the same "
+                                        "command wrote")
+        raise UserError(f"{folder} holds files rlp did not write ({names}): it has no rlp marker ({FINGERPRINT}), so "
+                        f"rlp will not write into it{note}. Choose another (new or empty) output folder, or move those "
+                        "files away.")
     if command is None and kind in (*TRAINERS, PYTHON, STAGE):
         return  # a trainer from Python or a pipeline stage: the command boundary checked the rest
     if kind == PYTHON and command in TRAINERS:
         return  # a trainer's folder made from Python: the CLI trainer takes it over (`claim_output`)
     origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was written by `rlp {kind}`"
-    raise UserError(f"{folder} {origin}; `rlp {command or 'this trainer'}` will not write into it, and "
-                    "--overwrite does not change that: it replaces only what the same command wrote. Choose "
+    note = _overwrite_note(command, ", and --overwrite does not change that: it replaces only what the same "
+                                    "command wrote")
+    raise UserError(f"{folder} {origin}; `rlp {command or 'this trainer'}` will not write into it{note}. Choose "
                     "another output folder.")
 
 

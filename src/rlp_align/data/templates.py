@@ -36,6 +36,30 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> str:
     return "\n\n".join(turns) + "\n\nAssistant:"
 
 
+UNKNOWN_SHARE = 0.5  # a text read as more unknown tokens than this is not text the model can read
+
+
+def check_readable(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> None:
+    """Refuse ``text`` when ``tokenizer`` turns most of it into its unknown token.
+
+    A tokenizer with a closed alphabet (the micro world's reads digits, '+', '=' and '.', and its unknown
+    token is the pad) maps every English character to one id; samples, best-of-n picks and RM scores on such
+    text come out meaningless, with no error. Byte-level tokenizers never produce an unknown token, so this
+    costs them one count.
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None or not text.strip():
+        return
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    unknown = sum(1 for i in ids if i == unk)
+    if unknown > UNKNOWN_SHARE * len(ids):
+        raise UserError(
+            f"the tokenizer of {tokenizer.name_or_path} reads {unknown} of the {len(ids)} tokens of a {what} as its "
+            f"unknown token {tokenizer.unk_token!r} ({text[:60]!r}): this model cannot read this text, so its "
+            "samples and scores on it would be meaningless. Give a model whose tokenizer covers the text in place "
+            f"of {tokenizer.name_or_path}, or text in its alphabet.")
+
+
 def _ids(tokenizer: PreTrainedTokenizerBase, prompt: Messages) -> list[int]:
     return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
 
@@ -97,6 +121,7 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Messages, max_length:
     """
     if max_length is not None:
         prompt = _cut_user_text(prompt, char_budget(tokenizer, max_length))  # by characters first: char_budget
+    check_readable(tokenizer, "\n".join(str(m.get("content", "")) for m in prompt), "prompt")
     ids = _ids(tokenizer, prompt)
     if max_length is None or len(ids) <= max_length:
         return ids, False
@@ -157,6 +182,7 @@ def encode_pair(
     """
     budget = char_budget(tokenizer, max_length)  # cut by characters first: neither field keeps more than this
     prompt, response = _cut_user_text(prompt, budget), response[:budget]
+    check_readable(tokenizer, response, "response")
     response_ids = _response_ids(tokenizer, response)  # the one reward path: EOS always (rlp_align.data.reward_path)
     prompt_ids, prompt_cut = fit_prompt(tokenizer, prompt, max_prompt_length)
     truncated = prompt_cut

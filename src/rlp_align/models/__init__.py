@@ -1,5 +1,6 @@
 """Models: which folder a name means (`registry`), loading and saving (`load`), reading an RM (`scoring`),
-the sampler (`generation`), log-probs and temperature (`logprobs`), sentence embeddings (`embeddings`).
+the sampler (`generation`), log-probs and temperature (`logprobs`), sentence embeddings (`embeddings`),
+tokenizer fingerprints for models that exchange token ids (`tokens`).
 
 May import: core and data. Everything from train/judge up may import it.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import torch
 from safetensors import SafetensorError
@@ -92,6 +93,52 @@ def _mismatch(e: RuntimeError, folder, what: str) -> Exception:
                      f"{detail}. Fix config.json (or use the folder the weights were saved with).")
 
 
+def check_weights_match(folder, info: dict, what: str, *, new_head: bool = False, tied: bool = False) -> None:
+    """Refuse weights that do not match the config in full: a tensor the config has but the weights lack
+    (transformers would initialise it at random) or one the weights have but the config does not (dropped).
+
+    A config whose ``num_hidden_layers`` differs from the weights' loads silently otherwise. Exactly two gaps
+    are legitimate: with ``new_head``, a reward/value model built on a causal-LM backbone gets a new ``score``
+    head and leaves the LM head behind; with tied embeddings (``tied``) the LM head is the embedding.
+    """
+    def head(key: str, names: tuple[str, ...]) -> bool:
+        return key.split(".")[0] in names
+
+    missing = sorted(k for k in info.get("missing_keys", ()) if not (new_head and head(k, ("score", "classifier")))
+                     and not (tied and head(k, ("lm_head",))))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not (new_head and head(k, ("lm_head",))))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
+    problems = [f"{len(keys)} {kind} (e.g. {', '.join(keys[:3])})" for kind, keys in
+                (("weights the config has but the folder lacks, which would start random", missing),
+                 ("weights in the folder that the config has no place for, which would be dropped", unexpected),
+                 ("weights whose shapes differ from the config", mismatched)) if keys]
+    if problems:
+        layers = _layer_count(folder)
+        hint = (f" config.json says num_hidden_layers={layers[0]}, the weights hold {layers[1]} layers."
+                if layers and layers[0] != layers[1] else "")
+        raise UserError(f"cannot load {what} from {folder}: its config.json does not match its weights: "
+                        f"{'; '.join(problems)}.{hint} Fix config.json (or use the folder the weights were saved "
+                        "with).")
+
+
+def _layer_count(folder) -> tuple[int, int] | None:
+    """(layers in config.json, layers in the weights), when both can be read."""
+    from safetensors import safe_open
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        indices = set()
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), "pt") as weights:
+                for key in weights.keys():
+                    found = re.search(r"\.(?:layers|h)\.(\d+)\.", key)
+                    if found:
+                        indices.add(int(found.group(1)))
+        return (config.get("num_hidden_layers"), len(indices)) if indices else None
+    except (OSError, ValueError, SafetensorError):
+        return None
+
+
 def _load_kwargs(allow_pickle: bool, trust_remote_code: bool) -> dict:
     return {"dtype": torch.float32, "use_safetensors": None if allow_pickle else True,
             "trust_remote_code": trust_remote_code}
@@ -104,11 +151,14 @@ def load_policy(
     folder = resolve_model(name_or_path, allow_pickle=allow_pickle)
     check_policy_folder(folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **_load_kwargs(allow_pickle, trust_remote_code))
+        model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True,
+                                                           **_load_kwargs(allow_pickle, trust_remote_code))
     except (OSError, ValueError, KeyError, SafetensorError) as e:  # SafetensorError: corrupt weights
         raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
     except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
         raise _mismatch(e, folder, "a causal language model") from None
+    check_weights_match(folder, info, "a causal language model",
+                        tied=bool(getattr(model.config, "tie_word_embeddings", False)))
     return model
 
 
@@ -141,9 +191,12 @@ def load_reward_model(
         raise UserError(f"cannot load a reward model from {folder}: {e}") from None
     except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
         raise _mismatch(e, folder, "a reward model") from None
-    if not new_head:
+    if not new_head or is_classifier:
         head = {n for n, p in model.named_parameters() if any(p is q for q in reward_head(model).parameters())}
         check_trained_head(folder, sorted(head & set(info["missing_keys"])))
+    # only a causal-LM backbone legitimately gets a new head (and leaves its LM head behind)
+    check_weights_match(folder, info, "a reward model", new_head=not is_classifier,
+                        tied=bool(getattr(model.config, "tie_word_embeddings", False)))
     if not is_classifier:
         torch.nn.init.zeros_(reward_head(model).weight)
         if getattr(reward_head(model), "bias", None) is not None:

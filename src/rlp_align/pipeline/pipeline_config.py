@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlp_align.core.config import UNIQUE
 from rlp_align.core.io import write_jsonl
 from rlp_align.judge.annotators.base import AnnotatorConfig
 from rlp_align.models.generation import GenerateConfig
@@ -66,7 +67,7 @@ class EnsembleConfig:
     """Reward-model ensembles (Coste et al. 2024): k RMs on D with different seeds; 0 disables."""
 
     k: int = 0
-    aggregates: list[str] = field(default_factory=lambda: ["wco", "uwo"])
+    aggregates: list[str] = field(default_factory=lambda: ["wco", "uwo"], metadata=UNIQUE)
     uwo_lambda: float = 0.5
 
 
@@ -78,7 +79,7 @@ class PipelineConfig:
     seed: int = 0
     world_options: WorldOptions = field(default_factory=WorldOptions)
     rounds: int = 1
-    refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"])
+    refine_methods: list[str] = field(default_factory=lambda: ["uml", "spg"], metadata=UNIQUE)
     label_noise: float = 0.25  # flip rate of the simulated annotator that labels D (AlpacaFarm: 25 %)
     pair_temperature: float = 1.0  # sampling temperature of the two SFT answers labelled into D
     eval_baseline: Literal["reference", "sft"] = "sft"  # what win-rates are measured against
@@ -98,8 +99,11 @@ class PipelineConfig:
 
 
 def world_config(cfg: PipelineConfig) -> WorldConfig:
-    """The world as the stages receive it: ``world`` (its name) with ``world_options``."""
-    return WorldConfig(cfg.world, **dataclasses.asdict(cfg.world_options))
+    """The world as the stages receive it: ``world`` (its name) with ``world_options``, checked against the
+    world's declared options (`rlp_align.worlds.world_settings`: keys, types, ranges) and typed."""
+    from rlp_align.worlds import world_settings
+
+    return WorldConfig(cfg.world, **world_settings(cfg.world, dataclasses.asdict(cfg.world_options)))
 
 
 def split(items: list, sizes: list[int], seed: int) -> list[list]:

@@ -112,6 +112,7 @@ def _validate(cfg: PipelineConfig) -> None:
     if bad:
         raise UserError(f"unknown refine method(s) {bad}: choose from {', '.join(LABELS)}")
     module = load_world(cfg.world)  # an unknown world name stops here, before any stage runs
+    world_config(cfg)  # and so do its options: unknown keys, types, ranges (`worlds.world_settings`)
     if cfg.model == cfg.world and not hasattr(module, "build_model"):
         raise UserError(f"model {cfg.model!r}: the world {cfg.world!r} builds no model of its own; give a model")
     if cfg.model == cfg.world and cfg.data.n_sft < 1:

@@ -12,6 +12,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlp_align.core.config import UNIQUE
 from rlp_align.core.device import default_device
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import write_jsonl
@@ -27,7 +28,7 @@ class BestOfNConfig:
     reward_model: str = ""
     instructions_file: str = ""
     output_file: str = "answers.jsonl"
-    reward_ensemble: list[str] = field(default_factory=list)  # member RM folders; overrides reward_model
+    reward_ensemble: list[str] = field(default_factory=list, metadata=UNIQUE)  # member RM folders; overrides reward_model
     ensemble_aggregate: Literal["mean", "wco", "uwo"] = "mean"
     uwo_lambda: float = 0.5
     n: int = 16

@@ -24,6 +24,7 @@ from rlp_align.core.device import default_device
 from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, Messages
 from rlp_align.models import load_reward_model, load_tokenizer, reward_scores, score_texts
+from rlp_align.models.tokens import same_tokenizer
 
 RewardFn = Callable[[list[Messages], list[str]], torch.Tensor]
 Aggregate = Literal["mean", "wco", "uwo"]
@@ -47,8 +48,8 @@ def aggregate(member_scores: torch.Tensor, method: str = "mean", uwo_lambda: flo
 
 
 def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
-    """Whether token ids mean the same thing under both tokenizers (so ids can be passed across)."""
-    return a is b or (len(a) == len(b) and a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id)
+    """Whether token ids mean the same thing under both tokenizers (`models.tokens.same_tokenizer`)."""
+    return same_tokenizer(a, b)
 
 
 class RewardModelFn:

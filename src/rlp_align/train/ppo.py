@@ -57,7 +57,7 @@ from rlp_align.train.ppo_losses import (
     value_loss,
     whiten,
 )
-from rlp_align.train.ppo_models import build_models
+from rlp_align.train.ppo_models import build_models, check_tokenizers
 from rlp_align.train.ppo_rollout import ActorCritic, Rollout, make_rollout
 from rlp_align.train.training import (
     OptimConfig,
@@ -234,6 +234,7 @@ def train_ppo(
     # max_prompt_length the chat template does not fit in, before any model is loaded
     tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
     encode_prompts(tokenizer, prompts, cfg.max_prompt_length, "ppo")
+    check_tokenizers(cfg)  # the reference and a separate critic read the policy's token ids
     out_dir = Path(cfg.output_dir)
     run = TrainingRun(out_dir, accelerator, cfg.overwrite, cfg.optim, inputs=config_inputs(cfg))
     if run.finished is not None:  # the same run (its fingerprint matched): this command's config, its numbers

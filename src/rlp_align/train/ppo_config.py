@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rlp_align.core.config import UNIQUE
 from rlp_align.train.training import LoraConfig, OptimConfig
 
 __all__ = ["PPOConfig"]
@@ -22,7 +23,7 @@ class PPOConfig:
     reference: str | None = None  # frozen pi_ref for the KL penalty; defaults to `policy`
     value_model: str | None = None  # defaults to the reward model (AlpacaFarm initialises V from the RM)
     prompts_file: str = ""  # unlabelled instructions U
-    reward_ensemble: list[str] = field(default_factory=list)  # member RM folders (Coste et al. 2024)
+    reward_ensemble: list[str] = field(default_factory=list, metadata=UNIQUE)  # member RM folders (Coste et al. 2024)
     ensemble_aggregate: Literal["mean", "wco", "uwo"] = "mean"
     uwo_lambda: float = 0.5
     steps: int = 20  # AlpacaFarm's best results: 20-80 steps of 512 rollouts

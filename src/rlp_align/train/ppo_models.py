@@ -20,6 +20,7 @@ from torch import nn
 from rlp_align.core.errors import UserError
 from rlp_align.models import apply_lora, load_policy, load_value_model
 from rlp_align.models.dropout import disable_dropout
+from rlp_align.models.tokens import check_same_tokenizer
 from rlp_align.train.ppo_rollout import ActorCritic, AdaptersOff, checkpoint_with_active_adapter
 
 if TYPE_CHECKING:
@@ -41,6 +42,23 @@ def critic_mode(cfg: PPOConfig) -> str:
 def shares_base(cfg: PPOConfig) -> bool:
     """The reference is the LoRA policy's base with adapters off when it is the policy's own starting point."""
     return cfg.lora.enabled and cfg.reference in (None, cfg.policy)
+
+
+def check_tokenizers(cfg: PPOConfig) -> None:
+    """The reference reads the policy's sampled ids (the KL term), and so does a separate critic (its values):
+    both must tokenize as the policy does (`models.tokens.check_same_tokenizer`). Called before any work."""
+    separate = critic_mode(cfg) == "separate"
+    critic_advice = ("Set value_model to a model with the policy's tokenizer (the policy itself, or an RM trained "
+                     "from it), or critic to head" + ("" if cfg.value_model else " (unset, value_model is the "
+                                                       "reward model, which is read through text and may differ)"))
+    check_same_tokenizer({"policy": cfg.policy, "reference": cfg.reference,
+                          "value_model": value_model_path(cfg) if separate else None},
+                         trust_remote_code=cfg.trust_remote_code, advice={"value_model": critic_advice + "."})
+
+
+def value_model_path(cfg: PPOConfig) -> str:
+    """The separate critic's starting point: ``value_model``, else the (first) reward model, else the policy."""
+    return cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0]
 
 
 def value_head(policy: nn.Module) -> nn.Linear:
@@ -68,8 +86,7 @@ def build_models(
 
     value: nn.Module | None = None
     if critic == "separate":
-        value = load_value_model(cfg.value_model or cfg.reward_model or (cfg.reward_ensemble or [cfg.policy])[0],
-                                 **trust)
+        value = load_value_model(value_model_path(cfg), **trust)
         if cfg.gradient_checkpointing:
             value.gradient_checkpointing_enable()
         if cfg.lora.enabled:

@@ -31,8 +31,9 @@ import os
 import random
 import shutil
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlp_align.core.errors import UserError
 from rlp_align.data.records import Instruction, prompt_text, user_prompt
@@ -45,6 +46,51 @@ EOS, PAD, BOS = "<eos>", "<pad>", "<bos>"
 ALPHABET = list("0123456789+=") + [FILLER]
 # The prompt is just the problem; the template adds "=" so the answer starts right after it.
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Options (`world_options` in a pipeline config): typed, range-checked at start-up (`rlp_align.worlds.world_settings`)
+# with every other section; each class's fields are the keyword arguments of `pool`, `judge`, `build_model`.
+
+
+@dataclass
+class MicroPoolConfig:
+    """``world_options.pool``: the problems and the demonstrators (see `pool`)."""
+
+    digits: int = DIGITS
+    demo_accuracy: float = 0.7
+    pad: Literal["correct", "majority"] = "correct"
+    pad_rate: float = 1.0
+    filler: int = 1
+    trailing: int = 0
+    hard_error: float = 0.7
+
+
+@dataclass
+class MicroJudgeConfig:
+    """``world_options.judge``: the gold judge (its temperature is ``annotator.temperature``)."""
+
+    filler_penalty: float = 0.1
+
+
+@dataclass
+class MicroModelConfig:
+    """``world_options.model``: the policy before SFT: built from random init (its seed is the run's ``seed``), or
+    with ``pretrain_steps`` the base pretrained on correct sums, shared by every seed (``base_seed``)."""
+
+    hidden_size: int = 128
+    layers: int = 3
+    pretrain_steps: int = 0
+    pretrain_learning_rate: float = 3e-3
+    base_seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.hidden_size, int) and self.hidden_size >= 4 and self.hidden_size % 4:  # range: ranges.py
+            raise UserError(f"world_options.model.hidden_size = {self.hidden_size} must be a multiple of 4 "
+                            "(the micro model's 4 attention heads split it evenly)")
+
+
+OPTIONS = {"pool": MicroPoolConfig, "judge": MicroJudgeConfig, "model": MicroModelConfig}
 
 
 def answer_of(a: int, b: int, digits: int = DIGITS) -> str:
