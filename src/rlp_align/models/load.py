@@ -21,6 +21,7 @@ from transformers import (
 
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import atomic_path
+from rlp_align.core.threads import fit_threads
 from rlp_align.models.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
 from rlp_align.models.registry import resolve_model
 from rlp_align.models.scoring import reward_head, unwrap_model
@@ -109,6 +110,7 @@ def load_policy(
         raise UserError(f"cannot load a causal language model from {folder}: {e}") from None
     except RuntimeError as e:  # transformers' "mismatched sizes": config.json and the weights disagree
         raise _mismatch(e, folder, "a causal language model") from None
+    fit_threads(model)
     return model
 
 
@@ -151,6 +153,7 @@ def load_reward_model(
     if model.config.pad_token_id is None:
         # HF's own forward() needs it to find the last token; our scoring uses the attention mask.
         model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    fit_threads(model)
     return model
 
 
