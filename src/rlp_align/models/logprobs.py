@@ -17,8 +17,13 @@ from torch import nn
 
 
 def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits of the distribution sampled at ``temperature`` > 0, z / T, in fp32 (softmax in bf16 is too coarse)."""
-    return logits.float() / temperature
+    """Logits of the distribution sampled at ``temperature`` > 0, z / T, in fp32 (softmax in bf16 is too coarse).
+
+    At T = 1 the division is skipped: z / 1 is z exactly, and on [B, T, V] logits it is a full pass over the
+    largest tensor of a PPO update, forward and backward (issue 29).
+    """
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def response_logits(
@@ -27,13 +32,24 @@ def response_logits(
 ) -> torch.Tensor:
     """Tempered logits predicting each of the last ``response_length`` tokens [B, T, V], in one forward.
 
-    Positions come from the attention mask, so left padding changes nothing; logits are computed only
-    for the response (``logits_to_keep``), not the prompt.
+    Positions come from the attention mask, so left padding changes nothing; logits are computed only at
+    the ``response_length`` positions that predict a response token (`predicting_positions`), not the prompt.
     """
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+                   logits_to_keep=predicting_positions(input_ids.shape[1], response_length, input_ids.device),
+                   use_cache=False).logits
     return tempered(logits, temperature)
+
+
+def predicting_positions(width: int, response_length: int, device: torch.device) -> torch.Tensor:
+    """The columns whose next-token logits predict the last ``response_length`` tokens of a ``width``-wide row.
+
+    Passed as ``logits_to_keep`` (a 1-D tensor of positions), so the LM head projects exactly those: keeping the
+    last T + 1 and dropping the final one cost a wasted row of the vocabulary matmul and, in backward, a zero-filled
+    copy of the whole [B, T + 1, V] gradient (issue 29).
+    """
+    return torch.arange(width - response_length - 1, width - 1, device=device)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
