@@ -1,5 +1,5 @@
-"""Log-probs of sampled tokens (issue 29's speed-ups): the LM head on the response positions alone computes what
-the plain expressions computed."""
+"""Log-probs of sampled tokens (issue 29's speed-ups): the fused backward and the LM head on the response positions
+alone compute what the plain expressions computed."""
 
 import pytest
 import torch
@@ -20,6 +20,27 @@ def plain_response_logits(model, input_ids, attention_mask, response_length, tem
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                    logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
     return logits.float() / temperature
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 50), (4, 97)])
+def test_fused_token_logprobs_are_bitwise_autograds(shape):
+    torch.manual_seed(0)
+    z = (torch.randn(*shape) * 4).requires_grad_()
+    tokens = torch.randint(0, shape[-1], shape[:-1])
+    g = torch.randn(shape[:-1])
+    ours = token_logprobs(z, tokens)
+    (ours_grad,) = torch.autograd.grad(ours, z, g)
+    plain = plain_token_logprobs(z, tokens)
+    (plain_grad,) = torch.autograd.grad(plain, z, g)
+    assert torch.equal(ours, plain) and torch.equal(ours_grad, plain_grad)
+    # a hand-computed case: z = (0, log 3) -> log p = (log 1/4, log 3/4); d log p_1 / dz = onehot(1) - p
+    two = torch.tensor([[0.0, float(torch.tensor(3.0).log())]], requires_grad=True)
+    lp = token_logprobs(two, torch.tensor([1]))
+    lp.sum().backward()
+    assert lp.item() == pytest.approx(float(torch.tensor(0.75).log()))
+    assert two.grad[0].tolist() == pytest.approx([-0.25, 0.25])
+    with torch.inference_mode():
+        assert torch.equal(token_logprobs(z, tokens), plain.detach())
 
 
 def test_tempered_at_one_is_the_logits_themselves():
