@@ -303,6 +303,43 @@ def run_seed(cfg: Any, run_dir: Path, bon_prompts: int, key: str, long_settings:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Orchestration: which seeds run in this call, and how (one process, or one process per seed at one thread each)
+
+SMALL_MODEL_WORLDS = {"micro"}  # models under 10M parameters: a seed per core beats intra-op threads (issue 29)
+
+
+def seed_process(world: str, preset: Path, seed: int, run_dir: Path, smoke: bool, ensemble_k: int, bon_prompts: int,
+                 key: str, long_settings: dict[str, Any] | None, threads: int | None, variant: str = "base",
+                 capacity_pairs: int = CAPACITY_PAIRS) -> dict[str, Any]:
+    """One seed, run and recorded (``quality_seed.json``); the body of a ``--parallel`` worker process."""
+    if threads is not None:
+        os.environ["RLP_NUM_THREADS"] = str(threads)
+    cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k, variant)
+    record = run_seed(cfg, run_dir, bon_prompts, key, long_settings, capacity_pairs)
+    write_json(run_dir / "quality_seed.json", record)
+    return record
+
+
+def run_seeds(jobs: list[dict[str, Any]], parallel: int) -> None:
+    """Run ``seed_process(**job)`` for each job: in this process, or ``parallel`` spawned processes at a time
+    (spawn, not fork: torch's thread pools do not survive a fork). A seed that fails stops the call; the seeds
+    that finished keep their records, so the next call resumes."""
+    if parallel <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            print(f"seed {job['seed']}: running in {job['run_dir']}", flush=True)
+            seed_process(**job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for job in jobs:
+            print(f"seed {job['seed']}: running in {job['run_dir']} (a process of its own)", flush=True)
+            futures[job["seed"]] = pool.submit(seed_process, **job)
+        for seed, future in futures.items():
+            future.result()
+            print(f"seed {seed}: finished", flush=True)
 
 
 def main() -> None:
@@ -319,7 +356,10 @@ def main() -> None:
                         "(default: micro 3, smollm2 0; smoke 2)")
     parser.add_argument("--bon_prompts", type=int, default=None, help="eval prompts of the best-of-n curve "
                         "(default: micro 128, smollm2 16; smoke 4)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per seed (default: the package's "
+                        "rule, 1 thread below 10M parameters, every core above; 1 under --parallel)")
+    parser.add_argument("--parallel", type=int, default=None, help="seeds run at once, each in its own process "
+                        "(default: one per core for the micro world's small models, 1 for smollm2)")
     parser.add_argument("--out", default=None, help="default benchmarks/results/quality-<world>.json")
     args = parser.parse_args()
     smoke, world = args.smoke, args.world
@@ -335,37 +375,39 @@ def main() -> None:
     if long and smoke:
         long = {**long, "steps": 2, "eval_every": 1}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["RLP_NUM_THREADS"] = str(args.threads)
-    import torch
-
+    parallel = args.parallel or ((os.cpu_count() or 1) if world in SMALL_MODEL_WORLDS else 1)
+    threads = args.threads or (1 if parallel > 1 else None)  # None: the package's rule (rlp_align.core.threads)
+    if threads is not None:
+        os.environ["RLP_NUM_THREADS"] = str(threads)
     from rlp_align.core.config import config_hash, config_to_dict
 
-    torch.set_num_threads(args.threads)
-    started, records, ran = time.time(), [], 0
+    capacity = SMOKE_CAPACITY_PAIRS if smoke else CAPACITY_PAIRS
+    started, jobs, keys = time.time(), [], {}
     for seed in seeds:
         run_dir = work / f"seed{seed}"
         cfg = seed_config(world, preset, seed, run_dir, smoke, ensemble_k, args.variant)
-        capacity = SMOKE_CAPACITY_PAIRS if smoke else CAPACITY_PAIRS
-        key = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long,
-                           "capacity_pairs": capacity, "bon_kl": "plug-in"})[:12]  # before issue 28 N4: the bound
+        key = keys[seed] = config_hash({**config_to_dict(cfg), "bon_prompts": bon_prompts, "long_ppo1": long,
+                                        "capacity_pairs": capacity, "bon_kl": "plug-in"})[:12]  # N4: not the bound
         path = run_dir / "quality_seed.json"
         record = json.loads(path.read_text()) if path.exists() else None
         if record is None or record.get("config_key") != key:
-            if args.max_seeds_per_call is not None and ran >= args.max_seeds_per_call:
+            if args.max_seeds_per_call is not None and len(jobs) >= args.max_seeds_per_call:
                 print(f"seed {seed}: not finished; left for a later call (--max_seeds_per_call)")
                 continue
-            print(f"seed {seed}: running in {run_dir}", flush=True)
-            record = run_seed(cfg, run_dir, bon_prompts, key, long, capacity)
-            write_json(path, record)
-            ran += 1
-        records.append(record)
+            jobs.append({"world": world, "preset": preset, "seed": seed, "run_dir": run_dir, "smoke": smoke,
+                         "ensemble_k": ensemble_k, "bon_prompts": bon_prompts, "key": key, "long_settings": long,
+                         "threads": threads, "variant": args.variant, "capacity_pairs": capacity})
+    run_seeds(jobs, parallel)
+    records = [r for seed in seeds if (p := work / f"seed{seed}" / "quality_seed.json").exists()
+               and (r := json.loads(p.read_text())).get("config_key") == keys[seed]]  # this call's and earlier ones
     if not records:
         print("no finished seed yet: nothing to aggregate")
         return
     result = {"benchmark": "quality", "world": world, "variant": args.variant, "smoke": smoke, "date": now(), **git_commit(),
               "machine": machine_info(), "preset": str(preset.relative_to(ROOT) if preset.is_relative_to(ROOT) else preset),
               "work_dir": str(work), "seeds_requested": seeds, "seeds_finished": [r["seed"] for r in records],
-              "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": args.threads,
+              "settings": {"refine_methods": WORLDS[world]["refine"], "ensemble_k": ensemble_k, "threads": threads,
+                           "parallel": parallel,
                            "best_of_n_curve": {"n_max": BON_MAX, "prompts": bon_prompts, "policy": "SFT"},
                            "majority_samples": MAJORITY_N, "rm_capacity_pairs": capacity,
                            "matched_kl": "min(the method's final KL, PPO1's final KL); both runs' per-prompt gold "

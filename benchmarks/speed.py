@@ -184,7 +184,7 @@ def main() -> None:
             {"measured": False, "reason": f"{run_dir} is absent"}
         result["targets"] = judge(result["ppo"]["ours"], result["ppo"]["trl"], result["ppo"]["trl_note"],
                                   result["mfu"], overhead, (result["targets"]["update_mfu"].get("why") or {})
-                                  .get("profile"))
+                                  .get("profile"), result.get("workloads"), result["settings"]["batch"])
         write_json(out, result)
         print(f"RLP overhead: {overhead.get('worst_ratio') or overhead.get('reason')} -> {out}")
         return
@@ -260,7 +260,7 @@ def main() -> None:
                                                  for o, t in zip(ours, trl)
                                                  if o.get("median_step_seconds") and t.get("median_step_seconds")])},
         "mfu": mfu, "rlp_overhead": overhead, "sampling": sampling, "workloads": workloads,
-        "targets": judge(ours, trl, trl_note, mfu, overhead, profile, workloads),
+        "targets": judge(ours, trl, trl_note, mfu, overhead, profile, workloads, batch),
         "seconds": time.time() - started,
     }
     write_json(out, result)

@@ -84,29 +84,35 @@ def rlp_overhead(run_dir: Path) -> dict[str, Any]:
 # Targets
 
 
-def episodes_per_second(run: dict[str, Any]) -> float | None:
-    """Sequences (episodes) per second of a worker run: its batch over its median step time."""
-    return run["batch"] / run["median_step_seconds"] if run.get("median_step_seconds") and run.get("batch") else None
+def episodes_per_second(run: dict[str, Any], batch: int | None = None) -> float | None:
+    """Sequences (episodes) per second of a worker run: its batch over its median step time.
+
+    ``batch``: the benchmark's batch (``settings.batch``), for runs that do not record their own; TRL's worker
+    records none before issue 29, so without it every TRL comparison read "no TRL run to compare with".
+    """
+    size = run.get("batch") or batch
+    return size / run["median_step_seconds"] if run.get("median_step_seconds") and size else None
 
 
-def cheaper_targets(workloads: dict[str, dict], ours: list[dict], trl: list[dict], trl_note: str | None
-                    ) -> dict[str, Any]:
+def cheaper_targets(workloads: dict[str, dict], ours: list[dict], trl: list[dict], trl_note: str | None,
+                    batch: int | None = None) -> dict[str, Any]:
     """LoRA PPO and RLOO: episodes/s (and LoRA PPO's peak RSS) as multiples of TRL's full fine-tuning PPO."""
-    trl_eps = median([e for e in map(episodes_per_second, trl) if e])
+    trl_eps = median([e for t in trl if (e := episodes_per_second(t, batch))])
     trl_rss = median([t["peak_rss_mb"] for t in trl if "peak_rss_mb" in t])
-    ours_eps = median([e for e in map(episodes_per_second, ours) if e])
+    ours_eps = median([e for o in ours if (e := episodes_per_second(o, batch))])
     out = {}
     for name, goal in (("lora_ppo", TARGETS["lora_ppo_episodes"]), ("rloo", TARGETS["rloo_episodes"])):
         if name not in workloads:
             continue
         run = workloads[name]
-        eps = episodes_per_second(run)
+        eps = episodes_per_second(run, batch)
         t: dict[str, Any] = {"target": f"{name} episodes/s >= {goal}x TRL's full fine-tuning PPO"
                              + (f", peak RSS <= {TARGETS['lora_ppo_rss']}x TRL's" if name == "lora_ppo" else ""),
                              "episodes_per_second": eps, "peak_rss_mb": run.get("peak_rss_mb"),
                              "vs_our_full_ppo": eps / ours_eps if eps and ours_eps else None}
         if eps is None or trl_eps is None or trl_rss is None:
-            t.update(passed=None, reason=run.get("error") or trl_note or "no TRL run to compare with")
+            t.update(passed=None, reason=run.get("error") or trl_note or ("no TRL run to compare with" if not trl else
+                                                                             "no batch size for the TRL runs"))
         else:
             t["vs_trl"] = eps / trl_eps
             t["rss_vs_trl"] = run["peak_rss_mb"] / trl_rss
@@ -116,19 +122,24 @@ def cheaper_targets(workloads: dict[str, dict], ours: list[dict], trl: list[dict
 
 
 def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, overhead: dict,
-          profile: dict | None, workloads: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Each target with its measured value and pass/fail (None: not measured, with the reason)."""
-    pairs = [(o, t) for o, t in zip(ours, trl) if o.get("median_step_seconds") and t.get("median_step_seconds")]
-    speedups = [t["median_step_seconds"] / o["median_step_seconds"] for o, t in pairs]
+          profile: dict | None, workloads: dict[str, dict] | None = None, batch: int | None = None) -> dict[str, Any]:
+    """Each target with its measured value and pass/fail (None: not measured, with the reason).
+
+    The PPO targets compare episodes per second, ``batch`` (the benchmark's setting) standing in for a run that
+    records no batch of its own (TRL's worker before issue 29).
+    """
+    pairs = [(o_eps, t_eps) for o, t in zip(ours, trl)
+             if (o_eps := episodes_per_second(o, batch)) and (t_eps := episodes_per_second(t, batch))]
+    speedups = [o_eps / t_eps for o_eps, t_eps in pairs]
     ours_rss = median([o["peak_rss_mb"] for o in ours if "peak_rss_mb" in o])
     trl_rss = median([t["peak_rss_mb"] for t in trl if "peak_rss_mb" in t])
     speed: dict[str, Any] = {"target": f"PPO step >= {TARGETS['ppo_speedup']}x faster than TRL, peak RSS <= TRL's",
                              "speedup": spread(speedups), "peak_rss_mb_ours": ours_rss, "peak_rss_mb_trl": trl_rss}
     if not speedups or ours_rss is None or trl_rss is None:
-        speed.update(passed=None, reason=trl_note or "no successful ours/TRL pair of runs")
+        speed.update(passed=None, reason=trl_note or "no successful ours/TRL pair of runs with a batch size")
     else:
         speed["passed"] = statistics.median(speedups) >= TARGETS["ppo_speedup"] and ours_rss <= trl_rss
-        speed["judged_on"] = "median speed-up over repeats; median peak RSS over runs"
+        speed["judged_on"] = "median episodes/s ratio over repeats; median peak RSS over runs"
     mfu_target = {"target": f"update-phase MFU >= {TARGETS['mfu']:.0%}", "mfu_matmul": mfu["mfu_matmul"],
                   "mfu_6nd": mfu["mfu_6nd"],
                   "passed": None if mfu["mfu_matmul"] is None else mfu["mfu_matmul"] >= TARGETS["mfu"]}
@@ -137,7 +148,7 @@ def judge(ours: list[dict], trl: list[dict], trl_note: str | None, mfu: dict, ov
     if not overhead.get("measured"):
         over["reason"] = overhead.get("reason")
     targets = {"ppo_step_vs_trl": speed, "update_mfu": mfu_target, "rlp_overhead": over,
-               **cheaper_targets(workloads or {}, ours, trl, trl_note)}
+               **cheaper_targets(workloads or {}, ours, trl, trl_note, batch)}
     for name, t in targets.items():
         if t["passed"] is False:
             t["why"] = explain(name, ours, trl, mfu, overhead, profile)

@@ -161,6 +161,8 @@ def main() -> None:
         "peak_rss_mb": steps[-1]["peak_rss_mb"] if steps else peak_rss_mb(),
         "generated_width": widths,
         "phases": phases,
+        "batch": args.batch,  # episodes per step: speed_targets judges episodes/s
+        "ppo_epochs": args.ppo_epochs,
         "threads": torch.get_num_threads(),
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if args.gpu else None,
     }

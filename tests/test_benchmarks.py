@@ -64,7 +64,7 @@ def test_targets_say_why_trl_was_not_measured():
     assert targets["ppo_step_vs_trl"]["passed"] is None and "absent" in targets["ppo_step_vs_trl"]["reason"]
     assert targets["update_mfu"]["passed"] is True and targets["rlp_overhead"]["passed"] is None
     trl = [{"median_step_seconds": 1.2, "peak_rss_mb": 90.0}]  # 1.2x faster and more memory: a miss, explained
-    missed = speed.judge(ours, trl, None, {**mfu, "mfu_matmul": 0.2}, {"measured": False}, None)
+    missed = speed.judge(ours, trl, None, {**mfu, "mfu_matmul": 0.2}, {"measured": False}, None, batch=8)
     assert missed["ppo_step_vs_trl"]["passed"] is False and "why" in missed["ppo_step_vs_trl"]
     assert missed["update_mfu"]["passed"] is False and "phase_share_of_step" in missed["update_mfu"]["why"]
 
@@ -84,6 +84,47 @@ def test_cheaper_optimisers_are_judged_in_episodes_per_second():
     assert heavy["lora_ppo_vs_trl"]["passed"] is False  # fast enough, but 0.7x TRL's memory
     absent = speed.cheaper_targets(workloads, ours, [], "TRL skipped: absent")
     assert absent["rloo_vs_trl"]["passed"] is None and "absent" in absent["rloo_vs_trl"]["reason"]
+
+
+def _trl_run(median: float) -> dict:
+    """A TRL worker record as speed_worker_trl.py wrote it into benchmarks/results/speed.json (7b37b19): no batch."""
+    return {"framework": "trl", "versions": {"trl": "1.12.0", "transformers": "5.23.0", "torch": "2.13.0+cpu"},
+            "steps": 4, "step_seconds": [median + 0.8, median - 0.2, median], "first_step_seconds": 45.3,
+            "load_seconds": 4.8, "peak_rss_mb": 9547.9, "generated_width": [64, 64, 64, 64],
+            "phases": [{"step": 2, "time_rollout": 6.8, "time_score": 3.4, "time_update": median - 10.2}],
+            "threads": 2, "wall_seconds": 146.7, "median_step_seconds": median}
+
+
+def _our_run(median: float, rss: float, **extra) -> dict:
+    """A speed_worker_ours.py record (it carries its batch)."""
+    return {"framework": "rlp_align", "steps": 4, "step_seconds": [median] * 3, "peak_rss_mb": rss,
+            "phases": [{"step": 2, "time_rollout": 9.1, "time_score": 5.3, "time_update": median - 14.4}],
+            "batch": 8, "ppo_epochs": 2, "threads": 2, "median_step_seconds": median, **extra}
+
+
+def test_the_judge_reads_real_trl_records_without_a_batch():
+    """Issue 29: TRL's records carry no batch, so lora_ppo_vs_trl and rloo_vs_trl read "no TRL run to compare
+    with" although TRL ran. The issue's b0812af figures: TRL 45.7 s/step, ours 40.8 (full), 32.4 (LoRA), 20.1
+    (RLOO), batch 8 throughout."""
+    speed = _module("speed_targets")
+    mfu = {"mfu_matmul": 0.4, "mfu_6nd": 0.4, "achieved_flops_per_second": 1.0}
+    trl = [_trl_run(45.7), _trl_run(45.7)]
+    ours = [_our_run(40.8, 7925.0), _our_run(40.8, 7925.0)]
+    workloads = {"lora_ppo": _our_run(32.4, 6493.0, mode="lora_ppo"), "rloo": _our_run(20.1, 5000.0, mode="rloo")}
+    t = speed.judge(ours, trl, None, mfu, {"measured": False}, None, workloads, batch=8)
+    assert t["ppo_step_vs_trl"]["speedup"]["median"] == pytest.approx(45.7 / 40.8)
+    assert t["ppo_step_vs_trl"]["passed"] is False  # 1.12x < 1.5x
+    assert t["lora_ppo_vs_trl"]["vs_trl"] == pytest.approx(45.7 / 32.4)  # 1.41x
+    assert t["lora_ppo_vs_trl"]["rss_vs_trl"] == pytest.approx(6493.0 / 9547.9)
+    assert t["lora_ppo_vs_trl"]["passed"] is False and "why" in t["lora_ppo_vs_trl"]
+    assert t["rloo_vs_trl"]["vs_trl"] == pytest.approx(45.7 / 20.1)  # 2.27x
+    assert t["rloo_vs_trl"]["passed"] is False
+    fast = speed.judge(ours, trl, None, mfu, {"measured": False}, None, {"rloo": _our_run(15.0, 5000.0)}, batch=8)
+    assert fast["rloo_vs_trl"]["passed"] is True  # 3.05x
+    # without the benchmark's batch, a TRL record alone cannot be judged, and the reason says why
+    unknown = speed.judge(ours, trl, None, mfu, {"measured": False}, None, workloads)
+    assert unknown["rloo_vs_trl"]["passed"] is None and "batch" in unknown["rloo_vs_trl"]["reason"]
+    assert unknown["ppo_step_vs_trl"]["passed"] is None and "batch" in unknown["ppo_step_vs_trl"]["reason"]
 
 
 def test_speed_smoke(tmp_path):

@@ -22,6 +22,7 @@ from transformers import (
 
 from rlp_align.core.errors import UserError
 from rlp_align.core.io import atomic_path
+from rlp_align.core.threads import fit_threads
 from rlp_align.models.model_kind import check_policy_folder, check_reward_model_folder, check_trained_head
 from rlp_align.models.registry import resolve_model
 from rlp_align.models.scoring import reward_head, unwrap_model
@@ -159,6 +160,7 @@ def load_policy(
         raise _mismatch(e, folder, "a causal language model") from None
     check_weights_match(folder, info, "a causal language model",
                         tied=bool(getattr(model.config, "tie_word_embeddings", False)))
+    fit_threads(model)
     return model
 
 
@@ -204,6 +206,7 @@ def load_reward_model(
     if model.config.pad_token_id is None:
         # HF's own forward() needs it to find the last token; our scoring uses the attention mask.
         model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    fit_threads(model)
     return model
 
 

@@ -17,8 +17,13 @@ from torch import nn
 
 
 def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits of the distribution sampled at ``temperature`` > 0, z / T, in fp32 (softmax in bf16 is too coarse)."""
-    return logits.float() / temperature
+    """Logits of the distribution sampled at ``temperature`` > 0, z / T, in fp32 (softmax in bf16 is too coarse).
+
+    At T = 1 the division is skipped: z / 1 is z exactly, and on [B, T, V] logits it is a full pass over the
+    largest tensor of a PPO update, forward and backward (issue 29).
+    """
+    logits = logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def response_logits(
@@ -27,22 +32,55 @@ def response_logits(
 ) -> torch.Tensor:
     """Tempered logits predicting each of the last ``response_length`` tokens [B, T, V], in one forward.
 
-    Positions come from the attention mask, so left padding changes nothing; logits are computed only
-    for the response (``logits_to_keep``), not the prompt.
+    Positions come from the attention mask, so left padding changes nothing; logits are computed only at
+    the ``response_length`` positions that predict a response token (`predicting_positions`), not the prompt.
     """
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   logits_to_keep=response_length + 1, use_cache=False).logits[:, :-1]
+                   logits_to_keep=predicting_positions(input_ids.shape[1], response_length, input_ids.device),
+                   use_cache=False).logits
     return tempered(logits, temperature)
+
+
+def predicting_positions(width: int, response_length: int, device: torch.device) -> torch.Tensor:
+    """The columns whose next-token logits predict the last ``response_length`` tokens of a ``width``-wide row.
+
+    Passed as ``logits_to_keep`` (a 1-D tensor of positions), so the LM head projects exactly those: keeping the
+    last T + 1 and dropping the final one cost a wasted row of the vocabulary matmul and, in backward, a zero-filled
+    copy of the whole [B, T + 1, V] gradient (issue 29).
+    """
+    return torch.arange(width - response_length - 1, width - 1, device=device)
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log pi(y_t | x, y_<t) of the sampled tokens [B, T] (or [B] from logits [B, V]).
 
-    ``logits`` are those of the sampling distribution (already `tempered`).
+    ``logits`` are those of the sampling distribution (already `tempered`). The gradient is `_TokenLogprobs`'s.
     """
-    logits = logits.float()
-    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _TokenLogprobs.apply(logits.float(), tokens)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """z_y - logsumexp(z), with its gradient onehot(y) - softmax(z) built in one [..., V] buffer.
+
+    Autograd's own backward of the same expression allocates four tensors of the logits' size (z - lse, its exp,
+    the product with the gradient, the zero-filled scatter of the gather) and adds two of them; on a PPO update's
+    [B, T, V] logits (8 x 64 x 49,152 floats is 100 MB each) that is memory traffic and peak memory for nothing.
+    The arithmetic is autograd's, operation for operation ((-g) * exp(z - lse), then + g at y), so the gradient is
+    bitwise the same (tests/test_logprobs.py).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        return logits.gather(-1, tokens[..., None]).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, tokens, lse = ctx.saved_tensors
+        grad_logits = (logits - lse[..., None]).exp_().mul_(-grad[..., None])
+        return grad_logits.scatter_add_(-1, tokens[..., None], grad[..., None]), None
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

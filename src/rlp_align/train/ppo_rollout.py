@@ -26,7 +26,13 @@ from rlp_align.data.records import Messages
 from rlp_align.data.reward_path import append_eos, apply_missing_eos_penalty
 from rlp_align.data.templates import collate, encode_prompt
 from rlp_align.models.generation import sample_tokens, special_ids_but_eos
-from rlp_align.models.logprobs import entropy_from_logits, response_logits, tempered, token_logprobs
+from rlp_align.models.logprobs import (
+    entropy_from_logits,
+    predicting_positions,
+    response_logits,
+    tempered,
+    token_logprobs,
+)
 from rlp_align.models.scoring import reward_head, unwrap_model
 from rlp_align.train.ensemble import RewardFn
 
@@ -76,9 +82,10 @@ class ActorCritic(nn.Module):
         if not hidden:
             return response_logits(self.policy, input_ids, attention_mask, response_length, temperature), None
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        keep = predicting_positions(input_ids.shape[1], response_length, input_ids.device)
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                          logits_to_keep=response_length + 1, use_cache=False, output_hidden_states=True)
-        return tempered(out.logits[:, :-1], temperature), out.hidden_states[-1]
+                          logits_to_keep=keep, use_cache=False, output_hidden_states=True)
+        return tempered(out.logits, temperature), out.hidden_states[-1]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
                temperature: float) -> torch.Tensor:

@@ -41,6 +41,7 @@ from rlp_align.core.run_folder import (
     record_outputs,
     refuse_unowned,
 )
+from rlp_align.core.threads import fit_threads
 from rlp_align.models import merge_lora, save_model
 
 
@@ -102,11 +103,7 @@ def make_accelerator(seed: int, gradient_accumulation_steps: int = 1, mixed_prec
             raise
         raise UserError(f"the environment variable ACCELERATE_MIXED_PRECISION={mixed_precision!r} sets the "
                         f"precision: {e}; unset it or set it to no, bf16 or fp16") from None
-    threads = os.environ.get("RLP_NUM_THREADS", "").strip()
-    if threads and not threads.isdigit():
-        raise UserError(f"RLP_NUM_THREADS must be a whole number of CPU threads, got {threads!r}: set it to a number "
-                        "such as 4, or unset it to use every core")
-    torch.set_num_threads(max(1, int(threads)) if threads else torch.get_num_threads())
+    fit_threads()  # RLP_NUM_THREADS now (a bad value stops the run here); the model's size decides at loading
     # Our batches are global (batch_indices) and each rank takes its shard, i.e. Accelerate's
     # split_batches semantics; without it a prepared scheduler steps num_processes times per step.
     # Under torchrun on a machine without CUDA, Accelerate only joins the ranks (gloo) when told cpu=True;
