@@ -43,7 +43,7 @@ REFINE = ["uml", "spg", "uml+spg", "west_of_n", "oracle"]
 WORLDS = {
     "micro": {"preset": "configs/micro.yaml", "refine": REFINE, "ensemble_k": 3, "bon_prompts": 128, "config": {},
               # control (b): PPO1 again, longer and with a weaker KL anchor, where over-optimisation can show
-              "long_ppo1": {"steps": 80, "kl_coef": 0.01, "eval_every": 5}},
+              "long_ppo1": {"steps": 80, "kl_coef": 0.01, "eval_every": 10}},
     "smollm2": {"preset": "configs/default.yaml", "refine": ["oracle"], "ensemble_k": 0, "bon_prompts": 16,
                 "config": {"data": {"n_preference": 256, "n_unlabelled": 64, "n_eval": 128}, "oracle_labels": 256,
                            "policy_optimizer": "rloo", "ppo": {"lora": {"enabled": True}, "steps": 40,

@@ -61,6 +61,33 @@ def bon_at_kl(curve: dict[str, Any], target: float) -> tuple[np.ndarray, dict[st
     return (1 - w) * gold[j - 1] + w * gold[j], {"n": j + w}  # index j holds n = j + 1
 
 
+def matched_to_ppo(points: list[dict[str, Any]] | None, ppo: list[dict[str, Any]],
+                   bon_curve: dict[str, Any] | None = None) -> tuple[list[float], dict[str, Any]]:
+    """Per-prompt gold of a run (its evaluation points, or best-of-n's curve) minus PPO1's, both at
+    min(the run's final KL, PPO1's final KL), and where that was (N1)."""
+    ppo_final = ppo[-1]["kl"]
+    if points is not None:
+        final = points[-1]["kl"]
+        gold, info = at_kl(points, kl := min(final, ppo_final))
+    else:
+        final = bon_curve["kl"][-1]
+        gold, info = bon_at_kl(bon_curve, kl := min(final, ppo_final))
+    base, base_info = at_kl(ppo, kl)
+    return (gold - base[: gold.size]).tolist(), {"kl": kl, "reached": final >= ppo_final, "method_final_kl": final,
+                                                 "ppo1_final_kl": ppo_final, **info,
+                                                 "ppo1_between_steps": base_info["between_steps"]}
+
+
+def matched_summary(matched: dict[int, Any], where: dict[int, Any]) -> dict[str, Any] | None:
+    """`summary` of the matched-KL differences, with where each seed was compared and in how many seeds the run
+    reached PPO1's final KL ("k/S")."""
+    entry = summary(matched)
+    if entry:
+        reached = sum(w["reached"] for w in where.values())
+        entry.update(where=where, reached_seeds=reached, reached=f"{reached}/{len(where)}")
+    return entry
+
+
 def vs_ppo(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each method minus PPO1 in gold, per prompt: at the end (the evaluation stage's answers) and at matched KL,
     with the recovered share (method - PPO) / (oracle - PPO) only where the oracle's pooled gain is significant.
@@ -76,26 +103,17 @@ def vs_ppo(records: list[dict[str, Any]]) -> dict[str, Any]:
         points = r.get("eval_points", {})
         if not points.get("PPO"):
             continue
-        ppo_final = points["PPO"][-1]["kl"]
         for m in VS_PPO:
             if points.get(m):
-                final = points[m][-1]["kl"]
-                gold, info = at_kl(points[m], kl := min(final, ppo_final))
+                got = matched_to_ppo(points[m], points["PPO"])
             elif m == "Best-of-n" and (r.get("bon_curve") or {}).get("kl"):  # records before N4 have the bound only
-                final = r["bon_curve"]["kl"][-1]
-                gold, info = bon_at_kl(r["bon_curve"], kl := min(final, ppo_final))
+                got = matched_to_ppo(None, points["PPO"], r["bon_curve"])
             else:
                 continue
-            base, base_info = at_kl(points["PPO"], kl)
-            matched[m][r["seed"]] = (gold - base[: gold.size]).tolist()
-            where[m][r["seed"]] = {"kl": kl, "reached": final >= ppo_final, "method_final_kl": final,
-                                   "ppo1_final_kl": ppo_final, **info, "ppo1_between_steps": base_info["between_steps"]}
+            matched[m][r["seed"]], where[m][r["seed"]] = got
     out: dict[str, Any] = {}
     for m in VS_PPO:
-        entry = {"end": summary(end[m]), "matched_kl": summary(matched[m])}
-        if entry["matched_kl"]:
-            reached = sum(w["reached"] for w in where[m].values())
-            entry["matched_kl"].update(where=where[m], reached_seeds=reached, reached=f"{reached}/{len(where[m])}")
+        entry = {"end": summary(end[m]), "matched_kl": matched_summary(matched[m], where[m])}
         if not entry["end"] and not entry["matched_kl"]:
             continue
         if m != "Oracle":
@@ -263,12 +281,8 @@ def add_gold_ppo(vs: dict[str, Any], records: list[dict[str, Any]]) -> dict[str,
     for r in records:
         points = r.get("eval_points") or {}
         if points.get("Gold-PPO") and points.get("PPO"):
-            final = points["PPO"][-1]
-            g, info = at_kl(points["Gold-PPO"], final["kl"])
-            matched[r["seed"]] = (g - np.asarray(final["per_prompt"]["gold"], dtype=np.float64)[: g.size]).tolist()
-            where[r["seed"]] = {**info, "ppo1_final_kl": final["kl"]}
-    if matched:
-        entry["matched_kl"] = {**summary(matched), "where": where}
+            matched[r["seed"]], where[r["seed"]] = matched_to_ppo(points["Gold-PPO"], points["PPO"])
+    entry["matched_kl"] = matched_summary(matched, where)
     out["Gold-PPO"] = entry
     for m, e in vs.items():
         end = {r["seed"]: ((r["evaluation"].get("paired") or {}).get("PPO", {}).get(m) or {}).get("per_prompt_diff")

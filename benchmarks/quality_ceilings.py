@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 CAPACITY_PAIRS = 10_000
-CAPACITY_SAMPLE_ROUNDS = 4  # extra rounds of PPO1 samples (n = sample.n each) when the stage's do not give enough
+CAPACITY_SAMPLE_ROUNDS = 2  # extra rounds on the unlabelled pool after the preference and SFT pools
 
 
 def _manifest(run_dir: Path, stage: str) -> dict[str, Any]:
@@ -103,20 +103,29 @@ def rm_capacity(cfg: Any, run_dir: Path, judge: Any, n_pairs: int = CAPACITY_PAI
     ppo1 = _manifest(run_dir, "04_ppo1")
     samples = next(m["outputs"] for p in sorted(run_dir.glob("05_samples*/manifest.json"))
                    if (m := json.loads(p.read_text())).get("inputs", {}).get("policy") == ppo1["hash"])
-    instructions = read_instructions(pools["unlabelled"])
-    by_text = {x.text: i for i, x in enumerate(instructions)}
+    # PPO1's samples on every training prompt (never an eval prompt): the stage's on the unlabelled pool, then the
+    # preference and SFT pools, then the unlabelled pool again with other seeds, until n_pairs pairs
+    sources = [name for name in ("unlabelled", "preference", "sft") if pools.get(name)]
+    sources += ["unlabelled"] * CAPACITY_SAMPLE_ROUNDS
+    instructions, by_text = [], {}
+    for name in dict.fromkeys(sources):
+        for x in read_instructions(pools[name]):
+            if x.text not in by_text:
+                by_text[x.text] = len(instructions)
+                instructions.append(x)
     responses: list[list[str]] = [[] for _ in instructions]
     sample_files = [samples["samples"]]
-    for rnd in range(CAPACITY_SAMPLE_ROUNDS + 1):
+    for rnd in range(len(sources)):
         for s in read_sample_sets(sample_files[-1]):
             responses[by_text[s.prompt[-1]["content"]]] += s.responses
         pairs = gold_pairs(judge, instructions, responses, n_pairs)
-        if len(pairs) >= n_pairs or rnd == CAPACITY_SAMPLE_ROUNDS:
+        if len(pairs) >= n_pairs or rnd == len(sources) - 1:
             break
-        more = folder / f"samples{rnd + 1}"  # PPO1 again on the unlabelled prompts, another seed
+        more = folder / f"samples{rnd + 1}"  # PPO1 again, on the next pool (another seed)
         if not (more / "samples.jsonl").exists():  # written atomically: present means complete (resume)
             more.mkdir(parents=True, exist_ok=True)
-            stages_impl.sample_policy(cfg.sample, ppo1["outputs"]["model"], pools, cfg.seed + 100 * (rnd + 1), more)
+            stages_impl.sample_policy(cfg.sample, ppo1["outputs"]["model"], {**pools, "unlabelled": pools[sources[rnd + 1]]},
+                                      cfg.seed + 100 * (rnd + 1), more)
         sample_files.append(str(more / "samples.jsonl"))
     folder.mkdir(parents=True, exist_ok=True)
     write_preferences(folder / "pairs.jsonl", pairs)

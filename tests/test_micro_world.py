@@ -173,9 +173,9 @@ def test_micro_smoke_run_writes_every_stage(tmp_path):
     assert labels <= set(evaluation["win_rates"])
     assert all(v["gold_reward"] is not None for v in evaluation["win_rates"].values())
     assert (out / "report.md").exists()
-    # on-policy pairs: one per eval prompt, two of 4 samples whose gold differs (issue 28: >= 1,000 such pairs)
+    # on-policy pairs: one per eval prompt, two of 8 samples whose gold differs (issue 28: >= 1,000 such pairs)
     manifest = json.loads((out / "13_onpolicy_pairs" / "manifest.json").read_text())
-    assert manifest["outputs"]["samples_per_prompt"] == 4
+    assert manifest["outputs"]["samples_per_prompt"] == 8
     judge = micro.judge()
     for row in (json.loads(line) for line in (out / "13_onpolicy_pairs" / "pairs.jsonl").read_text().splitlines()):
         x = Instruction(prompt=[{"role": "user", "content": row["prompt"]}] if isinstance(row["prompt"], str)

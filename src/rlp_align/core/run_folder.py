@@ -198,8 +198,8 @@ def _inside_another_run(path: Path, command: str) -> None:
         if (parent / FINGERPRINT).is_file() and (kind := folder_kind(parent)) not in (None, FOREIGN):
             origin = f"is {kind}" if kind.startswith(("a ", "the ")) else f"was made by `rlp {kind}`"
             raise UserError(f"the output {path} lies inside {parent}, which {origin}: rlp writes into a folder "
-                            f"it made only as that folder's own command (a rerun or --overwrite there would delete "
-                            f"or mix with this output). Choose an output outside {parent}.")
+                            f"it made only as that folder's own command (a rerun of it would delete or mix with this "
+                            f"output). Choose an output outside {parent}.")
 
 
 def _sidecar(path: Path) -> Path:

@@ -292,13 +292,14 @@ def answer_eval(generate: GenerateConfig, policy: str, pools: dict, seed: int, f
 
 
 def on_policy_pairs(annotator: AnnotatorConfig, world: WorldConfig, policy: str, pools: dict, temperature: float, max_new_tokens: int,
-                    batch_size: int, seed: int, folder: Path, n_samples: int = 4) -> dict[str, Any]:
+                    batch_size: int, seed: int, folder: Path, n_samples: int = 8) -> dict[str, Any]:
     """Gold-labelled (noise-free) pairs of PPO₁ samples on held-out eval prompts: on-policy RM accuracy.
 
     Sampled like step 4's policy samples (the pipeline passes ``sample.temperature`` and
     ``sample.max_new_tokens``) with generation's ``batch_size``. One pair per prompt: where the gold judge scores
     answers, the first two of ``n_samples`` samples whose gold differs (a pair of equal gold says nothing of an RM;
-    with two samples a policy that is right 80 % of the time gives such a pair on a third of the prompts), else
+    with two samples a policy that is right 80 % of the time gives such a pair on a third of the prompts, with 8 on
+    83 %), else
     the first two samples."""
     judge = _annotator(annotator, world)
 
