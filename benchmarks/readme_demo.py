@@ -1,6 +1,6 @@
 """Put a finished `make demo` run into the README: wall time, the win-rate table and one plot.
 
-    .venv/bin/python benchmarks/readme_demo.py runs/default
+    .venv/bin/python benchmarks/readme_demo.py runs/micro-demo
 
 Figures come from the run's own files (stage manifests, evaluation.json, plots); nothing is typed in.
 """
@@ -20,27 +20,35 @@ START, END = "<!-- demo:start -->", "<!-- demo:end -->"
 
 
 def demo_section(run_dir: Path, note: str = "") -> str:
-    manifests = [json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")]
-    done = [m for m in manifests if m["status"] == "done"]
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
+    done = {name: m for name, m in manifests.items() if m["status"] == "done"}
     # Stages run one after another, so the pipeline's wall time is the sum of its stages' times (this also
     # holds for a run that was interrupted and resumed, where first-start to last-finish would not).
-    wall = sum(m["seconds"] for m in done)
+    wall = sum(m["seconds"] for m in done.values())
+    settings = json.loads((run_dir / "fingerprint.json").read_text())["settings"]
     evaluation = json.loads((run_dir / "14_evaluate" / "evaluation.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    date = subprocess.run(["git", "log", "-1", "--format=%cs"], capture_output=True, text=True, cwd=ROOT).stdout
     plots = ROOT / "docs" / "demo"
     plots.mkdir(parents=True, exist_ok=True)
     for name in ("winrate.png", "overoptimisation.png"):
         shutil.copyfile(run_dir / "plots" / name, plots / name)
+    world = settings["world"]
+    judge = (f"the `{settings['annotator.kind']}` annotator" if world == "instructions"
+             else f"the `{world}` world's own judge (its gold program)")
+    built = done.get("00_model")
+    first = (f"; its stage `00_model` ({built['seconds']:.0f} s) builds the model, which a later run on the same "
+             "machine copies from the cache" if built else "")
+    pairs = (done.get("02_preferences") or {}).get("outputs", {}).get("pairs")
     lines = [
         "### What `make demo` produced here",
         "",
-        f"The `default` preset on a 2-core CPU machine ({platform.machine()}, commit `{commit.strip()}`): "
-        f"**{wall / 60:.1f} minutes** for the pipeline (sum of its {len(done)} stages), after a one-off ~1 min "
-        "install and ~35 s model conversion. Win-rates are judged by the rule "
-        f"annotator against the SFT policy's answers on {evaluation['n_eval']} held-out built-in instructions "
-        "(ties ½, 95 % bootstrap CI). At this scale (96 noisy preference pairs, 8 PPO steps) the CIs are wide: "
-        "read it as a working end-to-end run, not as evidence for or against RLP (see Benchmarks)." + (
-            f" {note}" if note else ""),
+        f"The `{world}` world (model `{settings['model']}`) on a 2-core CPU machine ({platform.machine()}, commit "
+        f"`{commit.strip()}`, {date.strip()}): **{wall / 60:.1f} minutes** for the pipeline (the sum of its "
+        f"{len(done)} stages{first}). Win-rates are judged by {judge} against the SFT policy's answers on "
+        f"{evaluation['n_eval']} held-out prompts (ties ½, 95 % bootstrap CI); {pairs} preference pairs in D, "
+        f"{settings['ppo.steps']} PPO steps. One run and one seed: the study (`benchmarks/quality.py`, below) is "
+        "what speaks for or against RLP." + (f" {note}" if note else ""),
         "",
         "| method | win-rate % vs SFT | 95 % CI | gold reward | mean chars |",
         "|---|---|---|---|---|",
