@@ -26,8 +26,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-# 512 eval prompts, not the study's 5,120 (which it needs for >= 1,000 on-policy pairs): every PPO evaluation
-# point samples them all. Measured on the idle machine (2026-12-05): the pipeline 336 s, against 13+ min at 5,120.
+# 512 eval prompts, not the study's 2,048 (which it needs for >= 1,000 on-policy pairs): every PPO evaluation point
+# samples them all. Measured 2026-12-07 from a clean clone beside a CPU-bound nice-19 process: 6 min 50 s in all.
 demo: install
 	$(BIN)/rlp run --config configs/micro.yaml --output_dir runs/micro-demo --data.n_eval 512
 	sed -n '/^### Paired comparisons/,/^### On-policy/p' runs/micro-demo/report.md

@@ -107,13 +107,14 @@ def render_speed(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ci(p: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
-    """``diff [low, high]`` of a `{diff, ci_low, ci_high}` entry (no interval with one seed)."""
+def ci(p: dict[str, Any] | None, scale: float = 1.0, digits: int = 3, sign: str = "+") -> str:
+    """``diff [low, high]`` of a `{diff, ci_low, ci_high}` entry (no interval with one seed); ``sign=""`` for a
+    level (an accuracy) rather than a difference."""
     if not p:
         return "–"
-    body = f"{scale * p['diff']:+.{digits}f}"
+    body = f"{scale * p['diff']:{sign}.{digits}f}"
     return body + ("" if p.get("ci_low") is None else
-                   f" [{scale * p['ci_low']:+.{digits}f}, {scale * p['ci_high']:+.{digits}f}]")
+                   f" [{scale * p['ci_low']:{sign}.{digits}f}, {scale * p['ci_high']:{sign}.{digits}f}]")
 
 
 def seeds_above(e: dict[str, Any] | None) -> str:
@@ -170,7 +171,8 @@ def render_quality(d: dict[str, Any]) -> str:
     if d.get("onpolicy_accuracy"):
         lines += ["", "| RM (on-policy pairs of PPO₁) | accuracy %, pooled | − RM₀, points, pooled |", "|---|---|---|"]
         for label, e in d["onpolicy_accuracy"].items():
-            lines.append(f"| {label} | {ci(e['accuracy']['pooled'], 100, 1)} | {ci((e['vs_rm0'] or {}).get('pooled'), 100, 1)} |")
+            lines.append(f"| {label} | {ci(e['accuracy']['pooled'], 100, 1, sign='')} "
+                         f"| {ci((e['vs_rm0'] or {}).get('pooled'), 100, 1)} |")
     lines += ["", "| pair selection (Table 5) | agreement with gold %, pooled | pairs per seed |", "|---|---|---|"]
     for r in d["label_accuracy"].values():
         pooled = r["pooled"]

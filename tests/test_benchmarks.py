@@ -474,7 +474,7 @@ def test_readme_tables_render_from_json(tmp_path):
     assert "| 3 of 3 |" in spg_row and "| +0.50 [+0.48, +0.51] |" in spg_row  # the share of the oracle's gain
     assert spg_row.endswith("| 3/3 | +0.50 [+0.48, +0.51] | +0.16 [+0.16, +0.17] |")  # reached; shares of the
     # oracle's gain and of gold PPO's (0.049 of 0.3)
-    assert "| RM capacity | +93.8 [+93.8, +93.8] | +31.2 [+31.2, +31.2] |" in text
+    assert "| RM capacity | 93.8 [93.8, 93.8] | +31.2 [+31.2, +31.2] |" in text
     assert "Not yet measured: run `.venv/bin/python benchmarks/quality.py --world micro --variant majority`" in text
     both = tables.render(None, quality, None, {**quality, "variant": "majority"})
     assert "### Quality, both variants side by side" in both and "| gold_ppo_vs_ppo_gold | **pass** | **pass** |" in both
